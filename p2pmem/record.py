@@ -1,0 +1,361 @@
+"""The signed record: schema, canonical CBOR, signing, strict decoding, id.
+
+A record is a COSE_Sign1 object (RFC 9052, tag 18) whose protected header is
+``{1: -8}`` (alg EdDSA), whose unprotected header is empty, and whose payload
+is a CBOR map with small unsigned-integer keys in RFC 8949 deterministic
+encoding (see :mod:`p2pmem.canonical`). Its id is SHA-256 of the whole
+encoding. The CDDL is in docs/protocol.md.
+
+Decoding is strict: anything that is not exactly the bytes :func:`sign_record`
+would have produced for the same content is rejected with a reason, so no
+second encoding of a record can exist and every node computes the same id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from p2pmem import limits
+from p2pmem.canonical import keys_order_agree
+from p2pmem.clock import MAX_HLC, physical_ms
+from p2pmem.errors import RecordError
+from p2pmem.identity import Identity
+
+VERSION = 1
+KINDS = ("memory", "retract", "profile", "follow", "endorse", "message")
+VISIBILITIES = ("public", "ask", "private")
+COSE_SIGN1_TAG = 18
+PROTECTED = b"\xa1\x01\x27"  # {1: -8}: alg = EdDSA
+_SIG_CONTEXT = "Signature1"
+
+# Payload map keys (docs/protocol.md).
+K_VERSION, K_AUTHOR, K_KIND, K_TS, K_SESSION, K_TOPICS = 0, 1, 2, 3, 4, 5
+K_BODY, K_VISIBILITY, K_REFS, K_META, K_AT, K_ROOT = 6, 7, 8, 9, 10, 11
+_REQUIRED = frozenset(range(10))
+_OPTIONAL = frozenset((K_AT, K_ROOT))
+
+# Body maps of the structured kinds: every key required, exact types.
+PROFILE_KEYS = ("name", "description", "skills", "addresses", "xkey")
+FOLLOW_KEYS = ("target", "active")
+ENDORSE_KEYS = ("target", "what")
+MESSAGE_KEYS = ("to", "epk", "ct")
+ENDORSE_WHAT = ("agent", "memory")
+
+MetaValue = str | int
+Body = str | dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A verified record. Only :func:`decode_record` and :func:`sign_record`
+    make these, so holding one means its signature and schema were checked."""
+
+    id: bytes
+    raw: bytes
+    author: bytes
+    kind: str
+    ts: int
+    session: str
+    topics: tuple[str, ...]
+    body: Body
+    visibility: str
+    refs: tuple[bytes, ...]
+    meta: dict[str, MetaValue] = field(hash=False, compare=False)
+    at: int | None = None
+    root: bytes | None = None
+
+    @property
+    def at_ms(self) -> int:
+        """When the remembered thing happened (ms); the record time unless given."""
+        return self.at if self.at is not None else physical_ms(self.ts)
+
+    @property
+    def lineage(self) -> bytes:
+        """The id of the first version of this memory."""
+        return self.root if self.root is not None else self.id
+
+    @property
+    def text(self) -> str:
+        return self.body if isinstance(self.body, str) else ""
+
+
+def _check_text(value: Any, what: str, max_bytes: int, allow_empty: bool = True) -> str:
+    if type(value) is not str:
+        raise RecordError(f"{what} must be a text string")
+    size = len(value.encode("utf-8"))
+    if size > max_bytes:
+        raise RecordError(f"{what} is {size} bytes, over the limit of {max_bytes}")
+    if not allow_empty and not value:
+        raise RecordError(f"{what} must not be empty")
+    return value
+
+
+def _check_bytes(value: Any, what: str, size: int | None = None, max_size: int = 0) -> bytes:
+    if type(value) is not bytes:
+        raise RecordError(f"{what} must be a byte string")
+    if size is not None and len(value) != size:
+        raise RecordError(f"{what} must be {size} bytes, not {len(value)}")
+    if max_size and len(value) > max_size:
+        raise RecordError(f"{what} is {len(value)} bytes, over the limit of {max_size}")
+    return value
+
+
+def _check_uint(value: Any, what: str, maximum: int = MAX_HLC) -> int:
+    if type(value) is not int or value < 0 or value > maximum:
+        raise RecordError(f"{what} must be an unsigned integer of at most 64 bits")
+    return value
+
+
+def _check_list(value: Any, what: str, max_items: int) -> list[Any]:
+    if type(value) is not list:
+        raise RecordError(f"{what} must be an array")
+    if len(value) > max_items:
+        raise RecordError(f"{what} has {len(value)} entries, over the limit of {max_items}")
+    return value
+
+
+def _check_text_list(value: Any, what: str, max_items: int, max_bytes: int) -> tuple[str, ...]:
+    items = _check_list(value, what, max_items)
+    out = tuple(_check_text(v, f"each of {what}", max_bytes, allow_empty=False) for v in items)
+    if len(set(out)) != len(out) or list(out) != sorted(out):
+        raise RecordError(f"{what} must be sorted and without duplicates")
+    return out
+
+
+def _check_map(value: Any, what: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    if type(value) is not dict:
+        raise RecordError(f"{what} must be a map")
+    if set(value) != set(keys) or len(value) != len(keys):
+        raise RecordError(f"{what} must have exactly the keys {', '.join(keys)}")
+    return value
+
+
+def _check_body(kind: str, body: Any) -> Body:
+    if kind == "memory":
+        return _check_text(body, "memory text", limits.MAX_BODY, allow_empty=False)
+    if kind == "retract":
+        if body != "" or type(body) is not str:
+            raise RecordError("a retract record has an empty text body")
+        return body
+    if kind == "profile":
+        m = _check_map(body, "profile body", PROFILE_KEYS)
+        _check_text(m["name"], "profile name", limits.MAX_NAME)
+        _check_text(m["description"], "profile description", limits.MAX_DESCRIPTION)
+        _check_text_list(m["skills"], "profile skills", limits.MAX_SKILLS, limits.MAX_SKILL)
+        _check_text_list(m["addresses"], "profile addresses", limits.MAX_ADDRESSES, limits.MAX_ADDRESS)
+        _check_bytes(m["xkey"], "profile message key", size=32)
+        return m
+    if kind == "follow":
+        m = _check_map(body, "follow body", FOLLOW_KEYS)
+        _check_bytes(m["target"], "follow target", size=32)
+        if type(m["active"]) is not bool:
+            raise RecordError("follow 'active' must be a boolean")
+        return m
+    if kind == "endorse":
+        m = _check_map(body, "endorse body", ENDORSE_KEYS)
+        _check_bytes(m["target"], "endorse target", size=32)
+        if m["what"] not in ENDORSE_WHAT or type(m["what"]) is not str:
+            raise RecordError("endorse 'what' must be 'agent' or 'memory'")
+        return m
+    if kind == "message":
+        m = _check_map(body, "message body", MESSAGE_KEYS)
+        _check_bytes(m["to"], "message recipient", size=32)
+        _check_bytes(m["epk"], "message ephemeral key", size=32)
+        _check_bytes(m["ct"], "message ciphertext", max_size=limits.MAX_MESSAGE_CIPHERTEXT)
+        return m
+    raise RecordError(f"unknown kind {kind!r}")
+
+
+def _check_payload(obj: Any) -> dict[int, Any]:
+    """Schema check of a decoded payload map; returns it unchanged."""
+    if type(obj) is not dict:
+        raise RecordError("payload must be a map")
+    keys = set(obj)
+    if not all(type(k) is int for k in keys):
+        raise RecordError("payload keys must be unsigned integers")
+    missing = _REQUIRED - keys
+    if missing:
+        raise RecordError(f"payload lacks field(s) {sorted(missing)}")
+    unknown = keys - _REQUIRED - _OPTIONAL
+    if unknown:
+        raise RecordError(f"payload has unknown field(s) {sorted(unknown)}")
+    if obj[K_VERSION] != VERSION or type(obj[K_VERSION]) is not int:
+        raise RecordError(f"unsupported record version {obj[K_VERSION]!r}")
+    _check_bytes(obj[K_AUTHOR], "author", size=32)
+    kind = obj[K_KIND]
+    if type(kind) is not str or kind not in KINDS:
+        raise RecordError(f"unknown kind {kind!r}"[:120])
+    ts = _check_uint(obj[K_TS], "timestamp")
+    if ts == 0:
+        raise RecordError("timestamp must not be zero")
+    _check_text(obj[K_SESSION], "session", limits.MAX_SESSION)
+    _check_text_list(obj[K_TOPICS], "topics", limits.MAX_TOPICS, limits.MAX_TOPIC)
+    _check_body(kind, obj[K_BODY])
+    visibility = obj[K_VISIBILITY]
+    if type(visibility) is not str or visibility not in VISIBILITIES:
+        raise RecordError(f"unknown visibility {visibility!r}"[:120])
+    if kind != "memory" and visibility != "public":
+        raise RecordError(f"a {kind} record must have visibility 'public'")
+    refs = _check_list(obj[K_REFS], "refs", limits.MAX_REFS)
+    for ref in refs:
+        _check_bytes(ref, "each ref", size=32)
+    if len(set(refs)) != len(refs) or refs != sorted(refs):
+        raise RecordError("refs must be sorted and without duplicates")
+    if kind == "retract" and not refs:
+        raise RecordError("a retract record must name what it retracts")
+    if kind not in ("memory", "retract") and refs:
+        raise RecordError(f"a {kind} record has no refs")
+    meta = obj[K_META]
+    if type(meta) is not dict:
+        raise RecordError("meta must be a map")
+    if len(meta) > limits.MAX_META:
+        raise RecordError(f"meta has {len(meta)} entries, over the limit of {limits.MAX_META}")
+    for key, value in meta.items():
+        _check_text(key, "meta key", limits.MAX_META_KEY, allow_empty=False)
+        if type(value) is int:
+            _check_uint(value, "meta integer")
+        else:
+            _check_text(value, "meta value", limits.MAX_META_VALUE)
+    if K_AT in obj:
+        if kind != "memory":
+            raise RecordError("only a memory has an 'at' time")
+        _check_uint(obj[K_AT], "at")
+    if K_ROOT in obj:
+        if kind != "memory":
+            raise RecordError("only a memory has a lineage root")
+        _check_bytes(obj[K_ROOT], "root", size=32)
+        if not refs:
+            raise RecordError("a memory with a lineage root must supersede something")
+    return obj
+
+
+def _sig_structure(payload: bytes) -> bytes:
+    return cbor2.dumps([_SIG_CONTEXT, PROTECTED, b"", payload], canonical=True)
+
+
+def _envelope(payload: bytes, signature: bytes) -> bytes:
+    return cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [PROTECTED, {}, payload, signature]), canonical=True)
+
+
+def _to_record(raw: bytes, obj: dict[int, Any]) -> Record:
+    return Record(
+        id=hashlib.sha256(raw).digest(),
+        raw=raw,
+        author=obj[K_AUTHOR],
+        kind=obj[K_KIND],
+        ts=obj[K_TS],
+        session=obj[K_SESSION],
+        topics=tuple(obj[K_TOPICS]),
+        body=obj[K_BODY],
+        visibility=obj[K_VISIBILITY],
+        refs=tuple(obj[K_REFS]),
+        meta=dict(obj[K_META]),
+        at=obj.get(K_AT),
+        root=obj.get(K_ROOT),
+    )
+
+
+def sign_record(
+    identity: Identity,
+    kind: str,
+    ts: int,
+    body: Body,
+    *,
+    session: str = "",
+    topics: list[str] | tuple[str, ...] = (),
+    visibility: str = "public",
+    refs: list[bytes] | tuple[bytes, ...] = (),
+    meta: dict[str, MetaValue] | None = None,
+    at: int | None = None,
+    root: bytes | None = None,
+) -> Record:
+    """Build, check and sign a record. Topics and refs are sorted and
+    de-duplicated here so callers need not care; every other rule of the
+    schema raises :class:`RecordError` exactly as a decoder would."""
+    payload_obj: dict[int, Any] = {
+        K_VERSION: VERSION,
+        K_AUTHOR: identity.public_key,
+        K_KIND: kind,
+        K_TS: ts,
+        K_SESSION: session,
+        K_TOPICS: sorted(set(topics)),
+        K_BODY: body,
+        K_VISIBILITY: visibility,
+        K_REFS: sorted(set(refs)),
+        K_META: dict(meta or {}),
+    }
+    if at is not None:
+        payload_obj[K_AT] = at
+    if root is not None:
+        payload_obj[K_ROOT] = root
+    if kind in ("profile", "endorse", "follow", "message") and isinstance(body, dict):
+        for key in ("skills", "addresses"):
+            if key in body:
+                body[key] = sorted(set(body[key]))
+    _check_payload(payload_obj)
+    if not keys_order_agree(payload_obj):
+        raise RecordError("record maps must have keys all of one type")
+    payload = cbor2.dumps(payload_obj, canonical=True)
+    raw = _envelope(payload, identity.sign(_sig_structure(payload)))
+    if len(raw) > limits.MAX_RECORD:
+        raise RecordError(f"record is {len(raw)} bytes, over the limit of {limits.MAX_RECORD}")
+    return _to_record(raw, payload_obj)
+
+
+def decode_record(raw: bytes, *, verify: bool = True) -> Record:
+    """Decode and verify a record, or raise :class:`RecordError` with a reason.
+
+    ``verify=False`` skips only the signature check, for bytes this node has
+    already verified (its own store); every other check always runs.
+    """
+    if type(raw) is not bytes:
+        raw = bytes(raw)
+    if len(raw) > limits.MAX_RECORD:
+        raise RecordError(f"record is {len(raw)} bytes, over the limit of {limits.MAX_RECORD}")
+    if not raw or raw[0] != 0xD2:  # tag 18 in one byte: the only canonical form
+        raise RecordError("not a COSE_Sign1 record (tag 18 expected)")
+    try:
+        envelope = cbor2.loads(raw)
+    except Exception as exc:  # cbor2 raises several types; all mean "malformed"
+        raise RecordError(f"malformed CBOR: {str(exc)[:100]}") from None
+    if not isinstance(envelope, cbor2.CBORTag) or envelope.tag != COSE_SIGN1_TAG:
+        raise RecordError("not a COSE_Sign1 record (tag 18 expected)")
+    parts = envelope.value
+    if not isinstance(parts, list | tuple) or len(parts) != 4:
+        raise RecordError("COSE_Sign1 must be an array of 4 elements")
+    protected, unprotected, payload, signature = parts
+    if protected != PROTECTED or type(protected) is not bytes:
+        raise RecordError("protected header must be exactly {1: -8} (EdDSA)")
+    # cbor2 decodes a tag's content immutably: the empty map comes back as a frozendict.
+    if not isinstance(unprotected, Mapping) or len(unprotected) != 0:
+        raise RecordError("unprotected header must be empty")
+    _check_bytes(payload, "payload")
+    _check_bytes(signature, "signature", size=64)
+    try:
+        obj = cbor2.loads(payload)
+    except Exception as exc:
+        raise RecordError(f"malformed payload CBOR: {str(exc)[:100]}") from None
+    _check_payload(obj)
+    if cbor2.dumps(obj, canonical=True) != payload:
+        raise RecordError("payload is not in canonical (deterministic) CBOR encoding")
+    if _envelope(payload, signature) != raw:
+        raise RecordError("record envelope is not in canonical (deterministic) CBOR encoding")
+    if verify:
+        try:
+            Ed25519PublicKey.from_public_bytes(obj[K_AUTHOR]).verify(signature, _sig_structure(payload))
+        except InvalidSignature:
+            raise RecordError("bad signature") from None
+        except ValueError:
+            raise RecordError("author is not a valid Ed25519 public key") from None
+    return _to_record(raw, obj)
+
+
+def record_size_ok(raw: bytes) -> bool:
+    return len(raw) <= limits.MAX_RECORD

@@ -1,0 +1,37 @@
+"""Parsing the contract's WHEN: an ISO 8601 date or date-time (UTC when no
+offset is given) or an age such as ``30m``, ``2h``, ``7d`` before now."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from p2pmem.errors import UsageError
+
+_AGE = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
+_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def parse_when(text: str, now_ms: int) -> int:
+    """Milliseconds since the Unix epoch named by ``text``."""
+    match = _AGE.match(text)
+    if match:
+        return now_ms - int(match.group(1)) * _UNIT_MS[match.group(2)]
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"not a time: {text!r} (use an ISO 8601 date or date-time, or an age like 30m, 2h, 7d)"
+        ) from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    ms = int(value.timestamp() * 1000)
+    if ms < 0:
+        raise UsageError(f"time before 1970 is not supported: {text!r}")
+    return ms
+
+
+def format_ms(ms: int) -> str:
+    """ISO 8601 UTC with milliseconds, as the JSON output uses."""
+    value = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
