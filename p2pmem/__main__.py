@@ -1,0 +1,5 @@
+import sys
+
+from p2pmem.cli import main
+
+sys.exit(main())

@@ -1,0 +1,582 @@
+"""The ``p2pmem`` command (docs: ../shared/CONTRACT.md).
+
+Exit status 0 on success, 2 for a usage error, 1 for any other error, always
+with one line on standard error and never a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from p2pmem import limits
+from p2pmem.errors import P2pmemError, RecordError, UsageError
+from p2pmem.home import Agent, default_home, init_home, wall_ms
+from p2pmem.identity import agent_id, parse_agent_id
+from p2pmem.output import ack_json, export_line, memory_json, memory_lines, print_json
+from p2pmem.record import VISIBILITIES, decode_record
+from p2pmem.when import parse_when
+
+Handler = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, Handler] = {}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"p2pmem: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(2)
+
+
+def _common(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    # SUPPRESS keeps a value given before the command from being reset here.
+    parser.add_argument("--home", type=Path, default=argparse.SUPPRESS, help="the agent's home directory")
+    if json_flag:
+        parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+
+
+def _when(text: str) -> int:
+    try:
+        return parse_when(text, wall_ms())
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _agent(text: str) -> bytes:
+    try:
+        return parse_agent_id(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="p2pmem", description="A peer-to-peer memory network for AI agents.")
+    parser.add_argument("--home", type=Path, default=None, help="the agent's home directory")
+    parser.add_argument("--json", action="store_true", default=False, help="print JSON")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("init", help="create the identity and store")
+    p.add_argument("--name", help="the agent's display name")
+    p.add_argument("--skill", action="append", default=[], help="a declared skill (repeatable)")
+    _common(p)
+
+    _common(sub.add_parser("id", help="print the agent id"))
+
+    p = sub.add_parser("remember", help="store a signed memory")
+    p.add_argument("text", nargs="?", help="the memory; - reads standard input")
+    p.add_argument("--topic", action="append", default=[], help="a topic (repeatable)")
+    p.add_argument("--session", default=None, help="the session (default $P2PMEM_SESSION)")
+    p.add_argument("--at", type=_when, default=None, help="when it happened: ISO 8601 or an age like 2h")
+    p.add_argument("--visibility", choices=VISIBILITIES, default="public")
+    p.add_argument("--batch", metavar="FILE", help="one JSON memory per line (- for standard input)")
+    _common(p)
+
+    p = sub.add_parser("update", help="supersede a memory of this agent")
+    p.add_argument("id")
+    p.add_argument("text", help="the new text; - reads standard input")
+    p.add_argument("--topic", action="append", default=None, help="replace the topics (repeatable)")
+    _common(p)
+
+    p = sub.add_parser("forget", help="retract a memory of this agent")
+    p.add_argument("id")
+    _common(p)
+
+    p = sub.add_parser("recall", help="search this node's store")
+    p.add_argument("query", nargs="?", default="")
+    _filters(p)
+    p.add_argument("--author", action="append", type=_agent, default=[], help="an agent id (repeatable)")
+    p.add_argument("--session", default=None)
+    _common(p)
+
+    p = sub.add_parser("agents", help="the directory of agents known here")
+    p.add_argument("--skill", default=None)
+    _common(p)
+
+    p = sub.add_parser("profile", help="show or change this agent's profile")
+    p.add_argument("--name")
+    p.add_argument("--description")
+    p.add_argument("--skill", action="append", default=None)
+    p.add_argument("--address", action="append", default=None, help="an address peers can dial")
+    _common(p)
+
+    for name, text in (("follow", "follow an agent"), ("unfollow", "stop following an agent")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("agent", type=_agent)
+        _common(p)
+
+    p = sub.add_parser("endorse", help="endorse an agent or a memory")
+    p.add_argument("target", help="an agent id or a memory id")
+    _common(p)
+
+    p = sub.add_parser("export", help="signed records as JSON lines")
+    p.add_argument("file", nargs="?", default="-")
+    _common(p, json_flag=False)
+
+    p = sub.add_parser("import", help="verify and import JSON lines of signed records")
+    p.add_argument("file")
+    _common(p)
+
+    for extra in _EXTRA_PARSERS:
+        extra(sub)
+    return parser
+
+
+def _filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", type=_when, default=None, help="ISO 8601 or an age like 7d")
+    p.add_argument("--until", type=_when, default=None)
+    p.add_argument("--topic", action="append", default=[])
+    p.add_argument("--limit", type=_positive, default=10)
+
+
+# Later modules (network, messages, MCP) register their commands here.
+_EXTRA_PARSERS: list[Callable[[Any], None]] = []
+
+
+def command(name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def _home(args: argparse.Namespace) -> Path:
+    return args.home if args.home is not None else default_home()
+
+
+def _open(args: argparse.Namespace) -> Agent:
+    return Agent.open(_home(args))
+
+
+def _read_text(text: str | None) -> str:
+    if text is None:
+        raise UsageError("missing TEXT (or use --batch FILE)")
+    if text == "-":
+        data = sys.stdin.buffer.read(limits.MAX_BODY + 1)
+        if len(data) > limits.MAX_BODY:
+            raise UsageError(f"memory text is over the limit of {limits.MAX_BODY} bytes")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError("standard input is not UTF-8 text") from None
+    return text
+
+
+def _notify(agent: Agent, records: Sequence[Any]) -> None:
+    """Tell a serving node of this home about new records (if one runs)."""
+    from p2pmem.control import notify_new_records
+
+    notify_new_records(agent.home, [r.id for r in records])
+
+
+@command("init")
+def cmd_init(args: argparse.Namespace) -> int:
+    identity, created = init_home(_home(args), name=args.name, skills=args.skill)
+    if args.json:
+        print_json({"id": identity.agent_id, "created": created})
+    else:
+        print(identity.agent_id)
+        if not created:
+            print(f"(existing home {_home(args)}; nothing changed)", file=sys.stderr)
+    return 0
+
+
+@command("id")
+def cmd_id(args: argparse.Namespace) -> int:
+    from p2pmem.identity import Identity
+
+    identity = Identity.load(_home(args))
+    print_json({"id": identity.agent_id}) if args.json else print(identity.agent_id)
+    return 0
+
+
+@command("remember")
+def cmd_remember(args: argparse.Namespace) -> int:
+    session = args.session if args.session is not None else os.environ.get("P2PMEM_SESSION", "")
+    with _open(args) as agent:
+        if args.batch is not None:
+            if args.text is not None:
+                raise UsageError("give TEXT or --batch FILE, not both")
+            return _remember_batch(agent, args, session)
+        record = agent.remember(
+            _read_text(args.text), topics=args.topic, session=session, at=args.at,
+            visibility=args.visibility,
+        )
+        _notify(agent, [record])
+    print_json(ack_json(record)) if args.json else print(record.id.hex())
+    return 0
+
+
+def _open_input(name: str) -> TextIO:
+    if name == "-":
+        return sys.stdin
+    try:
+        return open(name, encoding="utf-8", errors="strict")  # noqa: SIM115 - closed by caller
+    except OSError as exc:
+        raise P2pmemError(f"cannot read {name}: {exc.strerror}") from None
+
+
+def _lines(stream: TextIO, max_len: int) -> Iterator[tuple[int, str | None, str | None]]:
+    """(line number, line, error) for each line, tolerating bad encoding."""
+    number = 0
+    while True:
+        number += 1
+        try:
+            line = stream.readline(max_len + 1)
+        except UnicodeDecodeError:
+            yield number, None, "not UTF-8 text"
+            return
+        if not line:
+            return
+        if len(line) > max_len and not line.endswith("\n"):
+            # skip the rest of an overlong line
+            while True:
+                rest = stream.readline(max_len)
+                if not rest or rest.endswith("\n"):
+                    break
+            yield number, None, f"line is longer than {max_len} characters"
+            continue
+        yield number, line, None
+
+
+def _progress(total_hint: str, enabled: bool) -> Any:
+    """A rich progress bar on a terminal, nothing otherwise."""
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn(total_hint), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=None, transient=True,
+    )
+    return progress
+
+
+def _remember_batch(agent: Agent, args: argparse.Namespace, default_session: str) -> int:
+    stream = _open_input(args.batch)
+    records = []
+    rejected: list[tuple[int, str]] = []
+    progress = _progress("signing", sys.stderr.isatty())
+    task = None
+    if progress is not None:
+        progress.start()
+        task = progress.add_task("signing", total=None)
+    try:
+        for number, line, error in _lines(stream, limits.MAX_BATCH_LINE):
+            if error is not None:
+                rejected.append((number, error))
+                continue
+            assert line is not None
+            if not line.strip():
+                continue
+            try:
+                records.append(_batch_record(agent, line, default_session))
+            except (UsageError, RecordError, ValueError) as exc:
+                rejected.append((number, str(exc)))
+            if progress is not None and number % 100 == 0:
+                progress.update(task, completed=len(records))
+    finally:
+        if progress is not None:
+            progress.stop()
+        if stream is not sys.stdin:
+            stream.close()
+    agent.store.ingest(records)
+    _notify(agent, records)
+    for number, reason in rejected:
+        print(f"p2pmem: line {number}: {reason}", file=sys.stderr)
+    if args.json:
+        print_json([ack_json(r) for r in records])
+    else:
+        print(f"stored {len(records)} memories" + (f", rejected {len(rejected)} lines" if rejected else ""))
+    return 1 if rejected else 0
+
+
+def _batch_record(agent: Agent, line: str, default_session: str) -> Any:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"not JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(obj, dict):
+        raise UsageError("each line must be a JSON object")
+    unknown = set(obj) - {"text", "topics", "session", "at", "visibility"}
+    if unknown:
+        raise UsageError(f"unknown field(s): {', '.join(sorted(unknown))}")
+    text = obj.get("text")
+    if not isinstance(text, str):
+        raise UsageError("'text' must be a string")
+    topics = obj.get("topics", [])
+    if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+        raise UsageError("'topics' must be a list of strings")
+    session = obj.get("session", default_session)
+    if not isinstance(session, str):
+        raise UsageError("'session' must be a string")
+    visibility = obj.get("visibility", "public")
+    if visibility not in VISIBILITIES:
+        raise UsageError(f"'visibility' must be one of {', '.join(VISIBILITIES)}")
+    at = obj.get("at")
+    if at is not None:
+        if not isinstance(at, str):
+            raise UsageError("'at' must be an ISO 8601 string or an age like 2h")
+        at = parse_when(at, wall_ms())
+    return agent.make_memory(text, topics=topics, session=session, at=at, visibility=visibility)
+
+
+@command("update")
+def cmd_update(args: argparse.Namespace) -> int:
+    with _open(args) as agent:
+        record = agent.update(args.id, _read_text(args.text), topics=args.topic)
+        _notify(agent, [record])
+    print_json(ack_json(record)) if args.json else print(record.id.hex())
+    return 0
+
+
+@command("forget")
+def cmd_forget(args: argparse.Namespace) -> int:
+    with _open(args) as agent:
+        record = agent.forget(args.id)
+        _notify(agent, [record])
+    print_json(ack_json(record)) if args.json else print(record.id.hex())
+    return 0
+
+
+@command("recall")
+def cmd_recall(args: argparse.Namespace) -> int:
+    with _open(args) as agent:
+        found = agent.store.recall(
+            args.query, since=args.since, until=args.until, topics=args.topic,
+            authors=args.author, session=args.session, limit=min(args.limit, limits.MAX_RECALL_LIMIT),
+        )
+    if args.json:
+        print_json([memory_json(m.record, conflicts=[c.hex() for c in m.conflicts]) for m in found])
+    elif not found:
+        print("no memories found", file=sys.stderr)
+    else:
+        for i, m in enumerate(found, 1):
+            print(memory_lines(i, m.record, conflicts=len(m.conflicts)))
+    return 0
+
+
+@command("agents")
+def cmd_agents(args: argparse.Namespace) -> int:
+    with _open(args) as agent:
+        profiles = agent.store.profiles()
+        counts = agent.store.authors()
+    rows = []
+    for key in sorted(set(profiles) | set(counts)):
+        body = profiles[key].body if key in profiles else {}
+        assert isinstance(body, dict)
+        skills = list(body.get("skills", []))
+        if args.skill and args.skill.lower() not in (s.lower() for s in skills):
+            continue
+        rows.append({
+            "id": agent_id(key), "name": body.get("name", ""), "skills": skills,
+            "description": body.get("description", ""), "memories": counts.get(key, 0),
+            "self": key == agent.key,
+        })
+    if args.json:
+        print_json(rows)
+    else:
+        for row in rows:
+            mark = " (you)" if row["self"] else ""
+            skills = ", ".join(row["skills"]) or "-"
+            print(f"{row['id']}  {row['name'] or '(no name)'}{mark}  skills: {skills}  memories: {row['memories']}")
+    return 0
+
+
+@command("profile")
+def cmd_profile(args: argparse.Namespace) -> int:
+    with _open(args) as agent:
+        if any(v is not None for v in (args.name, args.description, args.skill, args.address)):
+            record = agent.set_profile(
+                name=args.name, description=args.description, skills=args.skill, addresses=args.address
+            )
+            _notify(agent, [record])
+        record = agent.store.profiles()[agent.key]
+    body = record.body
+    assert isinstance(body, dict)
+    out = {
+        "id": agent_id(record.author), "name": body["name"], "description": body["description"],
+        "skills": list(body["skills"]), "addresses": list(body["addresses"]),
+    }
+    if args.json:
+        print_json(out)
+    else:
+        for key, value in out.items():
+            print(f"{key}: {', '.join(value) if isinstance(value, list) else value}")
+    return 0
+
+
+def _social(args: argparse.Namespace, make: Callable[[Agent], Any]) -> int:
+    with _open(args) as agent:
+        record = make(agent)
+        _notify(agent, [record])
+    print_json(ack_json(record)) if args.json else print(record.id.hex())
+    return 0
+
+
+@command("follow")
+def cmd_follow(args: argparse.Namespace) -> int:
+    return _social(args, lambda a: a.follow(args.agent, True))
+
+
+@command("unfollow")
+def cmd_unfollow(args: argparse.Namespace) -> int:
+    return _social(args, lambda a: a.follow(args.agent, False))
+
+
+@command("endorse")
+def cmd_endorse(args: argparse.Namespace) -> int:
+    def make(agent: Agent) -> Any:
+        if args.target.startswith("pm1"):
+            return agent.endorse(parse_agent_id(args.target), "agent")
+        try:
+            target = agent.store.resolve_prefix(args.target)
+        except P2pmemError as exc:
+            raise UsageError(f"not an agent id nor a known memory id: {exc}") from None
+        return agent.endorse(target, "memory")
+
+    return _social(args, make)
+
+
+@command("export")
+def cmd_export(args: argparse.Namespace) -> int:
+    with _open(args) as agent:
+        out = sys.stdout if args.file == "-" else None
+        try:
+            stream = out or open(args.file, "w", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise P2pmemError(f"cannot write {args.file}: {exc.strerror}") from None
+        count = 0
+        try:
+            for raw in agent.store.raw_records():
+                stream.write(export_line(decode_record(raw, verify=False)) + "\n")
+                count += 1
+        finally:
+            if stream is not sys.stdout:
+                stream.close()
+    if args.file != "-":
+        print(f"exported {count} records to {args.file}", file=sys.stderr)
+    return 0
+
+
+@command("import")
+def cmd_import(args: argparse.Namespace) -> int:
+    stream = _open_input(args.file)
+    raws: list[bytes] = []
+    numbers: list[int] = []
+    rejected: list[tuple[int, str]] = []
+    try:
+        for number, line, error in _lines(stream, limits.MAX_IMPORT_LINE):
+            if error is not None:
+                rejected.append((number, error))
+                continue
+            assert line is not None
+            if not line.strip():
+                continue
+            try:
+                raw, claimed = _import_line(line)
+            except UsageError as exc:
+                rejected.append((number, str(exc)))
+                continue
+            raws.append(raw)
+            numbers.append(number)
+            if claimed is not None:
+                # checked after decoding: the id is the hash of the bytes
+                numbers[-1] = -number if claimed != _sha256(raw) else number
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+    with _open(args) as agent:
+        good_raws, good_numbers = [], []
+        for raw, number in zip(raws, numbers, strict=True):
+            if number < 0:
+                rejected.append((-number, "the id does not match the record's bytes"))
+            else:
+                good_raws.append(raw)
+                good_numbers.append(number)
+        result = agent.store.ingest_raw(good_raws)
+        for position, reason in result.rejected:
+            rejected.append((good_numbers[position], reason))
+        _notify(agent, result.added)
+    rejected.sort()
+    for number, reason in rejected:
+        print(f"p2pmem: line {number}: {reason}", file=sys.stderr)
+    summary = {
+        "imported": len(result.added), "duplicates": result.duplicates,
+        "retracted": result.retracted,
+        "rejected": [{"line": n, "reason": r} for n, r in rejected],
+    }
+    if args.json:
+        print_json(summary)
+    else:
+        print(
+            f"imported {len(result.added)} records, {result.duplicates} already here, "
+            f"{len(rejected)} rejected"
+        )
+    return 1 if rejected else 0
+
+
+def _sha256(raw: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _import_line(line: str) -> tuple[bytes, str | None]:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"not JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("record"), str):
+        raise UsageError("each line must be an object with a base64 'record'")
+    try:
+        raw = base64.b64decode(obj["record"], validate=True)
+    except (binascii.Error, ValueError):
+        raise UsageError("'record' is not valid base64") from None
+    claimed = obj.get("id")
+    if claimed is not None and not isinstance(claimed, str):
+        raise UsageError("'id' must be a hex string")
+    return raw, claimed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"p2pmem: {exc}", file=sys.stderr)
+        return 2
+    except P2pmemError as exc:
+        print(f"p2pmem: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("p2pmem: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""An agent's home: its identity, its store and its clock, and the local
+operations every front end (CLI, MCP server, serving node) shares.
+
+The home is a directory (``--home``, else ``$P2PMEM_HOME``, else the
+platform's user data directory) holding ``identity.key`` (mode 0600),
+``store.db`` (SQLite, WAL) and, while ``serve`` runs, ``node.sock``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import platformdirs
+
+from p2pmem import limits
+from p2pmem.clock import HybridClock
+from p2pmem.errors import HomeError, RecordError, StoreError, UsageError
+from p2pmem.identity import Identity
+from p2pmem.record import Record, sign_record
+from p2pmem.store import DB_FILE, Store
+
+CONTROL_SOCKET = "node.sock"
+
+
+def default_home() -> Path:
+    env = os.environ.get("P2PMEM_HOME")
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_data_dir("p2pmem", appauthor=False))
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def init_home(home: Path, *, name: str | None = None, skills: Sequence[str] = ()) -> tuple[Identity, bool]:
+    """Create identity and store; on an existing home change nothing.
+    Returns the identity and whether it was created now."""
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise HomeError(f"cannot create home {home}: {exc.strerror}") from None
+    if (home / "identity.key").exists():
+        return Identity.load(home), False
+    identity = Identity.generate()
+    identity.save(home)
+    with Agent.open(home) as agent:
+        agent.set_profile(name=name or "", skills=list(skills))
+    return identity, True
+
+
+class Agent:
+    """One agent's local node state: sign, store and read records."""
+
+    def __init__(self, home: Path, identity: Identity, store: Store) -> None:
+        self.home = home
+        self.identity = identity
+        self.store = store
+        self.clock = HybridClock(store.last_ts(identity.public_key))
+
+    @classmethod
+    def open(cls, home: Path) -> Agent:
+        if not home.is_dir():
+            raise HomeError(f"no p2pmem home at {home} (run `p2pmem init`)")
+        identity = Identity.load(home)
+        return cls(home, identity, Store(home / DB_FILE))
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def key(self) -> bytes:
+        return self.identity.public_key
+
+    def next_ts(self) -> int:
+        # Another process of this home (CLI beside `serve`) may have signed since.
+        self.clock.observe(self.store.last_ts(self.key), wall_ms(), limits.MAX_FUTURE_SKEW_MS)
+        return self.clock.now(wall_ms())
+
+    def _sign(self, kind: str, body: object, **fields: object) -> Record:
+        try:
+            return sign_record(self.identity, kind, self.next_ts(), body, **fields)  # type: ignore[arg-type]
+        except RecordError as exc:
+            raise UsageError(str(exc)) from None
+
+    def _commit(self, record: Record) -> Record:
+        self.store.ingest([record])
+        return record
+
+    # -- memories --------------------------------------------------------
+    def make_memory(
+        self,
+        text: str,
+        *,
+        topics: Sequence[str] = (),
+        session: str = "",
+        at: int | None = None,
+        visibility: str = "public",
+        refs: Sequence[bytes] = (),
+        root: bytes | None = None,
+        meta: dict[str, str | int] | None = None,
+    ) -> Record:
+        if not text.strip():
+            raise UsageError("a memory needs some text")
+        return self._sign(
+            "memory", text, topics=list(topics), session=session, at=at,
+            visibility=visibility, refs=list(refs), root=root, meta=meta,
+        )
+
+    def remember(self, text: str, **fields: object) -> Record:
+        return self._commit(self.make_memory(text, **fields))  # type: ignore[arg-type]
+
+    def own_memory(self, id_text: str) -> Record:
+        try:
+            record_id = self.store.resolve_prefix(id_text)
+        except StoreError as exc:
+            raise UsageError(str(exc)) from None
+        record = self.store.get(record_id)
+        if record is None or record.kind != "memory":
+            raise StoreError(f"{id_text} is not a memory in this store")
+        if record.author != self.key:
+            raise StoreError(f"{id_text} was written by another agent; only its author can change it")
+        return record
+
+    def update(self, id_text: str, text: str, *, topics: Sequence[str] | None = None) -> Record:
+        """Supersede every current head of the memory's lineage (resolving
+        any conflict) with a new version."""
+        old = self.own_memory(id_text)
+        heads = self.store.lineage_heads(old.lineage, self.key) or [old]
+        current = heads[0]
+        return self._commit(
+            self.make_memory(
+                text,
+                topics=current.topics if topics is None else topics,
+                session=current.session,
+                at=current.at,
+                visibility=current.visibility,
+                refs=[h.id for h in heads][: limits.MAX_REFS],
+                root=old.lineage,
+            )
+        )
+
+    def forget(self, id_text: str) -> Record:
+        """Retract the whole lineage: every version, known or not yet seen."""
+        old = self.own_memory(id_text)
+        refs = sorted({old.lineage, old.id})
+        return self._commit(self._sign("retract", "", refs=refs))
+
+    # -- social ----------------------------------------------------------
+    def set_profile(
+        self,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        skills: Sequence[str] | None = None,
+        addresses: Sequence[str] | None = None,
+    ) -> Record:
+        current = self.store.profiles().get(self.key)
+        body = dict(current.body) if current is not None and isinstance(current.body, dict) else {
+            "name": "", "description": "", "skills": [], "addresses": [],
+        }
+        if name is not None:
+            body["name"] = name
+        if description is not None:
+            body["description"] = description
+        if skills is not None:
+            body["skills"] = sorted(set(skills))
+        if addresses is not None:
+            body["addresses"] = sorted(set(addresses))
+        body["skills"] = list(body["skills"])
+        body["addresses"] = list(body["addresses"])
+        body["xkey"] = self.identity.message_public_key
+        return self._commit(self._sign("profile", body))
+
+    def follow(self, target: bytes, active: bool = True) -> Record:
+        if target == self.key:
+            raise UsageError("an agent cannot follow itself")
+        return self._commit(self._sign("follow", {"target": target, "active": active}))
+
+    def endorse(self, target: bytes, what: str) -> Record:
+        return self._commit(self._sign("endorse", {"target": target, "what": what}))

@@ -1,0 +1,75 @@
+"""How records look to users: the contract's JSON objects and human lines."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from typing import Any
+
+from p2pmem.clock import physical_ms
+from p2pmem.identity import agent_id, short_id
+from p2pmem.record import Record
+from p2pmem.when import format_ms
+
+
+def ack_json(record: Record) -> dict[str, Any]:
+    """`remember`, `update`, `forget`: what was signed."""
+    return {"id": record.id.hex(), "author": agent_id(record.author), "ts": format_ms(physical_ms(record.ts))}
+
+
+def memory_json(record: Record, **extra: Any) -> dict[str, Any]:
+    """The contract's memory object."""
+    out: dict[str, Any] = {
+        "id": record.id.hex(),
+        "author": agent_id(record.author),
+        "text": record.text,
+        "topics": list(record.topics),
+        "session": record.session,
+        "ts": format_ms(physical_ms(record.ts)),
+        "at": format_ms(record.at_ms),
+        "visibility": record.visibility,
+        "lineage": record.lineage.hex(),
+        "supersedes": [ref.hex() for ref in record.refs],
+    }
+    out.update(extra)
+    return out
+
+
+def export_line(record: Record) -> str:
+    """One line of `export`: the signed bytes plus readable fields that
+    `import` ignores except to check the id."""
+    return json.dumps(
+        {
+            "id": record.id.hex(),
+            "kind": record.kind,
+            "author": agent_id(record.author),
+            "ts": format_ms(physical_ms(record.ts)),
+            "record": base64.b64encode(record.raw).decode("ascii"),
+        },
+        separators=(",", ":"),
+    )
+
+
+def memory_lines(index: int, record: Record, *, hops: int | None = None, via: bytes | None = None,
+                 conflicts: int = 0) -> str:
+    text = record.text.strip().replace("\n", " ")
+    if len(text) > 240:
+        text = text[:237] + "..."
+    detail = [f"id {record.id.hex()[:12]}", f"by {short_id(record.author)}", format_ms(record.at_ms)[:16].replace("T", " ")]
+    if record.topics:
+        detail.append("topics " + ", ".join(record.topics))
+    if record.session:
+        detail.append(f"session {record.session}")
+    if record.visibility != "public":
+        detail.append(record.visibility)
+    if hops is not None:
+        detail.append(f"{hops} hop{'s' if hops != 1 else ''}" + (f" via {short_id(via)}" if via else ""))
+    if conflicts:
+        detail.append(f"{conflicts} concurrent version{'s' if conflicts > 1 else ''}")
+    return f"{index:>3}. {text}\n     " + " · ".join(detail)
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, ensure_ascii=False, indent=None)
+    sys.stdout.write("\n")

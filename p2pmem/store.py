@@ -1,0 +1,535 @@
+"""The durable store: SQLite in WAL mode, an FTS5 index, and the CRDT views
+maintained incrementally.
+
+One table holds every record (its raw signed bytes and the columns queries
+need). The views of :mod:`p2pmem.views` are kept up to date on each insert:
+``state`` says whether a memory is a head, superseded or retracted, and only
+heads are in the full-text index. Retracted memories lose their bytes and
+text (``secure_delete`` overwrites the freed pages), keeping only the
+tombstone that stops them from coming back.
+
+Durability: every write is one transaction with ``synchronous=FULL``, so a
+memory whose id was printed is on disk before the caller hears of it.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from p2pmem import limits
+from p2pmem.clock import physical_ms
+from p2pmem.errors import RecordError, StoreError
+from p2pmem.record import Record, decode_record
+
+HEAD, SUPERSEDED = 0, 1
+DB_FILE = "store.db"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    rowid INTEGER PRIMARY KEY,
+    id BLOB NOT NULL UNIQUE,
+    ts INTEGER NOT NULL,
+    author BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    session TEXT NOT NULL,
+    visibility TEXT NOT NULL,
+    lineage BLOB,
+    target BLOB,
+    state INTEGER NOT NULL DEFAULT 0,
+    raw BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_ts ON records(ts, id);
+CREATE INDEX IF NOT EXISTS records_kind ON records(kind, author, ts);
+CREATE INDEX IF NOT EXISTS records_lineage ON records(lineage) WHERE lineage IS NOT NULL;
+CREATE INDEX IF NOT EXISTS records_target ON records(target, kind) WHERE target IS NOT NULL;
+CREATE INDEX IF NOT EXISTS records_at ON records(at) WHERE kind = 'memory';
+CREATE TABLE IF NOT EXISTS topics (
+    topic TEXT NOT NULL,
+    rid INTEGER NOT NULL,
+    PRIMARY KEY (topic, rid)
+) WITHOUT ROWID;
+-- supersede edges of stored, unretracted memories: source supersedes target
+CREATE TABLE IF NOT EXISTS supersedes (
+    target BLOB NOT NULL,
+    author BLOB NOT NULL,
+    source BLOB NOT NULL,
+    PRIMARY KEY (target, author, source)
+) WITHOUT ROWID;
+-- what retract records named: a memory matching (id or lineage, author) is gone for good
+CREATE TABLE IF NOT EXISTS tombstones (
+    target BLOB NOT NULL,
+    author BLOB NOT NULL,
+    PRIMARY KEY (target, author)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE VIRTUAL TABLE IF NOT EXISTS memory_fts USING fts5(
+    text, topics, tokenize = 'porter unicode61 remove_diacritics 2'
+);
+"""
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_MAX_QUERY_TERMS = 32
+_COLUMNS = "r.id, r.raw, r.state"
+
+
+@dataclass
+class IngestResult:
+    """What one :meth:`Store.ingest` did."""
+
+    added: list[Record] = field(default_factory=list)
+    duplicates: int = 0
+    retracted: int = 0  # arrived already retracted: dropped, tombstone kept
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """A memory as recall shows it."""
+
+    record: Record
+    conflicts: tuple[bytes, ...] = ()
+    score: float = 0.0
+
+
+def fts_query(text: str) -> str | None:
+    """A safe FTS5 query for free text: each word quoted, any of them may
+    match (BM25 ranks documents with more of the words first)."""
+    words = _WORD.findall(text.lower())[:_MAX_QUERY_TERMS]
+    if not words:
+        return None
+    return " OR ".join('"' + w.replace('"', "") + '"' for w in dict.fromkeys(words))
+
+
+class Store:
+    """A node's records in one SQLite file. Not shared between threads: each
+    process (the serving node, a CLI command) opens its own."""
+
+    def __init__(self, path: Path, *, verify_threads: int = 2) -> None:
+        self.path = Path(path)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from None
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA secure_delete=ON")
+        self._db.execute("PRAGMA foreign_keys=OFF")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._lock = threading.Lock()
+        with self._transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
+            )
+        self._verify_threads = verify_threads
+        self._pool: ThreadPoolExecutor | None = None
+
+    # -- plumbing --------------------------------------------------------
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    class _Tx:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, exc_type: object, *rest: object) -> None:
+            if exc_type is None:
+                self.db.execute("COMMIT")
+            else:
+                self.db.execute("ROLLBACK")
+
+    def _transaction(self) -> Store._Tx:
+        return Store._Tx(self._db)
+
+    def data_version(self) -> int:
+        """Changes when another connection (a CLI command) commits."""
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    # -- ingest ----------------------------------------------------------
+    def decode_many(self, raws: Sequence[bytes]) -> list[Record | RecordError]:
+        """Decode and verify in a small thread pool: Ed25519 verification
+        releases the GIL, so this is where a second core pays."""
+        if len(raws) < 64 or self._verify_threads <= 1:
+            return [_decode_or_error(raw) for raw in raws]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._verify_threads, thread_name_prefix="verify")
+        chunk = (len(raws) + self._verify_threads - 1) // self._verify_threads
+        parts = [raws[i : i + chunk] for i in range(0, len(raws), chunk)]
+        out: list[Record | RecordError] = []
+        for part in self._pool.map(_decode_part, parts):
+            out.extend(part)
+        return out
+
+    def ingest_raw(self, raws: Sequence[bytes]) -> IngestResult:
+        """Verify and store signed records from an untrusted source."""
+        decoded = self.decode_many(raws)
+        records: list[Record] = []
+        rejected: list[tuple[int, str]] = []
+        for position, item in enumerate(decoded):
+            if isinstance(item, RecordError):
+                rejected.append((position, str(item)))
+            else:
+                records.append(item)
+        result = self.ingest(records)
+        result.rejected.extend(rejected)
+        return result
+
+    def ingest(self, records: Iterable[Record]) -> IngestResult:
+        """Store verified records in one transaction, updating the views."""
+        result = IngestResult()
+        with self._lock, self._transaction() as db:
+            for record in records:
+                outcome = self._insert(db, record)
+                if outcome == "added":
+                    result.added.append(record)
+                elif outcome == "duplicate":
+                    result.duplicates += 1
+                else:
+                    result.retracted += 1
+        return result
+
+    def add(self, record: Record) -> bool:
+        """Store one record; False if it was already here or is retracted."""
+        return bool(self.ingest([record]).added)
+
+    def _insert(self, db: sqlite3.Connection, r: Record) -> str:
+        if db.execute("SELECT 1 FROM records WHERE id = ?", (r.id,)).fetchone():
+            return "duplicate"
+        if r.kind == "memory":
+            if db.execute(
+                "SELECT 1 FROM tombstones WHERE author = ? AND target IN (?, ?)",
+                (r.author, r.id, r.lineage),
+            ).fetchone():
+                return "retracted"
+            superseded = db.execute(
+                "SELECT 1 FROM supersedes WHERE target = ? AND author = ? LIMIT 1",
+                (r.id, r.author),
+            ).fetchone()
+            state = SUPERSEDED if superseded else HEAD
+            rowid = self._insert_row(db, r, r.lineage, None, state)
+            if r.topics:
+                db.executemany(
+                    "INSERT OR IGNORE INTO topics(topic, rid) VALUES (?, ?)",
+                    [(t, rowid) for t in r.topics],
+                )
+            if state == HEAD:
+                self._index(db, rowid, r)
+            for ref in r.refs:
+                db.execute(
+                    "INSERT OR IGNORE INTO supersedes(target, author, source) VALUES (?, ?, ?)",
+                    (ref, r.author, r.id),
+                )
+                row = db.execute(
+                    "SELECT rowid FROM records WHERE id = ? AND author = ? AND kind = 'memory' AND state = ?",
+                    (ref, r.author, HEAD),
+                ).fetchone()
+                if row:
+                    db.execute("UPDATE records SET state = ? WHERE rowid = ?", (SUPERSEDED, row[0]))
+                    db.execute("DELETE FROM memory_fts WHERE rowid = ?", (row[0],))
+            return "added"
+        target = None
+        if isinstance(r.body, dict):
+            target = r.body.get("target", r.body.get("to"))
+        self._insert_row(db, r, None, target, HEAD)
+        if r.kind == "retract":
+            for ref in r.refs:
+                db.execute(
+                    "INSERT OR IGNORE INTO tombstones(target, author) VALUES (?, ?)", (ref, r.author)
+                )
+                victims = db.execute(
+                    "SELECT rowid, id, raw FROM records WHERE kind = 'memory' AND author = ? "
+                    "AND (id = ? OR lineage = ?)",
+                    (r.author, ref, ref),
+                ).fetchall()
+                for rowid, victim_id, raw in victims:
+                    self._purge(db, rowid, victim_id, r.author, raw)
+        return "added"
+
+    def _insert_row(
+        self, db: sqlite3.Connection, r: Record, lineage: bytes | None, target: bytes | None, state: int
+    ) -> int:
+        cursor = db.execute(
+            "INSERT INTO records(id, ts, author, kind, at, session, visibility, lineage, target, state, raw) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (r.id, r.ts, r.author, r.kind, r.at_ms, r.session, r.visibility, lineage, target, state, r.raw),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def _index(self, db: sqlite3.Connection, rowid: int, r: Record) -> None:
+        db.execute(
+            "INSERT INTO memory_fts(rowid, text, topics) VALUES (?, ?, ?)",
+            (rowid, r.text, " ".join(r.topics)),
+        )
+
+    def _purge(self, db: sqlite3.Connection, rowid: int, victim_id: bytes, author: bytes, raw: bytes) -> None:
+        """Remove a retracted memory's bytes and text; re-expose what it superseded."""
+        victim = decode_record(raw, verify=False)
+        db.execute("DELETE FROM memory_fts WHERE rowid = ?", (rowid,))
+        db.execute("DELETE FROM topics WHERE rid = ?", (rowid,))
+        db.execute("DELETE FROM records WHERE rowid = ?", (rowid,))
+        db.execute("DELETE FROM supersedes WHERE source = ? AND author = ?", (victim_id, author))
+        for ref in victim.refs:
+            still = db.execute(
+                "SELECT 1 FROM supersedes WHERE target = ? AND author = ? LIMIT 1", (ref, author)
+            ).fetchone()
+            if still:
+                continue
+            row = db.execute(
+                "SELECT rowid, raw FROM records WHERE id = ? AND author = ? AND kind = 'memory' AND state = ?",
+                (ref, author, SUPERSEDED),
+            ).fetchone()
+            if row:
+                db.execute("UPDATE records SET state = ? WHERE rowid = ?", (HEAD, row[0]))
+                self._index(db, row[0], decode_record(row[1], verify=False))
+
+    # -- reads -----------------------------------------------------------
+    def get(self, record_id: bytes) -> Record | None:
+        row = self._db.execute("SELECT raw FROM records WHERE id = ?", (record_id,)).fetchone()
+        return decode_record(row[0], verify=False) if row else None
+
+    def get_raw(self, record_id: bytes) -> bytes | None:
+        row = self._db.execute("SELECT raw FROM records WHERE id = ?", (record_id,)).fetchone()
+        return row[0] if row else None
+
+    def has(self, record_id: bytes) -> bool:
+        return self._db.execute("SELECT 1 FROM records WHERE id = ?", (record_id,)).fetchone() is not None
+
+    def is_retracted(self, record_id: bytes) -> bool:
+        return (
+            self._db.execute("SELECT 1 FROM tombstones WHERE target = ? LIMIT 1", (record_id,)).fetchone()
+            is not None
+        )
+
+    def resolve_prefix(self, text: str) -> bytes:
+        """A record id from its hex form or a unique prefix of at least 8 digits."""
+        text = text.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{8,64}", text):
+            raise StoreError(f"not a record id (8 to 64 hex digits): {text[:80]!r}")
+        if len(text) == 64:
+            return bytes.fromhex(text)
+        low = bytes.fromhex(text.ljust(64, "0"))
+        high = bytes.fromhex(text.ljust(64, "f"))
+        rows = self._db.execute(
+            "SELECT id FROM records WHERE id BETWEEN ? AND ? LIMIT 2", (low, high)
+        ).fetchall()
+        if not rows:
+            raise StoreError(f"no record with id {text}")
+        if len(rows) > 1:
+            raise StoreError(f"id prefix {text} is ambiguous; give more digits")
+        return rows[0][0]
+
+    def count(self, kind: str | None = None) -> int:
+        if kind is None:
+            return self._db.execute("SELECT count(*) FROM records").fetchone()[0]
+        return self._db.execute("SELECT count(*) FROM records WHERE kind = ?", (kind,)).fetchone()[0]
+
+    def last_ts(self, author: bytes | None = None) -> int:
+        """The greatest timestamp stored (of one author): where the HLC resumes."""
+        if author is None:
+            row = self._db.execute("SELECT max(ts) FROM records").fetchone()
+        else:
+            row = self._db.execute(
+                "SELECT max(ts) FROM records WHERE author = ? AND kind IN "
+                "('memory','retract','profile','follow','endorse','message')",
+                (author,),
+            ).fetchone()
+        return row[0] or 0
+
+    def items(self) -> Iterator[tuple[int, bytes]]:
+        """Every stored (ts, id), the set reconciliation works on."""
+        yield from self._db.execute("SELECT ts, id FROM records ORDER BY ts, id")
+
+    def raw_records(self, *, kinds: Sequence[str] | None = None) -> Iterator[bytes]:
+        """Raw bytes of stored records in (ts, id) order (export)."""
+        if kinds:
+            marks = ",".join("?" * len(kinds))
+            query = f"SELECT raw FROM records WHERE kind IN ({marks}) ORDER BY ts, id"
+            yield from (row[0] for row in self._db.execute(query, tuple(kinds)))
+        else:
+            yield from (row[0] for row in self._db.execute("SELECT raw FROM records ORDER BY ts, id"))
+
+    def records_by_kind(self, kind: str) -> list[Record]:
+        rows = self._db.execute("SELECT raw FROM records WHERE kind = ? ORDER BY ts, id", (kind,))
+        return [decode_record(row[0], verify=False) for row in rows]
+
+    def lineage_heads(self, lineage: bytes, author: bytes) -> list[Record]:
+        """Heads of one lineage, current first."""
+        rows = self._db.execute(
+            "SELECT raw FROM records WHERE lineage = ? AND author = ? AND state = ? "
+            "ORDER BY ts DESC, id DESC",
+            (lineage, author, HEAD),
+        )
+        return [decode_record(row[0], verify=False) for row in rows]
+
+    def current_version(self, record_id: bytes) -> Record | None:
+        """The current head of the lineage that ``record_id`` belongs to."""
+        row = self._db.execute(
+            "SELECT lineage, author FROM records WHERE id = ? AND kind = 'memory'", (record_id,)
+        ).fetchone()
+        if not row:
+            return None
+        heads = self.lineage_heads(row[0], row[1])
+        return heads[0] if heads else None
+
+    def lineage_ids(self, lineage: bytes, author: bytes) -> list[bytes]:
+        rows = self._db.execute(
+            "SELECT id FROM records WHERE lineage = ? AND author = ?", (lineage, author)
+        )
+        return [row[0] for row in rows]
+
+    def recall(
+        self,
+        query: str = "",
+        *,
+        since: int | None = None,
+        until: int | None = None,
+        topics: Sequence[str] = (),
+        authors: Sequence[bytes] = (),
+        session: str | None = None,
+        visibilities: Sequence[str] = ("public", "ask", "private"),
+        limit: int = 10,
+    ) -> list[Memory]:
+        """Current memories matching ``query`` and the filters, best first:
+        BM25 relevance, then the newest. Each comes with its concurrent heads."""
+        limit = max(1, min(limit, limits.MAX_RECALL_LIMIT))
+        where = ["r.state = 0", "r.kind = 'memory'"]
+        params: list[object] = []
+        if since is not None:
+            where.append("r.at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("r.at <= ?")
+            params.append(until)
+        if authors:
+            where.append(f"r.author IN ({','.join('?' * len(authors))})")
+            params.extend(authors)
+        if session is not None:
+            where.append("r.session = ?")
+            params.append(session)
+        if tuple(visibilities) != ("public", "ask", "private"):
+            where.append(f"r.visibility IN ({','.join('?' * len(visibilities))})")
+            params.extend(visibilities)
+        if topics:
+            where.append(
+                f"EXISTS (SELECT 1 FROM topics t WHERE t.rid = r.rowid AND t.topic IN ({','.join('?' * len(topics))}))"
+            )
+            params.extend(topics)
+        match = fts_query(query)
+        if match is not None:
+            sql = (
+                f"SELECT {_COLUMNS}, bm25(memory_fts) AS score FROM memory_fts "
+                "JOIN records r ON r.rowid = memory_fts.rowid "
+                f"WHERE memory_fts MATCH ? AND {' AND '.join(where)} "
+                "ORDER BY score, r.ts DESC LIMIT ?"
+            )
+            rows = self._db.execute(sql, [match, *params, limit]).fetchall()
+        else:
+            sql = (
+                f"SELECT {_COLUMNS}, 0.0 FROM records r WHERE {' AND '.join(where)} "
+                "ORDER BY r.ts DESC LIMIT ?"
+            )
+            rows = self._db.execute(sql, [*params, limit]).fetchall()
+        out = []
+        for _id, raw, _state, score in rows:
+            record = decode_record(raw, verify=False)
+            out.append(Memory(record, self.conflicts_of(record), float(score)))
+        return out
+
+    def conflicts_of(self, record: Record) -> tuple[bytes, ...]:
+        """The other heads of a memory's lineage: concurrent edits."""
+        rows = self._db.execute(
+            "SELECT id FROM records WHERE lineage = ? AND author = ? AND state = ? AND id != ? "
+            "ORDER BY ts DESC, id DESC",
+            (record.lineage, record.author, HEAD, record.id),
+        )
+        return tuple(row[0] for row in rows)
+
+    def profiles(self) -> dict[bytes, Record]:
+        """Each author's winning profile (last writer wins by (ts, id))."""
+        best: dict[bytes, Record] = {}
+        for record in self.records_by_kind("profile"):
+            current = best.get(record.author)
+            if current is None or (record.ts, record.id) > (current.ts, current.id):
+                best[record.author] = record
+        return best
+
+    def follows(self) -> set[tuple[bytes, bytes]]:
+        """Active (follower, followee) pairs (last writer wins per pair)."""
+        latest: dict[tuple[bytes, bytes], Record] = {}
+        for record in self.records_by_kind("follow"):
+            assert isinstance(record.body, dict)
+            key = (record.author, record.body["target"])
+            current = latest.get(key)
+            if current is None or (record.ts, record.id) > (current.ts, current.id):
+                latest[key] = record
+        return {k for k, r in latest.items() if isinstance(r.body, dict) and r.body["active"]}
+
+    def endorsements(self) -> set[tuple[bytes, bytes, str]]:
+        out = set()
+        for record in self.records_by_kind("endorse"):
+            assert isinstance(record.body, dict)
+            out.add((record.author, record.body["target"], record.body["what"]))
+        return out
+
+    def authors(self) -> dict[bytes, int]:
+        """Every author with a count of its current memories."""
+        rows = self._db.execute(
+            "SELECT author, sum(kind = 'memory' AND state = 0) FROM records GROUP BY author"
+        )
+        return {author: count or 0 for author, count in rows}
+
+    def messages_to(self, recipient: bytes) -> list[Record]:
+        rows = self._db.execute(
+            "SELECT raw FROM records WHERE target = ? AND kind = 'message' ORDER BY ts DESC, id DESC",
+            (recipient,),
+        )
+        return [decode_record(row[0], verify=False) for row in rows]
+
+    def set_meta(self, key: str, value: object) -> None:
+        with self._lock, self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def get_meta(self, key: str, default: object = None) -> object:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def integrity_check(self) -> str:
+        return self._db.execute("PRAGMA integrity_check").fetchone()[0]
+
+    def now_ms_hint(self) -> int:
+        return physical_ms(self.last_ts())
+
+
+def _decode_or_error(raw: bytes) -> Record | RecordError:
+    try:
+        return decode_record(raw)
+    except RecordError as exc:
+        return exc
+
+
+def _decode_part(raws: Sequence[bytes]) -> list[Record | RecordError]:
+    return [_decode_or_error(raw) for raw in raws]
