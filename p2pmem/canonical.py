@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Mapping
 from typing import Any
 
 import cbor2
@@ -101,7 +102,7 @@ def _encode_into(obj: Any, out: list[bytes]) -> None:
         out.append(_head(4, len(obj)))
         for item in obj:
             _encode_into(item, out)
-    elif isinstance(obj, dict):
+    elif isinstance(obj, Mapping):  # dict, or cbor2's frozendict inside a tag or key
         pairs = sorted((encode_deterministic(k), v) for k, v in obj.items())
         out.append(_head(5, len(pairs)))
         for key_bytes, value in pairs:
@@ -127,7 +128,7 @@ def keys_order_agree(obj: Any) -> bool:
     """True when cbor2's length-first key order equals RFC 8949's bytewise order
     for every map inside ``obj``: all keys of each map are unsigned integers,
     or all are text strings."""
-    if isinstance(obj, dict):
+    if isinstance(obj, Mapping):
         keys = list(obj)
         if keys and not (
             all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in keys)

@@ -60,6 +60,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= limits.MAX_QUERY_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most {limits.MAX_QUERY_TIMEOUT_S:g}")
+    return value
+
+
 def _agent(text: str) -> bytes:
     try:
         return parse_agent_id(text)
@@ -132,6 +142,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="verify and import JSON lines of signed records")
     p.add_argument("file")
+    _common(p)
+
+    p = sub.add_parser("serve", help="run the node until SIGINT or SIGTERM")
+    p.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT",
+                   help="where to accept peers (default 127.0.0.1 and a free port)")
+    p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT", help="a bootstrap peer")
+    p.add_argument("--replicate", choices=("follows", "all"), default="follows",
+                   help="whose public memories to keep: followed agents' (default) or everyone's")
+    p.add_argument("--max-peers", type=_positive, default=limits.MAX_ACTIVE_PEERS,
+                   help=f"most connections to keep (default {limits.MAX_ACTIVE_PEERS})")
+    _common(p)
+
+    _common(sub.add_parser("peers", help="connected peers of the serving node"))
+    _common(sub.add_parser("status", help="the serving node's id, addresses, counts"))
+
+    p = sub.add_parser("ask", help="ask the network through the serving node")
+    p.add_argument("query")
+    p.add_argument("--ttl", type=_positive, default=limits.DEFAULT_TTL,
+                   help=f"links the query may cross (default {limits.DEFAULT_TTL}, at most {limits.MAX_TTL})")
+    p.add_argument("--timeout", type=_seconds, default=3.0, help="seconds to wait for answers (default 3)")
+    p.add_argument("--agent", type=_agent, default=None, help="ask one agent only")
+    _filters(p)
     _common(p)
 
     for extra in _EXTRA_PARSERS:
@@ -532,6 +564,79 @@ def cmd_import(args: argparse.Namespace) -> int:
             f"{len(rejected)} rejected"
         )
     return 1 if rejected else 0
+
+
+@command("serve")
+def cmd_serve(args: argparse.Namespace) -> int:
+    from p2pmem.node import parse_address, run_serve
+
+    parse_address(args.listen)
+    for peer in args.peer:
+        parse_address(peer)
+    with _open(args) as agent:
+        return run_serve(agent, listen=args.listen, peers=args.peer,
+                         replicate_all=args.replicate == "all", json_out=args.json,
+                         max_peers=min(args.max_peers, limits.MAX_ACTIVE_PEERS))
+
+
+@command("peers")
+def cmd_peers(args: argparse.Namespace) -> int:
+    from p2pmem.control import request
+
+    peers = request(_home(args), "peers")["peers"]
+    if args.json:
+        print_json(peers)
+    elif not peers:
+        print("no peers connected", file=sys.stderr)
+    else:
+        for peer in peers:
+            print(f"{peer['id']}  {peer['address'] or '-'}  ({peer['direction']})")
+    return 0
+
+
+@command("status")
+def cmd_status(args: argparse.Namespace) -> int:
+    from p2pmem.control import request
+
+    status = request(_home(args), "status")["status"]
+    if args.json:
+        print_json(status)
+    else:
+        print(f"id:         {status['id']}")
+        print(f"addresses:  {', '.join(status['addresses'])}")
+        print(f"peers:      {status['peers']} ({status['connections']} connections)")
+        print(f"records:    {status['records']}")
+        print(f"replicate:  {status['replicate']}")
+        stats = status["stats"]
+        print(f"traffic:    {stats['records_in']} records in, {stats['records_out']} out, "
+              f"{stats['bytes_in']} bytes in, {stats['bytes_out']} out")
+    return 0
+
+
+@command("ask")
+def cmd_ask(args: argparse.Namespace) -> int:
+    from p2pmem.control import request
+    from p2pmem.record import decode_record
+
+    if args.ttl > limits.MAX_TTL:
+        raise UsageError(f"--ttl is at most {limits.MAX_TTL}")
+    reply = request(
+        _home(args), "ask", timeout=args.timeout + 5.0, text=args.query, ttl=args.ttl,
+        query_timeout=args.timeout, since=args.since, until=args.until, topics=args.topic,
+        limit=args.limit, agent=agent_id(args.agent) if args.agent else None,
+    )
+    results = reply["results"]
+    if args.json:
+        for item in results:
+            item.pop("record", None)
+        print_json(results)
+    elif not results:
+        print("no answers", file=sys.stderr)
+    else:
+        for i, item in enumerate(results, 1):
+            record = decode_record(base64.b64decode(item["record"]), verify=False)
+            print(memory_lines(i, record, hops=item["hops"], via=parse_agent_id(item["via"])))
+    return 0
 
 
 def _sha256(raw: bytes) -> str:

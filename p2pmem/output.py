@@ -18,7 +18,7 @@ def ack_json(record: Record) -> dict[str, Any]:
     return {"id": record.id.hex(), "author": agent_id(record.author), "ts": format_ms(physical_ms(record.ts))}
 
 
-def memory_json(record: Record, **extra: Any) -> dict[str, Any]:
+def memory_json(record: Record, /, **extra: Any) -> dict[str, Any]:
     """The contract's memory object."""
     out: dict[str, Any] = {
         "id": record.id.hex(),

@@ -131,6 +131,15 @@ class Store:
             self._db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
             )
+            # FTS5 keeps a deleted row's tokens in its index segments until they
+            # are merged. SQLite >= 3.42 can remove them at once ('secure-delete');
+            # older versions need an 'optimize' after each purge (see _purge).
+            try:
+                self._db.execute("INSERT INTO memory_fts(memory_fts, rank) VALUES ('secure-delete', 1)")
+                self._fts_secure_delete = True
+            except sqlite3.OperationalError:
+                self._fts_secure_delete = False
+        self._purged = False
         self._verify_threads = verify_threads
         self._pool: ThreadPoolExecutor | None = None
 
@@ -201,6 +210,7 @@ class Store:
         """Store verified records in one transaction, updating the views."""
         result = IngestResult()
         with self._lock, self._transaction() as db:
+            self._purged = False
             for record in records:
                 outcome = self._insert(db, record)
                 if outcome == "added":
@@ -209,6 +219,9 @@ class Store:
                     result.duplicates += 1
                 else:
                     result.retracted += 1
+            if self._purged and not self._fts_secure_delete:
+                # rewrite the index without the purged text (secure_delete zeroes the old pages)
+                db.execute("INSERT INTO memory_fts(memory_fts) VALUES ('optimize')")
         return result
 
     def add(self, record: Record) -> bool:
@@ -288,6 +301,7 @@ class Store:
     def _purge(self, db: sqlite3.Connection, rowid: int, victim_id: bytes, author: bytes, raw: bytes) -> None:
         """Remove a retracted memory's bytes and text; re-expose what it superseded."""
         victim = decode_record(raw, verify=False)
+        self._purged = True
         db.execute("DELETE FROM memory_fts WHERE rowid = ?", (rowid,))
         db.execute("DELETE FROM topics WHERE rid = ?", (rowid,))
         db.execute("DELETE FROM records WHERE rowid = ?", (rowid,))
@@ -362,6 +376,29 @@ class Store:
     def items(self) -> Iterator[tuple[int, bytes]]:
         """Every stored (ts, id), the set reconciliation works on."""
         yield from self._db.execute("SELECT ts, id FROM records ORDER BY ts, id")
+
+    def scan(self) -> Iterator[tuple[int, bytes, str, bytes, str]]:
+        """(ts, id, kind, author, visibility) of every record: what replication
+        scopes are computed from, without decoding any record."""
+        yield from self._db.execute("SELECT ts, id, kind, author, visibility FROM records")
+
+    def max_rowid(self) -> int:
+        return self._db.execute("SELECT coalesce(max(rowid), 0) FROM records").fetchone()[0]
+
+    def rows_after(self, rowid: int, limit: int = 1000) -> list[tuple[int, bytes]]:
+        """(rowid, raw) of records stored after ``rowid``: how a serving node
+        notices what a CLI command of the same home wrote."""
+        return self._db.execute(
+            "SELECT rowid, raw FROM records WHERE rowid > ? ORDER BY rowid LIMIT ?", (rowid, limit)
+        ).fetchall()
+
+    def raw_many(self, ids: Sequence[bytes]) -> list[bytes]:
+        out = []
+        for record_id in ids:
+            row = self._db.execute("SELECT raw FROM records WHERE id = ?", (record_id,)).fetchone()
+            if row:
+                out.append(row[0])
+        return out
 
     def raw_records(self, *, kinds: Sequence[str] | None = None) -> Iterator[bytes]:
         """Raw bytes of stored records in (ts, id) order (export)."""

@@ -1,0 +1,348 @@
+"""The trio node: a thin shell that feeds :class:`p2pmem.core.NodeCore` real
+sockets and the real clock, and carries out the actions it returns.
+
+No protocol decision lives here. The shell owns tasks and sockets only: one
+listener, one reader and one writer task per connection, a timer task that
+wakes the core at its next deadline, dial tasks, and the local control socket
+through which the other commands of the home reach the running node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from p2pmem import limits
+from p2pmem.control import ControlServer
+from p2pmem.core import Close, ConnId, Dial, NodeCore, Send, Timing
+from p2pmem.errors import P2pmemError, UsageError
+from p2pmem.home import Agent
+
+log = logging.getLogger("p2pmem.node")
+
+READ_SIZE = 65536
+DIAL_TIMEOUT_S = 5.0
+POLL_STORE_S = 0.25
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) with a clear error."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise UsageError(f"not an address (HOST:PORT expected): {text!r}")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise UsageError(f"not a port number in {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise UsageError(f"port out of range in {text!r}")
+    return host, port
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def wall() -> float:
+    return time.time()
+
+
+@dataclass
+class _Conn:
+    stream: trio.SocketStream
+    outbox: trio.MemorySendChannel[bytes | None]
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+class Node:
+    """One running node of a home."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        *,
+        listen: str = "127.0.0.1:0",
+        peers: list[str] | None = None,
+        replicate_all: bool = False,
+        timing: Timing | None = None,
+        announce: bool = True,
+    ) -> None:
+        self.agent = agent
+        self.listen = parse_address(listen)
+        self.peers = list(peers or [])
+        for peer in self.peers:
+            parse_address(peer)
+        self.replicate_all = replicate_all
+        self.timing = timing
+        self.announce = announce
+        self.core: NodeCore | None = None
+        self.address: str | None = None
+        self._conns: dict[ConnId, _Conn] = {}
+        self._next_conn = 0
+        self._nursery: trio.Nursery | None = None
+        self._wakeup = trio.Event()
+        self._last_data_version = -1
+
+    # -- lifecycle -------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        host, port = self.listen
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            raise P2pmemError(f"cannot listen on {format_address(host, port)}: {exc.strerror}") from None
+        bound = listeners[0].socket.getsockname()
+        self.address = format_address(bound[0], bound[1])
+        if self.announce:
+            self._announce_address(self.address)
+        self.core = NodeCore(
+            self.agent.identity, self.agent.store, random.Random(),
+            now=wall(), listen_addresses=[self.address], bootstrap=self.peers,
+            replicate_all=self.replicate_all, timing=self.timing,
+        )
+        control = ControlServer(self.agent.home, self)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await control.start(nursery)
+                nursery.start_soon(self._serve_listeners, listeners)
+                nursery.start_soon(self._timer_loop)
+                self._apply()
+                task_status.started(self.address)
+        finally:
+            control.cleanup()
+
+    def _announce_address(self, address: str) -> None:
+        """Publish where we listen in our profile, so followers can dial us."""
+        host, _ = parse_address(address)
+        if host in ("0.0.0.0", "::"):
+            return
+        profile = self.agent.store.profiles().get(self.agent.key)
+        current = profile.body.get("addresses", []) if profile and isinstance(profile.body, dict) else []
+        if list(current) != [address]:
+            self.agent.set_profile(addresses=[address])
+
+    async def stop(self) -> None:
+        """Say goodbye to every peer, give writers a moment, then cancel."""
+        core = self.core
+        if core is not None:
+            for session in list(core.sessions.values()):
+                core._close(session, "node stopping", wall())
+            self._apply()
+            with trio.move_on_after(1.0):
+                while self._conns:
+                    await trio.sleep(0.02)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # -- the core's actions ------------------------------------------------
+    def _apply(self) -> None:
+        assert self.core is not None
+        for action in self.core.take_actions():
+            if isinstance(action, Send):
+                conn = self._conns.get(action.conn)
+                if conn is not None:
+                    with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                        conn.outbox.send_nowait(action.data)
+            elif isinstance(action, Close):
+                conn = self._conns.get(action.conn)
+                if conn is not None:
+                    with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                        conn.outbox.send_nowait(None)  # writer closes after what is queued
+            elif isinstance(action, Dial):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._dial, action.address, action.expected)
+        self._wakeup.set()
+
+    def poke(self) -> None:
+        """Something changed in the store (a CLI command wrote)."""
+        assert self.core is not None
+        self.core.poll_store(wall())
+        self._apply()
+
+    # -- tasks --------------------------------------------------------------
+    async def _serve_listeners(self, listeners: list[trio.SocketListener]) -> None:
+        async def handler(stream: trio.SocketStream) -> None:
+            await self._run_connection(stream, initiator=False, address=None, expected=None)
+
+        await trio.serve_listeners(handler, listeners)
+
+    async def _dial(self, address: str, expected: bytes | None) -> None:
+        assert self.core is not None
+        host, port = parse_address(address)
+        stream = None
+        with trio.move_on_after(DIAL_TIMEOUT_S):
+            try:
+                stream = await trio.open_tcp_stream(host, port)
+            except OSError as exc:
+                self.core.dial_failed(address, wall(), exc.strerror or str(exc))
+                self._apply()
+                return
+        if stream is None:
+            self.core.dial_failed(address, wall(), "timed out")
+            self._apply()
+            return
+        await self._run_connection(stream, initiator=True, address=address, expected=expected)
+
+    async def _run_connection(
+        self, stream: trio.SocketStream, *, initiator: bool, address: str | None, expected: bytes | None
+    ) -> None:
+        assert self.core is not None
+        self._next_conn += 1
+        conn_id = self._next_conn
+        send, receive = trio.open_memory_channel[bytes | None](math.inf)
+        conn = _Conn(stream, send)
+        self._conns[conn_id] = conn
+        try:
+            with conn.scope:
+                self.core.connection_made(conn_id, initiator=initiator, now=wall(), address=address,
+                                          expected=expected)
+                self._apply()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer, conn, receive, nursery.cancel_scope)
+                    while True:
+                        try:
+                            data = await stream.receive_some(READ_SIZE)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            break
+                        if not data:
+                            break
+                        self.core.data_received(conn_id, data, wall())
+                        self._apply()
+                    nursery.cancel_scope.cancel()
+        finally:
+            del self._conns[conn_id]
+            self.core.connection_lost(conn_id, wall())
+            self._apply()
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await stream.aclose()
+
+    async def _writer(
+        self, conn: _Conn, receive: trio.MemoryReceiveChannel[bytes | None], scope: trio.CancelScope
+    ) -> None:
+        try:
+            async for data in receive:
+                if data is None:
+                    break
+                await conn.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()  # closing: stop the reader too
+
+    async def _timer_loop(self) -> None:
+        assert self.core is not None
+        next_poll = 0.0
+        while True:
+            deadline = self.core.next_deadline()
+            now = wall()
+            wait = POLL_STORE_S if deadline is None else max(0.0, min(deadline - now, POLL_STORE_S))
+            with trio.move_on_after(wait):
+                await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            now = wall()
+            if now >= next_poll:
+                next_poll = now + POLL_STORE_S
+                version = self.agent.store.data_version()
+                if version != self._last_data_version:
+                    self._last_data_version = version
+                    self.core.poll_store(now)
+            deadline = self.core.next_deadline()
+            if deadline is not None and now >= deadline:
+                self.core.handle_timer(now)
+            self._apply()
+
+    # -- control requests ------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        assert self.core is not None
+        from p2pmem.identity import agent_id
+
+        out = self.core.status()
+        out["id"] = agent_id(self.agent.key)
+        out["pid"] = os.getpid()
+        out["uptime_s"] = round(wall() - self.core.started, 1)
+        return out
+
+    def peers_list(self) -> list[dict[str, Any]]:
+        assert self.core is not None
+        from p2pmem.identity import agent_id
+
+        out = []
+        for session in self.core.ready_peers():
+            assert session.remote is not None
+            advertised = session.hello.addresses[0] if session.hello and session.hello.addresses else None
+            out.append({
+                "id": agent_id(session.remote),
+                "address": session.address or advertised,
+                "direction": "out" if session.initiator else "in",
+                "records_sent": session.sent_records,
+                "records_received": session.received_records,
+            })
+        return out
+
+    async def ask(self, text: str, *, timeout: float, **options: Any) -> list[dict[str, Any]]:
+        from p2pmem.ranking import rank_hits
+
+        assert self.core is not None
+        timeout = max(0.05, min(timeout, limits.MAX_QUERY_TIMEOUT_S))
+        qid = self.core.start_query(text, now=wall(), timeout=timeout, **options)
+        self._apply()
+        try:
+            await trio.sleep(timeout)
+            hits = self.core.query_results(qid)
+        finally:
+            self.core.finish_query(qid)
+        return rank_hits(self.agent, text, hits, limit=options.get("limit", 10))
+
+
+async def serve_forever(node: Node, on_ready: Callable[[str], None] | None = None) -> None:
+    """Run until SIGINT or SIGTERM, then stop cleanly."""
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(node.run)
+        if on_ready is not None:
+            on_ready(address)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("received %s, stopping", signal.Signals(signum).name)
+                break
+        await node.stop()
+
+
+def run_serve(
+    agent: Agent, *, listen: str, peers: list[str], replicate_all: bool, json_out: bool,
+    max_peers: int = limits.MAX_ACTIVE_PEERS,
+) -> int:
+    from p2pmem.identity import agent_id
+
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s p2pmem %(message)s", datefmt="%H:%M:%S"
+    )
+    timing = Timing(max_peers=max_peers, target_peers=min(max_peers, Timing.target_peers))
+    node = Node(agent, listen=listen, peers=peers, replicate_all=replicate_all, timing=timing)
+
+    def ready(address: str) -> None:
+        if json_out:
+            print(json.dumps({"id": agent_id(agent.key), "address": address}), flush=True)
+        else:
+            print(f"serving {agent_id(agent.key)} on {address}", flush=True)
+
+    try:
+        trio.run(serve_forever, node, ready)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise P2pmemError(f"address already in use: {listen}") from None
+        raise
+    print("stopped", file=sys.stderr)
+    return 0

@@ -1,0 +1,859 @@
+"""Flooding query routing, sans-IO: dedup, TTL, reverse path, rate limits.
+
+Why flooding: a question must reach memories that gossip did not replicate
+(``ask`` memories are never gossiped, and a node only replicates the authors it
+follows), and there is no index of who holds what. Flooding with a TTL reaches
+every node within TTL links without any global state, and duplicate
+suppression keeps its cost linear in the links it crosses.
+
+Why sans-IO: :class:`QueryRouter` takes bytes and the current time in and puts
+``(peer, kind, bytes)`` in an outbox; it never reads a clock, a socket or the
+global random generator. The trio node and the simulator are two shells around
+the same object, so a simulated run replays exactly from its seed.
+
+Cost model. Each node forwards a query only on first sight of its id, once to
+each neighbour except the one it came from (and except the asker), so each
+query crosses each link at most once per direction: at most ``2·|E|`` query
+messages over the links within reach of the TTL, and usually about ``|E|``.
+Hits travel back along the reverse path only, one message (or a few, when they
+exceed a wire message) per answering node per link of its path; a relay passes
+at most :data:`MAX_RELAYED_RECORDS` records per query, so a responder cannot
+amplify through it.
+
+Trust. Nothing here trusts a peer: ``hops`` and ``responder`` are claims of
+whoever answered, and records are opaque bytes until the asker runs
+:func:`verify_hits`, which checks every signature and every filter again.
+
+Wire format (RFC 8949 deterministic CBOR, maps with small unsigned keys; a
+decoder rejects any bytes that :func:`encode_query` / :func:`encode_hits` would
+not have produced, so each message has exactly one encoding)::
+
+    query = {
+      0: bstr .size 16,            ; qid, random
+      1: bstr .size 32,            ; asker, Ed25519 agent key
+      2: uint,                     ; ttl: links it may still cross, 1..MAX_TTL
+      3: uint,                     ; hops: links crossed so far, 1..MAX_TTL,
+                                   ;   ttl + hops <= MAX_TTL + 1
+      4: tstr,                     ; text, at most MAX_QUERY_TEXT bytes
+      ? 5: uint,                   ; since, ms since the epoch, on a record's at
+      ? 6: uint,                   ; until, ms since the epoch, since <= until
+      7: [* tstr],                 ; topics, sorted, unique, <= MAX_TOPICS,
+                                   ;   each 1..MAX_TOPIC bytes (any one matches)
+      8: [* bstr .size 32],        ; authors, sorted, unique, <= MAX_QUERY_AUTHORS
+      ? 9: bstr .size 32,          ; target: only this agent's records answer
+      10: uint,                    ; limit, 1..MAX_QUERY_HITS
+      11: uint,                    ; timeout_ms, 1..MAX_QUERY_TIMEOUT_S * 1000
+    }
+
+    query-hits = {
+      0: bstr .size 16,            ; qid of the query answered
+      1: uint,                     ; hops between asker and responder, 1..MAX_TTL
+      2: bstr .size 32,            ; responder, agent key of the answering node
+      3: [* bstr],                 ; signed records (COSE_Sign1 bytes),
+                                   ;   1..MAX_QUERY_HITS, each <= MAX_RECORD
+    }
+
+A query carries a relative ``timeout_ms``, never an absolute deadline: clocks
+differ between nodes, so each node computes its own deadline as
+``now + timeout`` when the query first arrives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import logging
+import random
+import re
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import cbor2
+
+from p2pmem import limits
+from p2pmem.errors import P2pmemError, RecordError
+from p2pmem.record import Record, decode_record
+
+__all__ = [
+    "DEFAULT_QUERY_TIMEOUT_S",
+    "MAX_QUERY_AUTHORS",
+    "MAX_RELAYED_RECORDS",
+    "Hit",
+    "Query",
+    "QueryError",
+    "QueryHits",
+    "QueryRouter",
+    "QueryStats",
+    "VerifiedHit",
+    "decode_hits",
+    "decode_query",
+    "encode_hits",
+    "encode_query",
+    "hit_matches",
+    "rank_hits",
+    "verify_hits",
+]
+
+log = logging.getLogger(__name__)
+
+Peer = Hashable
+Kind = Literal["query", "hits"]
+Answer = Callable[["Query"], Sequence[bytes]]
+
+DEFAULT_QUERY_TIMEOUT_S = 5.0
+MAX_QUERY_AUTHORS = 16
+QID_SIZE = 16
+KEY_SIZE = 32
+# Records a relay passes back for one query: enough for every node within reach
+# to fill a few answers, small enough that one query cannot make a relay carry
+# an unbounded volume (amplification).
+MAX_RELAYED_RECORDS = limits.MAX_QUERY_HITS * 8
+# Distinct records the asker keeps for one of its own queries, for the same reason.
+MAX_COLLECTED_RECORDS = limits.MAX_QUERY_HITS * 8
+# How long the results of a finished own query stay readable before
+# handle_timer drops them, in case the node never calls finish().
+RESULT_LINGER_S = 30.0
+# A query message is small (text, topics, authors); anything larger is hostile.
+MAX_QUERY_MESSAGE = 4096
+# One hits message must fit one wire message; bigger answers are split.
+MAX_HITS_MESSAGE = limits.MAX_MESSAGE
+_HITS_OVERHEAD = 128  # map head, qid, hops, responder, array head, with margin
+_RECORD_HEAD = 5  # the longest byte-string head a record <= 128 KiB needs
+_MAX_DROP_REASONS = 64
+
+# Query map keys.
+Q_QID, Q_ASKER, Q_TTL, Q_HOPS, Q_TEXT, Q_SINCE, Q_UNTIL = 0, 1, 2, 3, 4, 5, 6
+Q_TOPICS, Q_AUTHORS, Q_TARGET, Q_LIMIT, Q_TIMEOUT = 7, 8, 9, 10, 11
+_Q_REQUIRED = frozenset(
+    (Q_QID, Q_ASKER, Q_TTL, Q_HOPS, Q_TEXT, Q_TOPICS, Q_AUTHORS, Q_LIMIT, Q_TIMEOUT)
+)
+_Q_OPTIONAL = frozenset((Q_SINCE, Q_UNTIL, Q_TARGET))
+# QueryHits map keys.
+H_QID, H_HOPS, H_RESPONDER, H_RECORDS = 0, 1, 2, 3
+_H_KEYS = frozenset((H_QID, H_HOPS, H_RESPONDER, H_RECORDS))
+
+_MAX_UINT = (1 << 64) - 1
+_MAX_TIMEOUT_MS = int(limits.MAX_QUERY_TIMEOUT_S * 1000)
+
+
+class QueryError(P2pmemError):
+    """A query or hits message is malformed or out of bounds, or a query
+    cannot be started as asked. Decoders raise only this, for any bytes."""
+
+
+# --- messages ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A question flooding through the network.
+
+    ``ttl`` is how many more links it may cross; ``hops`` is how many it has
+    crossed to reach the node holding it (the asker's neighbours see 1), so a
+    node at ``hops`` from the asker can report its distance without trusting
+    anyone's clock or topology.
+    """
+
+    qid: bytes
+    asker: bytes
+    ttl: int
+    text: str
+    hops: int = 1
+    since: int | None = None
+    until: int | None = None
+    topics: tuple[str, ...] = ()
+    authors: tuple[bytes, ...] = ()
+    target: bytes | None = None
+    limit: int = limits.MAX_QUERY_HITS
+    timeout_ms: int = int(DEFAULT_QUERY_TIMEOUT_S * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryHits:
+    """An answer travelling back to the asker along the query's reverse path."""
+
+    qid: bytes
+    hops: int
+    responder: bytes
+    records: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One record collected for an own query, with its unverified provenance."""
+
+    raw: bytes
+    hops: int
+    responder: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedHit:
+    """A hit whose record was decoded, signature-checked and filter-checked."""
+
+    record: Record
+    hops: int
+    responder: bytes
+
+
+def _fail(reason: str) -> QueryError:
+    return QueryError(reason[:200])
+
+
+def _check_bytes(value: Any, what: str, size: int) -> bytes:
+    if type(value) is not bytes:
+        raise _fail(f"{what} must be a byte string")
+    if len(value) != size:
+        raise _fail(f"{what} must be {size} bytes, not {len(value)}")
+    return value
+
+
+def _check_uint(value: Any, what: str, low: int = 0, high: int = _MAX_UINT) -> int:
+    if type(value) is not int:
+        raise _fail(f"{what} must be an unsigned integer")
+    if not low <= value <= high:
+        raise _fail(f"{what} must be between {low} and {high}, not {value}")
+    return value
+
+
+def _check_opt_uint(value: Any, what: str) -> int | None:
+    return None if value is None else _check_uint(value, what)
+
+
+def _check_sorted_unique(items: tuple[Any, ...], what: str) -> None:
+    if list(items) != sorted(set(items)):
+        raise _fail(f"{what} must be sorted and without duplicates")
+
+
+def _check_query(q: Query) -> None:
+    """Every rule of the query schema, for encoding and decoding alike, so an
+    encoder can never emit what a decoder would refuse."""
+    _check_bytes(q.qid, "query id", QID_SIZE)
+    _check_bytes(q.asker, "asker", KEY_SIZE)
+    _check_uint(q.ttl, "ttl", 1, limits.MAX_TTL)
+    _check_uint(q.hops, "hops", 1, limits.MAX_TTL)
+    if q.ttl + q.hops > limits.MAX_TTL + 1:
+        raise _fail(f"ttl {q.ttl} plus hops {q.hops} exceeds the TTL cap {limits.MAX_TTL}")
+    if type(q.text) is not str:
+        raise _fail("query text must be a text string")
+    size = len(q.text.encode("utf-8", "surrogatepass"))
+    if size > limits.MAX_QUERY_TEXT:
+        raise _fail(f"query text is {size} bytes, over the limit of {limits.MAX_QUERY_TEXT}")
+    since = _check_opt_uint(q.since, "since")
+    until = _check_opt_uint(q.until, "until")
+    if since is not None and until is not None and since > until:
+        raise _fail("since is after until")
+    if type(q.topics) is not tuple or len(q.topics) > limits.MAX_TOPICS:
+        raise _fail(f"topics must be a list of at most {limits.MAX_TOPICS}")
+    for topic in q.topics:
+        if type(topic) is not str or not topic:
+            raise _fail("each topic must be a non-empty text string")
+        if len(topic.encode("utf-8", "surrogatepass")) > limits.MAX_TOPIC:
+            raise _fail(f"a topic is over the limit of {limits.MAX_TOPIC} bytes")
+    _check_sorted_unique(q.topics, "topics")
+    if type(q.authors) is not tuple or len(q.authors) > MAX_QUERY_AUTHORS:
+        raise _fail(f"authors must be a list of at most {MAX_QUERY_AUTHORS}")
+    for author in q.authors:
+        _check_bytes(author, "each author", KEY_SIZE)
+    _check_sorted_unique(q.authors, "authors")
+    if q.target is not None:
+        _check_bytes(q.target, "target", KEY_SIZE)
+    _check_uint(q.limit, "limit", 1, limits.MAX_QUERY_HITS)
+    _check_uint(q.timeout_ms, "timeout_ms", 1, _MAX_TIMEOUT_MS)
+
+
+def _check_hits(h: QueryHits) -> None:
+    _check_bytes(h.qid, "query id", QID_SIZE)
+    _check_uint(h.hops, "hops", 1, limits.MAX_TTL)
+    _check_bytes(h.responder, "responder", KEY_SIZE)
+    if type(h.records) is not tuple or not 1 <= len(h.records) <= limits.MAX_QUERY_HITS:
+        raise _fail(f"hits must carry 1 to {limits.MAX_QUERY_HITS} records")
+    for raw in h.records:
+        if type(raw) is not bytes:
+            raise _fail("each record must be a byte string")
+        if len(raw) > limits.MAX_RECORD:
+            raise _fail(f"a record is {len(raw)} bytes, over the limit of {limits.MAX_RECORD}")
+
+
+def encode_query(q: Query) -> bytes:
+    """The one encoding of a query; raises :class:`QueryError` if it is invalid."""
+    _check_query(q)
+    obj: dict[int, Any] = {
+        Q_QID: q.qid,
+        Q_ASKER: q.asker,
+        Q_TTL: q.ttl,
+        Q_HOPS: q.hops,
+        Q_TEXT: q.text,
+        Q_TOPICS: list(q.topics),
+        Q_AUTHORS: list(q.authors),
+        Q_LIMIT: q.limit,
+        Q_TIMEOUT: q.timeout_ms,
+    }
+    if q.since is not None:
+        obj[Q_SINCE] = q.since
+    if q.until is not None:
+        obj[Q_UNTIL] = q.until
+    if q.target is not None:
+        obj[Q_TARGET] = q.target
+    try:
+        return cbor2.dumps(obj, canonical=True)
+    except Exception as exc:  # e.g. a lone surrogate in the text
+        raise _fail(f"query cannot be encoded: {exc}") from None
+
+
+def encode_hits(h: QueryHits) -> bytes:
+    """The one encoding of a hits message; raises :class:`QueryError` if invalid."""
+    _check_hits(h)
+    return cbor2.dumps(
+        {H_QID: h.qid, H_HOPS: h.hops, H_RESPONDER: h.responder, H_RECORDS: list(h.records)},
+        canonical=True,
+    )
+
+
+def _load_map(data: Any, what: str, max_size: int) -> dict[Any, Any]:
+    """Decode a CBOR map, or raise QueryError whatever the bytes are."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise _fail(f"{what} must be bytes")
+    data = bytes(data)
+    if len(data) > max_size:
+        raise _fail(f"{what} is {len(data)} bytes, over the limit of {max_size}")
+    try:
+        obj = cbor2.loads(data)
+    except Exception as exc:  # cbor2 raises many types; all mean "malformed"
+        raise _fail(f"malformed {what} CBOR: {exc}") from None
+    if type(obj) is not dict:
+        raise _fail(f"{what} must be a CBOR map")
+    if not all(type(k) is int for k in obj):
+        raise _fail(f"{what} keys must be unsigned integers")
+    return obj
+
+
+def _require_canonical(data: bytes, encoded: bytes, what: str) -> None:
+    # One encoding per message: rejects duplicate keys, trailing bytes,
+    # indefinite lengths and non-shortest heads in one comparison.
+    if bytes(data) != encoded:
+        raise _fail(f"{what} is not in deterministic CBOR encoding")
+
+
+def decode_query(data: bytes) -> Query:
+    """Decode and check a query; raises only :class:`QueryError`, for any bytes."""
+    obj = _load_map(data, "query", MAX_QUERY_MESSAGE)
+    keys = set(obj)
+    if missing := _Q_REQUIRED - keys:
+        raise _fail(f"query lacks field(s) {sorted(missing)}")
+    if unknown := keys - _Q_REQUIRED - _Q_OPTIONAL:
+        raise _fail(f"query has unknown field(s) {sorted(unknown)[:8]}")
+    for key in (Q_TOPICS, Q_AUTHORS):
+        if type(obj[key]) is not list:
+            raise _fail("query topics and authors must be arrays")
+    for key in _Q_OPTIONAL & keys:
+        if obj[key] is None:
+            raise _fail("an absent optional query field is omitted, not null")
+    try:
+        q = Query(
+            qid=obj[Q_QID],
+            asker=obj[Q_ASKER],
+            ttl=obj[Q_TTL],
+            hops=obj[Q_HOPS],
+            text=obj[Q_TEXT],
+            since=obj.get(Q_SINCE),
+            until=obj.get(Q_UNTIL),
+            topics=tuple(obj[Q_TOPICS]),
+            authors=tuple(obj[Q_AUTHORS]),
+            target=obj.get(Q_TARGET),
+            limit=obj[Q_LIMIT],
+            timeout_ms=obj[Q_TIMEOUT],
+        )
+        _check_query(q)
+        _require_canonical(data, encode_query(q), "query")
+    except QueryError:
+        raise
+    except Exception as exc:  # e.g. unhashable or unorderable array items
+        raise _fail(f"malformed query: {exc}") from None
+    return q
+
+
+def decode_hits(data: bytes) -> QueryHits:
+    """Decode and check a hits message; raises only :class:`QueryError`."""
+    obj = _load_map(data, "hits", MAX_HITS_MESSAGE)
+    if set(obj) != _H_KEYS:
+        raise _fail("hits must have exactly the fields 0, 1, 2, 3")
+    if type(obj[H_RECORDS]) is not list:
+        raise _fail("hits records must be an array")
+    h = QueryHits(
+        qid=obj[H_QID],
+        hops=obj[H_HOPS],
+        responder=obj[H_RESPONDER],
+        records=tuple(obj[H_RECORDS]),
+    )
+    _check_hits(h)
+    _require_canonical(data, encode_hits(h), "hits")
+    return h
+
+
+def _pack_hits(qid: bytes, hops: int, responder: bytes, records: Sequence[bytes]) -> list[bytes]:
+    """Split an answer into hits messages that each fit one wire message."""
+    out: list[bytes] = []
+    chunk: list[bytes] = []
+    size = _HITS_OVERHEAD
+    for raw in records:
+        cost = len(raw) + _RECORD_HEAD
+        if chunk and (size + cost > MAX_HITS_MESSAGE or len(chunk) >= limits.MAX_QUERY_HITS):
+            out.append(encode_hits(QueryHits(qid, hops, responder, tuple(chunk))))
+            chunk, size = [], _HITS_OVERHEAD
+        chunk.append(raw)
+        size += cost
+    if chunk:
+        out.append(encode_hits(QueryHits(qid, hops, responder, tuple(chunk))))
+    return out
+
+
+# --- the router ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class QueryStats:
+    """Counters for status output, simulations and tests."""
+
+    started: int = 0
+    received: int = 0  # query messages received, valid or not
+    duplicates: int = 0
+    loops: int = 0  # our own queries coming back
+    rate_limited: int = 0
+    malformed: int = 0  # query and hits messages that failed to decode
+    answered: int = 0  # queries this node had records for
+    forwarded: int = 0  # query messages queued to neighbours, own ones included
+    hits_received: int = 0
+    hits_delivered: int = 0  # hits messages merged into an own query
+    hits_relayed: int = 0
+    hits_dropped: int = 0  # unknown, expired, late, over budget, or bogus hops
+
+
+@dataclass(slots=True)
+class _Seen:
+    from_peer: Peer | None  # None for our own queries
+    expiry: float
+    seq: int
+    relayed: int = 0
+
+
+@dataclass(slots=True)
+class _Own:
+    query: Query
+    deadline: float
+    hits: dict[bytes, Hit] = field(default_factory=dict)  # record hash -> best hit
+    notified: bool = False
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    last: float
+
+
+class QueryRouter:
+    """Routes queries and hits for one node; a pure state machine.
+
+    Feed it with :meth:`start_query`, :meth:`receive_query`,
+    :meth:`receive_hits` and :meth:`handle_timer`; send what
+    :meth:`take_outbox` returns; wake it at :meth:`next_deadline`.
+    """
+
+    def __init__(
+        self,
+        local_id: bytes,
+        rng: random.Random,
+        *,
+        seen_capacity: int = limits.SEEN_QUERY_CACHE,
+        rate: float = limits.QUERY_RATE_PER_PEER,
+        burst: float = limits.QUERY_BURST_PER_PEER,
+    ) -> None:
+        _check_bytes(local_id, "local id", KEY_SIZE)
+        if seen_capacity < 1 or rate < 0 or burst < 1:
+            raise ValueError("seen_capacity and burst must be >= 1 and rate >= 0")
+        self.local_id = local_id
+        self._rng = rng
+        self._seen_capacity = seen_capacity
+        self._rate = float(rate)
+        self._burst = float(burst)
+        # Insertion-ordered: when full, the oldest entry goes first.
+        self._seen: OrderedDict[bytes, _Seen] = OrderedDict()
+        # (expiry, seq, qid) with lazy deletion; an entry is live while the
+        # seen entry of qid still carries the same seq.
+        self._expiries: list[tuple[float, int, bytes]] = []
+        self._seq = 0
+        self._own: dict[bytes, _Own] = {}
+        self._buckets: dict[Peer, _Bucket] = {}
+        self._outbox: list[tuple[Peer, Kind, bytes]] = []
+        self.stats = QueryStats()
+        self.dropped: deque[str] = deque(maxlen=_MAX_DROP_REASONS)
+
+    # -- asking ----------------------------------------------------------------
+
+    def start_query(
+        self,
+        text: str,
+        *,
+        now: float,
+        neighbours: Iterable[Peer],
+        ttl: int = limits.DEFAULT_TTL,
+        timeout: float = DEFAULT_QUERY_TIMEOUT_S,
+        since: int | None = None,
+        until: int | None = None,
+        topics: Iterable[str] = (),
+        authors: Iterable[bytes] = (),
+        target: bytes | None = None,
+        limit: int = limits.MAX_QUERY_HITS,
+    ) -> bytes:
+        """Ask the network; returns the new query id.
+
+        A TTL above the cap is clamped (asking widely is a wish, not an
+        error); a TTL below 1 would reach nobody and is refused. The timeout
+        is clamped to the cap likewise, and the limit to MAX_QUERY_HITS.
+        """
+        if type(ttl) is not int or ttl < 1:
+            raise _fail(f"ttl must be at least 1, not {ttl!r}")
+        if not timeout > 0:  # also refuses NaN
+            raise _fail(f"timeout must be positive, not {timeout!r}")
+        if type(limit) is not int or limit < 1:
+            raise _fail(f"limit must be at least 1, not {limit!r}")
+        timeout = min(float(timeout), limits.MAX_QUERY_TIMEOUT_S)
+        query = Query(
+            qid=self._rng.randbytes(QID_SIZE),
+            asker=self.local_id,
+            ttl=min(ttl, limits.MAX_TTL),
+            hops=1,
+            text=text,
+            since=since,
+            until=until,
+            topics=tuple(sorted(set(topics))),
+            authors=tuple(sorted(set(authors))),
+            target=target,
+            limit=min(limit, limits.MAX_QUERY_HITS),
+            timeout_ms=max(1, min(_MAX_TIMEOUT_MS, round(timeout * 1000))),
+        )
+        data = encode_query(query)  # validates every field
+        deadline = now + query.timeout_ms / 1000
+        self._own[query.qid] = _Own(query, deadline)
+        self._remember(query.qid, None, deadline)
+        self.stats.started += 1
+        for peer in neighbours:
+            self._outbox.append((peer, "query", data))
+            self.stats.forwarded += 1
+        return query.qid
+
+    def results(self, qid: bytes) -> list[Hit]:
+        """The distinct records collected so far for an own query, in arrival
+        order, each with the lowest hops it was reported at."""
+        own = self._own.get(qid)
+        if own is None:
+            raise _fail("unknown or finished query")
+        return list(own.hits.values())
+
+    def query(self, qid: bytes) -> Query:
+        """The own query with this id (for :func:`verify_hits`)."""
+        own = self._own.get(qid)
+        if own is None:
+            raise _fail("unknown or finished query")
+        return own.query
+
+    def is_done(self, qid: bytes, now: float) -> bool:
+        """True once the query's deadline has passed (or it is gone): no more
+        hits will be accepted for it."""
+        own = self._own.get(qid)
+        return own is None or now >= own.deadline
+
+    def finish(self, qid: bytes) -> None:
+        """Drop the state of an own query; its id stays in the seen cache until
+        it expires, so late copies are still recognised."""
+        self._own.pop(qid, None)
+
+    # -- receiving ---------------------------------------------------------------
+
+    def receive_query(
+        self,
+        peer: Peer,
+        data: bytes,
+        now: float,
+        neighbours: Iterable[Peer],
+        answer: Answer,
+    ) -> None:
+        """Handle a query from a neighbour: drop, or answer and forward once.
+
+        ``answer`` is the node's local lookup; it must apply the query's
+        filters and visibility (public and ``ask`` memories only) itself. Never
+        raises for any bytes.
+        """
+        self.stats.received += 1
+        try:
+            query = decode_query(data)
+        except QueryError as exc:
+            self._drop("malformed", f"query from {peer!r:.40}: {exc}")
+            return
+        if query.asker == self.local_id:
+            self._drop("loops", "our own query came back")
+            return
+        if self._is_seen(query.qid, now):
+            self.stats.duplicates += 1
+            return
+        # Charged only on first sight: duplicates cost nothing to drop, and an
+        # honest neighbour forwards each query to us at most once anyway.
+        if not self._take_token(peer, now):
+            self._drop("rate_limited", f"query from {peer!r:.40}: over the rate limit")
+            return
+        timeout = query.timeout_ms / 1000
+        self._remember(query.qid, peer, now + timeout)
+
+        records = self._answer_records(query, answer)
+        if records:
+            self.stats.answered += 1
+            for msg in _pack_hits(query.qid, query.hops, self.local_id, records):
+                self._outbox.append((peer, "hits", msg))
+
+        if query.ttl - 1 >= 1:
+            fwd = encode_query(_forwarded(query))
+            for neighbour in neighbours:
+                # The asker has seen it already; the sender gave it to us.
+                if neighbour == peer or neighbour == query.asker:
+                    continue
+                self._outbox.append((neighbour, "query", fwd))
+                self.stats.forwarded += 1
+
+    def receive_hits(self, peer: Peer, data: bytes, now: float) -> None:
+        """Handle hits from a neighbour: collect them for an own query, relay
+        them one link back along the reverse path, or drop them. Never raises."""
+        self.stats.hits_received += 1
+        try:
+            hits = decode_hits(data)
+        except QueryError as exc:
+            self._drop("malformed", f"hits from {peer!r:.40}: {exc}")
+            return
+        own = self._own.get(hits.qid)
+        if own is not None:
+            if now >= own.deadline:
+                self._drop("hits_dropped", "hits after the query's deadline")
+            elif hits.hops > own.query.ttl:
+                self._drop("hits_dropped", "hits claim more hops than the query's ttl")
+            else:
+                self._collect(own, hits)
+                self.stats.hits_delivered += 1
+            return
+        seen = self._seen.get(hits.qid)
+        if seen is None or seen.from_peer is None or now >= seen.expiry:
+            self._drop("hits_dropped", "hits for an unknown or expired query")
+            return
+        if peer == seen.from_peer:
+            self._drop("hits_dropped", "hits from the peer the query came from")
+            return
+        if seen.relayed + len(hits.records) > MAX_RELAYED_RECORDS:
+            self._drop("hits_dropped", "relay budget of the query exhausted")
+            return
+        seen.relayed += len(hits.records)
+        self._outbox.append((seen.from_peer, "hits", data))
+        self.stats.hits_relayed += 1
+
+    # -- outputs and time ----------------------------------------------------------
+
+    def take_outbox(self) -> list[tuple[Peer, Kind, bytes]]:
+        """The messages to send, in order, as ``(peer, "query"|"hits", bytes)``."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` next has something to do, or None."""
+        times: list[float] = []
+        self._prune_heap_top()
+        if self._expiries:
+            times.append(self._expiries[0][0])
+        for own in self._own.values():
+            times.append(own.deadline + RESULT_LINGER_S if own.notified else own.deadline)
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> list[bytes]:
+        """Expire seen entries, idle rate buckets and stale own queries.
+
+        Returns the ids of own queries whose deadline passed since the last
+        call, so the node can hand their results to whoever asked. Their
+        results stay readable until :meth:`finish`, or for RESULT_LINGER_S.
+        """
+        while self._expiries and self._expiries[0][0] <= now:
+            _, seq, qid = heapq.heappop(self._expiries)
+            entry = self._seen.get(qid)
+            if entry is not None and entry.seq == seq:
+                del self._seen[qid]
+        done: list[bytes] = []
+        for qid, own in list(self._own.items()):
+            if not own.notified:
+                if now >= own.deadline:
+                    own.notified = True
+                    done.append(qid)
+            elif now >= own.deadline + RESULT_LINGER_S:
+                del self._own[qid]
+        for peer, bucket in list(self._buckets.items()):
+            if self._refilled(bucket, now) >= self._burst:
+                del self._buckets[peer]  # a full bucket is the same as none
+        return done
+
+    # -- introspection (status, tests) ---------------------------------------------
+
+    @property
+    def seen_size(self) -> int:
+        """Entries in the seen cache; never more than its capacity."""
+        return len(self._seen)
+
+    def has_seen(self, qid: bytes, now: float) -> bool:
+        """Whether a copy of ``qid`` arriving now would be dropped as a duplicate."""
+        entry = self._seen.get(qid)
+        return entry is not None and now < entry.expiry
+
+    # -- internals -------------------------------------------------------------------
+
+    def _drop(self, counter: str, reason: str) -> None:
+        setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        self.dropped.append(reason)
+        log.debug("query router dropped: %s", reason)
+
+    def _is_seen(self, qid: bytes, now: float) -> bool:
+        entry = self._seen.get(qid)
+        if entry is None:
+            return False
+        if now >= entry.expiry:  # expired but not yet purged: forget it now
+            del self._seen[qid]
+            return False
+        return True
+
+    def _remember(self, qid: bytes, from_peer: Peer | None, expiry: float) -> None:
+        self._seq += 1
+        self._seen.pop(qid, None)
+        self._seen[qid] = _Seen(from_peer, expiry, self._seq)
+        heapq.heappush(self._expiries, (expiry, self._seq, qid))
+        while len(self._seen) > self._seen_capacity:
+            # Evicting a live entry can only let a late duplicate through once
+            # more; its TTL still bounds how far that copy travels.
+            self._seen.popitem(last=False)
+        if len(self._expiries) > 2 * self._seen_capacity + 16:
+            self._expiries = [(e.expiry, e.seq, q) for q, e in self._seen.items()]
+            heapq.heapify(self._expiries)
+
+    def _prune_heap_top(self) -> None:
+        while self._expiries:
+            _, seq, qid = self._expiries[0]
+            entry = self._seen.get(qid)
+            if entry is not None and entry.seq == seq:
+                return
+            heapq.heappop(self._expiries)
+
+    def _refilled(self, bucket: _Bucket, now: float) -> float:
+        elapsed = max(0.0, now - bucket.last)
+        return min(self._burst, bucket.tokens + elapsed * self._rate)
+
+    def _take_token(self, peer: Peer, now: float) -> bool:
+        bucket = self._buckets.get(peer)
+        if bucket is None:
+            bucket = self._buckets[peer] = _Bucket(self._burst, now)
+        bucket.tokens = self._refilled(bucket, now)
+        bucket.last = max(bucket.last, now)
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return True
+        return False
+
+    def _answer_records(self, query: Query, answer: Answer) -> list[bytes]:
+        """The node's answer, cut to what the query and the wire allow."""
+        cap = min(query.limit, limits.MAX_QUERY_HITS)
+        out: list[bytes] = []
+        for raw in answer(query):
+            if len(out) >= cap:
+                break
+            if type(raw) is bytes and 0 < len(raw) <= limits.MAX_RECORD:
+                out.append(raw)
+        return out
+
+    def _collect(self, own: _Own, hits: QueryHits) -> None:
+        for raw in hits.records:
+            key = hashlib.sha256(raw).digest()  # the record id, for real records
+            best = own.hits.get(key)
+            if best is None:
+                if len(own.hits) >= MAX_COLLECTED_RECORDS:
+                    continue
+                own.hits[key] = Hit(raw, hits.hops, hits.responder)
+            elif hits.hops < best.hops:
+                own.hits[key] = Hit(raw, hits.hops, hits.responder)
+
+
+def _forwarded(query: Query) -> Query:
+    """The copy a node forwards: one link fewer to go, one more crossed."""
+    return Query(
+        qid=query.qid,
+        asker=query.asker,
+        ttl=query.ttl - 1,
+        hops=query.hops + 1,
+        text=query.text,
+        since=query.since,
+        until=query.until,
+        topics=query.topics,
+        authors=query.authors,
+        target=query.target,
+        limit=query.limit,
+        timeout_ms=query.timeout_ms,
+    )
+
+
+# --- the asker's side: verification and fallback ranking -------------------------
+
+
+def hit_matches(query: Query, record: Record) -> bool:
+    """Whether a verified record may answer ``query``: a visible memory within
+    its filters. The asker checks this itself because responders are untrusted."""
+    if record.kind != "memory" or record.visibility == "private":
+        return False
+    at = record.at_ms
+    if query.since is not None and at < query.since:
+        return False
+    if query.until is not None and at > query.until:
+        return False
+    if query.topics and not set(query.topics) & set(record.topics):
+        return False
+    if query.authors and record.author not in query.authors:
+        return False
+    return query.target is None or record.author == query.target
+
+
+def verify_hits(query: Query, hits: Iterable[Hit]) -> list[VerifiedHit]:
+    """Decode and verify each hit's record; keep the matching ones, one per
+    record id with its lowest hops, in order of first arrival. A record that
+    fails to decode or verify is dropped, never raised."""
+    best: dict[bytes, VerifiedHit] = {}
+    for hit in hits:
+        try:
+            record = decode_record(hit.raw)
+        except RecordError:
+            continue
+        if not hit_matches(query, record):
+            continue
+        seen = best.get(record.id)
+        if seen is None or hit.hops < seen.hops:
+            best[record.id] = VerifiedHit(record, hit.hops, hit.responder)
+    return list(best.values())
+
+
+_WORD = re.compile(r"\w+")
+
+
+def _terms(text: str) -> set[str]:
+    return {w.casefold() for w in _WORD.findall(text)}
+
+
+def rank_hits(text: str, hits: Iterable[VerifiedHit]) -> list[VerifiedHit]:
+    """A fallback ranking, best first: query terms shared with the memory's
+    text and topics, then fewer hops, then newer. The node may use the store's
+    scorer instead; this one only needs the hits themselves."""
+    terms = _terms(text)
+
+    def key(h: VerifiedHit) -> tuple[int, int, int, bytes]:
+        words = _terms(h.record.text) | {t.casefold() for t in h.record.topics}
+        return (-len(terms & words), h.hops, -h.record.ts, h.record.id)
+
+    return sorted(hits, key=key)
