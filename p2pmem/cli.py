@@ -166,6 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     _filters(p)
     _common(p)
 
+    p = sub.add_parser("send", help="send an encrypted direct message")
+    p.add_argument("agent", type=_agent)
+    p.add_argument("text", help="the message; - reads standard input")
+    _common(p)
+
+    p = sub.add_parser("inbox", help="direct messages to this agent, newest first")
+    p.add_argument("--maildir", type=Path, default=None, help="also write them as mails into this Maildir")
+    _common(p)
+
+    p = sub.add_parser("mcp", help="an MCP server on standard input and output")
+    _common(p, json_flag=False)
+
     for extra in _EXTRA_PARSERS:
         extra(sub)
     return parser
@@ -392,7 +404,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
 @command("recall")
 def cmd_recall(args: argparse.Namespace) -> int:
     with _open(args) as agent:
-        found = agent.store.recall(
+        found = agent.recall(
             args.query, since=args.since, until=args.until, topics=args.topic,
             authors=args.author, session=args.session, limit=min(args.limit, limits.MAX_RECALL_LIMIT),
         )
@@ -409,26 +421,15 @@ def cmd_recall(args: argparse.Namespace) -> int:
 @command("agents")
 def cmd_agents(args: argparse.Namespace) -> int:
     with _open(args) as agent:
-        profiles = agent.store.profiles()
-        counts = agent.store.authors()
-    rows = []
-    for key in sorted(set(profiles) | set(counts)):
-        body = profiles[key].body if key in profiles else {}
-        assert isinstance(body, dict)
-        skills = list(body.get("skills", []))
-        if args.skill and args.skill.lower() not in (s.lower() for s in skills):
-            continue
-        rows.append({
-            "id": agent_id(key), "name": body.get("name", ""), "skills": skills,
-            "description": body.get("description", ""), "memories": counts.get(key, 0),
-            "self": key == agent.key,
-        })
+        rows = agent.directory(args.skill)
     if args.json:
         print_json(rows)
+    elif not rows:
+        print("no agents found", file=sys.stderr)
     else:
         for row in rows:
             mark = " (you)" if row["self"] else ""
-            skills = ", ".join(row["skills"]) or "-"
+            skills = ", ".join(row["skills"]) or "-"  # type: ignore[arg-type]
             print(f"{row['id']}  {row['name'] or '(no name)'}{mark}  skills: {skills}  memories: {row['memories']}")
     return 0
 
@@ -637,6 +638,47 @@ def cmd_ask(args: argparse.Namespace) -> int:
             record = decode_record(base64.b64decode(item["record"]), verify=False)
             print(memory_lines(i, record, hops=item["hops"], via=parse_agent_id(item["via"])))
     return 0
+
+
+@command("send")
+def cmd_send(args: argparse.Namespace) -> int:
+    with _open(args) as agent:
+        record = agent.send_message(args.agent, _read_text(args.text))
+        _notify(agent, [record])
+    print_json(ack_json(record)) if args.json else print(record.id.hex())
+    return 0
+
+
+@command("inbox")
+def cmd_inbox(args: argparse.Namespace) -> int:
+    from p2pmem.maildir import write_maildir
+
+    with _open(args) as agent:
+        opened = agent.opened_messages()
+        names = {
+            key: str(rec.body.get("name", "")) for key, rec in agent.store.profiles().items()
+            if isinstance(rec.body, dict)
+        }
+    if args.maildir is not None:
+        written = write_maildir(args.maildir, opened, names=names)  # type: ignore[arg-type]
+        print(f"wrote {written} new mails to {args.maildir}", file=sys.stderr)
+    messages = [m.to_json() for m in opened]  # type: ignore[attr-defined]
+    if args.json:
+        print_json(messages)
+    elif not messages:
+        print("no messages", file=sys.stderr)
+    else:
+        for m in messages:
+            sender = names.get(parse_agent_id(m["from"])) or m["from"][:14]
+            print(f"{m['ts'][:16].replace('T', ' ')}  from {sender}: {m['text']}")
+    return 0
+
+
+@command("mcp")
+def cmd_mcp(args: argparse.Namespace) -> int:
+    from p2pmem.mcp_server import run_mcp
+
+    return run_mcp(_home(args))
 
 
 def _sha256(raw: bytes) -> str:

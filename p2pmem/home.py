@@ -20,7 +20,8 @@ from p2pmem.clock import HybridClock
 from p2pmem.errors import HomeError, RecordError, StoreError, UsageError
 from p2pmem.identity import Identity
 from p2pmem.record import Record, sign_record
-from p2pmem.store import DB_FILE, Store
+from p2pmem.store import DB_FILE, Memory, Store, fts_query
+from p2pmem.trust import TrustModel
 
 CONTROL_SOCKET = "node.sock"
 
@@ -50,6 +51,19 @@ def init_home(home: Path, *, name: str | None = None, skills: Sequence[str] = ()
     with Agent.open(home) as agent:
         agent.set_profile(name=name or "", skills=list(skills))
     return identity, True
+
+
+def rank_by_trust(memories: list[Memory], trust: TrustModel) -> list[Memory]:
+    """Relevance times (1 + trust); newest first among equals. BM25 scores
+    from SQLite are negative (lower is better), so relevance is ``-score``;
+    a query without text has relevance 1 for every memory."""
+
+    def key(memory: Memory) -> tuple[float, int, bytes]:
+        relevance = -memory.score if memory.score < 0 else 1.0
+        weight = 1.0 + trust.memory(memory.record.author, memory.record.id)
+        return (-(relevance * weight), -memory.record.ts, memory.record.id)
+
+    return sorted(memories, key=key)
 
 
 class Agent:
@@ -187,4 +201,83 @@ class Agent:
         return self._commit(self._sign("follow", {"target": target, "active": active}))
 
     def endorse(self, target: bytes, what: str) -> Record:
+        if what == "agent" and target == self.key:
+            raise UsageError("an agent cannot endorse itself")
         return self._commit(self._sign("endorse", {"target": target, "what": what}))
+
+    # -- messages --------------------------------------------------------
+    def send_message(self, recipient: bytes, text: str) -> Record:
+        """Seal ``text`` to the recipient's message key (from its profile)
+        and store the signed record; gossip carries it until it arrives."""
+        from p2pmem.sealed import seal_message
+
+        profile = self.store.profiles().get(recipient)
+        if profile is None or not isinstance(profile.body, dict):
+            raise StoreError(
+                "no profile of that agent is known here yet, so its message key is unknown "
+                "(serve and connect to the network first)"
+            )
+        try:
+            record = seal_message(self.identity, recipient, profile.body["xkey"], text, self.next_ts())
+        except RecordError as exc:
+            raise UsageError(str(exc)) from None
+        return self._commit(record)
+
+    def inbox(self) -> list[dict[str, object]]:
+        """Messages to this agent, opened, newest first (contract objects)."""
+        return [m.to_json() for m in self.opened_messages()]
+
+    def opened_messages(self) -> list[object]:
+        from p2pmem.sealed import SealedError, open_message
+
+        out = []
+        for record in self.store.messages_to(self.key):
+            try:
+                out.append(open_message(self.identity, record))
+            except SealedError:
+                continue  # a message that does not open is not for us to show
+        return out
+
+    # -- directory -------------------------------------------------------
+    def directory(self, skill: str | None = None) -> list[dict[str, object]]:
+        """Known agents as the contract's objects. With ``skill``: only agents
+        that declare it or wrote memories on that topic, best first (a
+        declared skill counts as ten memories on the topic; trust breaks ties)."""
+        from p2pmem.identity import agent_id
+
+        profiles = self.store.profiles()
+        counts = self.store.authors()
+        topical = self.store.topic_authors(skill) if skill else {}
+        trust = self.trust()
+        rows: list[tuple[float, str, dict[str, object]]] = []
+        for key in set(profiles) | set(counts):
+            body = profiles[key].body if key in profiles else {}
+            assert isinstance(body, dict)
+            skills = list(body.get("skills", []))
+            declared = bool(skill) and skill.lower() in (s.lower() for s in skills)
+            score = 10.0 * declared + topical.get(key, 0)
+            if skill and score == 0:
+                continue
+            rows.append((
+                -(score + trust.agent(key)), agent_id(key),
+                {
+                    "id": agent_id(key), "name": body.get("name", ""), "skills": skills,
+                    "description": body.get("description", ""), "memories": counts.get(key, 0),
+                    "topic_memories": topical.get(key, 0), "trust": round(trust.agent(key), 3),
+                    "self": key == self.key,
+                },
+            ))
+        rows.sort(key=lambda row: (row[0], row[1]) if skill else (0.0, row[1]))
+        return [row[2] for row in rows]
+
+    # -- trust -----------------------------------------------------------
+    def trust(self) -> TrustModel:
+        return TrustModel(self.key, self.store.follows(), self.store.endorsements())
+
+    def recall(self, query: str = "", *, limit: int = 10, **filters: object) -> list[Memory]:
+        """Store recall re-ranked by trust (docs/architecture.md, "Trust").
+        Without query text the order stays newest first."""
+        if fts_query(query) is None:
+            return self.store.recall(query, limit=limit, **filters)  # type: ignore[arg-type]
+        candidates = self.store.recall(query, limit=min(limits.MAX_RECALL_LIMIT, max(limit * 4, 40)), **filters)  # type: ignore[arg-type]
+        return rank_by_trust(candidates, self.trust())[:limit]

@@ -539,6 +539,15 @@ class Store:
         )
         return {author: count or 0 for author, count in rows}
 
+    def topic_authors(self, topic: str) -> dict[bytes, int]:
+        """How many current memories each author wrote on ``topic`` (any case)."""
+        rows = self._db.execute(
+            "SELECT r.author, count(*) FROM topics t JOIN records r ON r.rowid = t.rid "
+            "WHERE lower(t.topic) = lower(?) AND r.state = 0 GROUP BY r.author",
+            (topic,),
+        )
+        return {author: count for author, count in rows}
+
     def messages_to(self, recipient: bytes) -> list[Record]:
         rows = self._db.execute(
             "SELECT raw FROM records WHERE target = ? AND kind = 'message' ORDER BY ts DESC, id DESC",
