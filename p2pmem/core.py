@@ -386,7 +386,13 @@ class NodeCore:
             case wire.Records():
                 self._on_records(session, message.records, now)
             case wire.Want():
-                self._send_records(session, self.store.raw_many(message.ids), now)
+                # Only what the peer's scope admits: never ask/private memories.
+                scope = self._scope_with(session)
+                raws = [
+                    raw for raw, kind, author, visibility in self.store.scoped_raw(message.ids)
+                    if scope.wants(kind, author, visibility)
+                ]
+                self._send_records(session, raws, now)
             case wire.PeerExchange():
                 self._on_pex(message)
             case wire.Ping():
@@ -501,11 +507,12 @@ class NodeCore:
         pushed |= ids
         if ids:
             scope = self._scope_with(session)
-            raws = []
-            for raw_id in ids:
-                record = self.store.get(raw_id)
-                if record is not None and scope.wants(record.kind, record.author, record.visibility):
-                    raws.append(record.raw)
+            # (ts, id) order, so a receiver's clock and indexes see them in order
+            ordered = sorted(ids)
+            raws = [
+                raw for raw, kind, author, visibility in self.store.scoped_raw(ordered)
+                if scope.wants(kind, author, visibility)
+            ]
             self._send_records(session, raws, now)
 
     def _send_records(self, session: Session, raws: Sequence[bytes], now: float) -> None:

@@ -392,6 +392,15 @@ class Store:
             "SELECT rowid, raw FROM records WHERE rowid > ? ORDER BY rowid LIMIT ?", (rowid, limit)
         ).fetchall()
 
+    def scoped_raw(self, ids: Iterable[bytes]) -> Iterator[tuple[bytes, str, bytes, str]]:
+        """(raw, kind, author, visibility) for each stored id, without decoding:
+        the hot path of pushing thousands of records to a peer."""
+        query = "SELECT raw, kind, author, visibility FROM records WHERE id = ?"
+        for record_id in ids:
+            row = self._db.execute(query, (record_id,)).fetchone()
+            if row:
+                yield row
+
     def raw_many(self, ids: Sequence[bytes]) -> list[bytes]:
         out = []
         for record_id in ids:
