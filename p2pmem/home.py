@@ -279,5 +279,5 @@ class Agent:
         Without query text the order stays newest first."""
         if fts_query(query) is None:
             return self.store.recall(query, limit=limit, **filters)  # type: ignore[arg-type]
-        candidates = self.store.recall(query, limit=min(limits.MAX_RECALL_LIMIT, max(limit * 4, 40)), **filters)  # type: ignore[arg-type]
+        candidates = self.store.recall(query, limit=min(limits.MAX_RECALL_LIMIT, max(limit * 2, 20)), **filters)  # type: ignore[arg-type]
         return rank_by_trust(candidates, self.trust())[:limit]

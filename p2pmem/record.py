@@ -14,7 +14,6 @@ second encoding of a record can exist and every node computes the same id.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,9 +106,15 @@ def _check_bytes(value: Any, what: str, size: int | None = None, max_size: int =
     return value
 
 
+# ts and at are stored and indexed as SQLite INTEGER, a signed 64-bit number:
+# larger values would make a valid record impossible to store.
+MAX_TIME = (1 << 63) - 1
+
+
 def _check_uint(value: Any, what: str, maximum: int = MAX_HLC) -> int:
     if type(value) is not int or value < 0 or value > maximum:
-        raise RecordError(f"{what} must be an unsigned integer of at most 64 bits")
+        bits = 63 if maximum == MAX_TIME else 64
+        raise RecordError(f"{what} must be an unsigned integer of at most {bits} bits")
     return value
 
 
@@ -192,7 +197,7 @@ def _check_payload(obj: Any) -> dict[int, Any]:
     kind = obj[K_KIND]
     if type(kind) is not str or kind not in KINDS:
         raise RecordError(f"unknown kind {kind!r}"[:120])
-    ts = _check_uint(obj[K_TS], "timestamp")
+    ts = _check_uint(obj[K_TS], "timestamp", MAX_TIME)
     if ts == 0:
         raise RecordError("timestamp must not be zero")
     _check_text(obj[K_SESSION], "session", limits.MAX_SESSION)
@@ -226,7 +231,7 @@ def _check_payload(obj: Any) -> dict[int, Any]:
     if K_AT in obj:
         if kind != "memory":
             raise RecordError("only a memory has an 'at' time")
-        _check_uint(obj[K_AT], "at")
+        _check_uint(obj[K_AT], "at", MAX_TIME)
     if K_ROOT in obj:
         if kind != "memory":
             raise RecordError("only a memory has a lineage root")
@@ -236,8 +241,13 @@ def _check_payload(obj: Any) -> dict[int, Any]:
     return obj
 
 
+_SIG_HEAD = cbor2.dumps([_SIG_CONTEXT, PROTECTED, b""])[1:]  # the array's first three items
+
+
 def _sig_structure(payload: bytes) -> bytes:
-    return cbor2.dumps([_SIG_CONTEXT, PROTECTED, b"", payload], canonical=True)
+    """COSE's Sig_structure ["Signature1", protected, external_aad, payload],
+    built by concatenation: only the payload's byte-string head varies."""
+    return b"\x84" + _SIG_HEAD + cbor2.dumps(payload)
 
 
 def _envelope(payload: bytes, signature: bytes) -> bytes:
@@ -309,6 +319,75 @@ def sign_record(
     return _to_record(raw, payload_obj)
 
 
+# The only encoding of the envelope up to the payload's length: tag 18,
+# array of 4, protected header bstr {1: -8}, empty unprotected map.
+_ENVELOPE_HEAD = b"\xd2\x84\x43\xa1\x01\x27\xa0"
+_SIGNATURE_HEAD = b"\x58\x40"
+
+
+def _split_envelope(raw: bytes) -> tuple[bytes, bytes]:
+    """Payload and signature of a canonical COSE_Sign1 envelope.
+
+    The envelope has exactly one canonical form, so instead of decoding and
+    re-encoding it, the bytes are matched against that form directly: the
+    fixed head, the payload's shortest-form length, the payload, and a
+    64-byte signature ending the record."""
+    if not raw.startswith(_ENVELOPE_HEAD):
+        if raw[:1] != b"\xd2":
+            raise RecordError("not a COSE_Sign1 record (tag 18 expected)")
+        try:
+            cbor2.loads(raw)
+        except Exception as exc:  # cbor2 raises several types; all mean "malformed"
+            raise RecordError(f"malformed CBOR: {str(exc)[:100]}") from None
+        raise RecordError(
+            "record envelope is not the canonical COSE_Sign1 form "
+            "(array of protected {1: -8}, empty unprotected header, payload, 64-byte signature)"
+        )
+    pos = len(_ENVELOPE_HEAD)
+    if len(raw) < pos + 1:
+        raise RecordError("record is truncated")
+    head = raw[pos]
+    if head >> 5 != 2:
+        raise RecordError("payload must be a byte string")
+    info = head & 0x1F
+    pos += 1
+    if info < 24:
+        length, minimum = info, 0
+    elif info in (24, 25, 26):
+        width = 1 << (info - 24)
+        if len(raw) < pos + width:
+            raise RecordError("record is truncated")
+        length = int.from_bytes(raw[pos : pos + width], "big")
+        minimum = 24 if info == 24 else 1 << (8 * (width // 2))
+        pos += width
+    else:
+        raise RecordError("payload length is not in canonical form or too large")
+    if length < minimum:
+        raise RecordError("payload length is not in shortest (canonical) form")
+    end = pos + length
+    if len(raw) != end + 2 + 64:
+        raise RecordError("record is truncated or has trailing bytes")
+    if raw[end : end + 2] != _SIGNATURE_HEAD:
+        raise RecordError("signature must be a 64-byte byte string")
+    return raw[pos:end], raw[end + 2 :]
+
+
+_KEY_CACHE: dict[bytes, Ed25519PublicKey] = {}
+_KEY_CACHE_SIZE = 4096
+
+
+def _public_key(author: bytes) -> Ed25519PublicKey:
+    """Parsed public keys, cached: parsing a point costs a fair share of a
+    verification, and a node sees the same authors again and again."""
+    key = _KEY_CACHE.get(author)
+    if key is None:
+        key = Ed25519PublicKey.from_public_bytes(author)
+        if len(_KEY_CACHE) >= _KEY_CACHE_SIZE:
+            _KEY_CACHE.pop(next(iter(_KEY_CACHE)))
+        _KEY_CACHE[author] = key
+    return key
+
+
 def decode_record(raw: bytes, *, verify: bool = True) -> Record:
     """Decode and verify a record, or raise :class:`RecordError` with a reason.
 
@@ -319,25 +398,7 @@ def decode_record(raw: bytes, *, verify: bool = True) -> Record:
         raw = bytes(raw)
     if len(raw) > limits.MAX_RECORD:
         raise RecordError(f"record is {len(raw)} bytes, over the limit of {limits.MAX_RECORD}")
-    if not raw or raw[0] != 0xD2:  # tag 18 in one byte: the only canonical form
-        raise RecordError("not a COSE_Sign1 record (tag 18 expected)")
-    try:
-        envelope = cbor2.loads(raw)
-    except Exception as exc:  # cbor2 raises several types; all mean "malformed"
-        raise RecordError(f"malformed CBOR: {str(exc)[:100]}") from None
-    if not isinstance(envelope, cbor2.CBORTag) or envelope.tag != COSE_SIGN1_TAG:
-        raise RecordError("not a COSE_Sign1 record (tag 18 expected)")
-    parts = envelope.value
-    if not isinstance(parts, list | tuple) or len(parts) != 4:
-        raise RecordError("COSE_Sign1 must be an array of 4 elements")
-    protected, unprotected, payload, signature = parts
-    if protected != PROTECTED or type(protected) is not bytes:
-        raise RecordError("protected header must be exactly {1: -8} (EdDSA)")
-    # cbor2 decodes a tag's content immutably: the empty map comes back as a frozendict.
-    if not isinstance(unprotected, Mapping) or len(unprotected) != 0:
-        raise RecordError("unprotected header must be empty")
-    _check_bytes(payload, "payload")
-    _check_bytes(signature, "signature", size=64)
+    payload, signature = _split_envelope(raw)
     try:
         obj = cbor2.loads(payload)
     except Exception as exc:
@@ -345,16 +406,22 @@ def decode_record(raw: bytes, *, verify: bool = True) -> Record:
     _check_payload(obj)
     if cbor2.dumps(obj, canonical=True) != payload:
         raise RecordError("payload is not in canonical (deterministic) CBOR encoding")
-    if _envelope(payload, signature) != raw:
-        raise RecordError("record envelope is not in canonical (deterministic) CBOR encoding")
     if verify:
         try:
-            Ed25519PublicKey.from_public_bytes(obj[K_AUTHOR]).verify(signature, _sig_structure(payload))
+            _public_key(obj[K_AUTHOR]).verify(signature, _sig_structure(payload))
         except InvalidSignature:
             raise RecordError("bad signature") from None
         except ValueError:
             raise RecordError("author is not a valid Ed25519 public key") from None
     return _to_record(raw, obj)
+
+
+def load_stored(raw: bytes) -> Record:
+    """A record from this node's own store, where only verified records are
+    written: the envelope is split and the payload parsed, but the schema and
+    signature checks that ran on the way in are not repeated."""
+    payload, _signature = _split_envelope(raw)
+    return _to_record(raw, cbor2.loads(payload))
 
 
 def record_size_ok(raw: bytes) -> bool:

@@ -14,18 +14,20 @@ memory whose id was printed is on disk before the caller hears of it.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from p2pmem import limits
 from p2pmem.clock import physical_ms
 from p2pmem.errors import RecordError, StoreError
-from p2pmem.record import Record, decode_record
+from p2pmem.record import Record, decode_record, load_stored
 
 HEAD, SUPERSEDED = 0, 1
 DB_FILE = "store.db"
@@ -71,13 +73,20 @@ CREATE TABLE IF NOT EXISTS tombstones (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE VIRTUAL TABLE IF NOT EXISTS memory_fts USING fts5(
-    text, topics, tokenize = 'porter unicode61 remove_diacritics 2'
+    text, topics, tags, tokenize = 'porter unicode61 remove_diacritics 2'
 );
 """
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _MAX_QUERY_TERMS = 32
 _COLUMNS = "r.id, r.raw, r.state"
+_PIPELINE_CHUNK = 64
+_MAX_MONTH_TAGS = 24
+# Recall ranks the newest RECALL_WINDOW matches by BM25. For all but very
+# common words that is every match; for a word in most memories it bounds the
+# cost, and recency is the right prior among equally weak matches.
+RECALL_WINDOW = 250
+COMMON_TERM = 1000
 
 
 @dataclass
@@ -99,13 +108,74 @@ class Memory:
     score: float = 0.0
 
 
+def _tag(prefix: str, value: str | bytes) -> str:
+    """A filter token: letters then digits, so neither the tokenizer (which
+    splits on punctuation) nor the Porter stemmer (which only trims letter
+    suffixes) can change it."""
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    return prefix + str(int.from_bytes(hashlib.sha256(data).digest()[:6], "big"))
+
+
+_LAST_DATETIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
+
+
+def _datetime(ms: int) -> datetime:
+    """A record may carry any time up to 2**63-1 ms; datetime stops at 9999."""
+    return datetime.fromtimestamp(min(max(ms, 0), _LAST_DATETIME_MS) / 1000, tz=UTC)
+
+
+def _month(ms: int) -> str:
+    day = _datetime(ms)
+    return f"mo{day.year:04d}{day.month:02d}"
+
+
+def filter_tags(r: Record) -> list[str]:
+    """The filters of a memory as tokens of the ``tags`` column: recall with
+    filters then intersects posting lists inside FTS5 instead of joining and
+    discarding rows, which keeps filtered queries on common words fast. The
+    column has weight 0 in BM25, so tags never change relevance."""
+    tags = [_tag("au", r.author), _tag("ss", r.session), _month(r.at_ms)]
+    tags.extend(_tag("tp", topic) for topic in r.topics)
+    return tags
+
+
+def _months_between(since: int, until: int) -> list[str] | None:
+    first = _datetime(since)
+    last = _datetime(until)
+    count = (last.year - first.year) * 12 + last.month - first.month + 1
+    if count > _MAX_MONTH_TAGS or count < 1:
+        return None  # a wide window filters little: the exact check alone is cheaper
+    months, year, month = [], first.year, first.month
+    for _ in range(count):
+        months.append(f"mo{year:04d}{month:02d}")
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return months
+
+
+# Words too common to help a search (English function words). They are kept
+# when a query has nothing else.
+STOPWORDS = frozenset(
+    ["a", "an", "and", "are", "as", "at", "be", "but", "by", "did", "do", "does", "for", "from", "had", "has", "have", "how", "i", "if", "in", "into", "is", "it", "its", "me", "my", "no", "not", "of", "on", "or", "our", "so", "that", "the", "their", "them", "then", "there", "these", "they", "this", "to", "was", "we", "were", "what", "when", "where", "which", "who", "why", "will", "with", "you", "your"]
+)
+
+
+def query_terms(text: str) -> list[str]:
+    """The distinct search words of free text, stopwords dropped unless
+    nothing else is left."""
+    words = list(dict.fromkeys(_WORD.findall(text.lower())))[:_MAX_QUERY_TERMS]
+    content = [w for w in words if w not in STOPWORDS]
+    return content or words
+
+
+def _phrase(term: str) -> str:
+    return '"' + term.replace('"', "") + '"'
+
+
 def fts_query(text: str) -> str | None:
     """A safe FTS5 query for free text: each word quoted, any of them may
     match (BM25 ranks documents with more of the words first)."""
-    words = _WORD.findall(text.lower())[:_MAX_QUERY_TERMS]
-    if not words:
-        return None
-    return " OR ".join('"' + w.replace('"', "") + '"' for w in dict.fromkeys(words))
+    terms = query_terms(text)
+    return " OR ".join(_phrase(t) for t in terms) if terms else None
 
 
 class Store:
@@ -124,6 +194,8 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=OFF")
         self._db.execute("PRAGMA busy_timeout=30000")
         self._lock = threading.Lock()
+        self._purged = False
+        self._fts_secure_delete = False
         with self._transaction():
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -133,7 +205,7 @@ class Store:
             )
             # FTS5 keeps a deleted row's tokens in its index segments until they
             # are merged. SQLite >= 3.42 can remove them at once ('secure-delete');
-            # older versions need an 'optimize' after each purge (see _purge).
+            # older versions need an 'optimize' after each purge (see _before_commit).
             try:
                 self._db.execute("INSERT INTO memory_fts(memory_fts, rank) VALUES ('secure-delete', 1)")
                 self._fts_secure_delete = True
@@ -157,21 +229,31 @@ class Store:
         self.close()
 
     class _Tx:
-        def __init__(self, db: sqlite3.Connection) -> None:
-            self.db = db
+        def __init__(self, store: Store) -> None:
+            self.store = store
+            self.db = store._db
 
         def __enter__(self) -> sqlite3.Connection:
             self.db.execute("BEGIN IMMEDIATE")
+            self.store._purged = False
             return self.db
 
         def __exit__(self, exc_type: object, *rest: object) -> None:
             if exc_type is None:
+                self.store._before_commit(self.db)
                 self.db.execute("COMMIT")
             else:
                 self.db.execute("ROLLBACK")
+            self.store._purged = False
 
     def _transaction(self) -> Store._Tx:
-        return Store._Tx(self._db)
+        return Store._Tx(self)
+
+    def _before_commit(self, db: sqlite3.Connection) -> None:
+        if self._purged and not self._fts_secure_delete:
+            # FTS5 keeps a deleted row's words in its index until segments
+            # merge: rewrite the index (secure_delete zeroes the old pages).
+            db.execute("INSERT INTO memory_fts(memory_fts) VALUES ('optimize')")
 
     def data_version(self) -> int:
         """Changes when another connection (a CLI command) commits."""
@@ -193,36 +275,45 @@ class Store:
         return out
 
     def ingest_raw(self, raws: Sequence[bytes]) -> IngestResult:
-        """Verify and store signed records from an untrusted source."""
-        decoded = self.decode_many(raws)
-        records: list[Record] = []
-        rejected: list[tuple[int, str]] = []
-        for position, item in enumerate(decoded):
-            if isinstance(item, RecordError):
-                rejected.append((position, str(item)))
-            else:
-                records.append(item)
-        result = self.ingest(records)
-        result.rejected.extend(rejected)
+        """Verify and store signed records from an untrusted source, in one
+        transaction. Verification runs in the pool, chunk by chunk, while
+        this thread inserts the chunks already verified: Ed25519 and SQLite
+        both release the GIL, so the two overlap on two cores."""
+        result = IngestResult()
+        if len(raws) < 2 * _PIPELINE_CHUNK or self._verify_threads <= 1:
+            parts: Iterable[list[Record | RecordError]] = [[_decode_or_error(raw) for raw in raws]]
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._verify_threads, thread_name_prefix="verify")
+            chunks = [raws[i : i + _PIPELINE_CHUNK] for i in range(0, len(raws), _PIPELINE_CHUNK)]
+            parts = (future.result() for future in [self._pool.submit(_decode_part, c) for c in chunks])
+        position = 0
+        with self._lock, self._transaction() as db:
+            for part in parts:
+                for item in part:
+                    if isinstance(item, RecordError):
+                        result.rejected.append((position, str(item)))
+                    else:
+                        self._tally(result, item, self._insert(db, item))
+                    position += 1
         return result
 
     def ingest(self, records: Iterable[Record]) -> IngestResult:
         """Store verified records in one transaction, updating the views."""
         result = IngestResult()
         with self._lock, self._transaction() as db:
-            self._purged = False
             for record in records:
-                outcome = self._insert(db, record)
-                if outcome == "added":
-                    result.added.append(record)
-                elif outcome == "duplicate":
-                    result.duplicates += 1
-                else:
-                    result.retracted += 1
-            if self._purged and not self._fts_secure_delete:
-                # rewrite the index without the purged text (secure_delete zeroes the old pages)
-                db.execute("INSERT INTO memory_fts(memory_fts) VALUES ('optimize')")
+                self._tally(result, record, self._insert(db, record))
         return result
+
+    @staticmethod
+    def _tally(result: IngestResult, record: Record, outcome: str) -> None:
+        if outcome == "added":
+            result.added.append(record)
+        elif outcome == "duplicate":
+            result.duplicates += 1
+        else:
+            result.retracted += 1
 
     def add(self, record: Record) -> bool:
         """Store one record; False if it was already here or is retracted."""
@@ -294,8 +385,8 @@ class Store:
 
     def _index(self, db: sqlite3.Connection, rowid: int, r: Record) -> None:
         db.execute(
-            "INSERT INTO memory_fts(rowid, text, topics) VALUES (?, ?, ?)",
-            (rowid, r.text, " ".join(r.topics)),
+            "INSERT INTO memory_fts(rowid, text, topics, tags) VALUES (?, ?, ?, ?)",
+            (rowid, r.text, " ".join(r.topics), " ".join(filter_tags(r))),
         )
 
     def _purge(self, db: sqlite3.Connection, rowid: int, victim_id: bytes, author: bytes, raw: bytes) -> None:
@@ -484,26 +575,87 @@ class Store:
                 f"EXISTS (SELECT 1 FROM topics t WHERE t.rid = r.rowid AND t.topic IN ({','.join('?' * len(topics))}))"
             )
             params.extend(topics)
-        match = fts_query(query)
+        match = self._match_for(query)
         if match is not None:
+            match = self._with_tags(match, since, until, topics, authors, session)
+            # The index holds only current memories, so the window is taken
+            # from FTS5 alone; exact filters apply to the window's rows.
             sql = (
-                f"SELECT {_COLUMNS}, bm25(memory_fts) AS score FROM memory_fts "
-                "JOIN records r ON r.rowid = memory_fts.rowid "
-                f"WHERE memory_fts MATCH ? AND {' AND '.join(where)} "
-                "ORDER BY score, r.ts DESC LIMIT ?"
+                "SELECT r.id, r.raw, r.state, c.score FROM ("
+                "SELECT rowid AS rid, bm25(memory_fts, 1.0, 1.0, 0.0) AS score FROM memory_fts "
+                "WHERE memory_fts MATCH ? ORDER BY rowid DESC LIMIT ?"
+                f") c JOIN records r ON r.rowid = c.rid WHERE {' AND '.join(where)} "
+                "ORDER BY c.score, r.ts DESC LIMIT ?"
             )
-            rows = self._db.execute(sql, [match, *params, limit]).fetchall()
+            rows = self._db.execute(sql, [match, RECALL_WINDOW, *params, limit]).fetchall()
         else:
             sql = (
                 f"SELECT {_COLUMNS}, 0.0 FROM records r WHERE {' AND '.join(where)} "
                 "ORDER BY r.ts DESC LIMIT ?"
             )
             rows = self._db.execute(sql, [*params, limit]).fetchall()
-        out = []
-        for _id, raw, _state, score in rows:
-            record = decode_record(raw, verify=False)
-            out.append(Memory(record, self.conflicts_of(record), float(score)))
-        return out
+        records = [(load_stored(raw), float(score)) for _id, raw, _state, score in rows]
+        conflicts = self._conflicts_many([record for record, _ in records])
+        return [Memory(record, conflicts.get(record.id, ()), score) for record, score in records]
+
+    def _conflicts_many(self, records: Sequence[Record]) -> dict[bytes, tuple[bytes, ...]]:
+        """Other heads of each record's lineage, in one query."""
+        if not records:
+            return {}
+        lineages = list({r.lineage for r in records})
+        heads: dict[tuple[bytes, bytes], list[bytes]] = {}
+        for i in range(0, len(lineages), 500):
+            part = lineages[i : i + 500]
+            rows = self._db.execute(
+                f"SELECT id, lineage, author FROM records WHERE state = {HEAD} AND lineage IN "
+                f"({','.join('?' * len(part))}) ORDER BY ts DESC, id DESC",
+                part,
+            )
+            for record_id, lineage, author in rows:
+                heads.setdefault((lineage, author), []).append(record_id)
+        return {
+            r.id: tuple(h for h in heads.get((r.lineage, r.author), ()) if h != r.id) for r in records
+        }
+
+    def _match_for(self, text: str) -> str | None:
+        """The FTS5 query for recall. Words found in more than COMMON_TERM
+        memories are dropped when the query has rarer ones: BM25 gives them
+        almost no weight, yet scoring their long posting lists would cost more
+        than everything else together."""
+        terms = query_terms(text)
+        if not terms:
+            return None
+        if len(terms) > 1:
+            rare = [t for t in terms if self._matches_at_most(t, COMMON_TERM)]
+            terms = rare or terms
+        return " OR ".join(_phrase(t) for t in terms)
+
+    def _matches_at_most(self, term: str, count: int) -> bool:
+        row = self._db.execute(
+            "SELECT count(*) FROM (SELECT rowid FROM memory_fts WHERE memory_fts MATCH ? LIMIT ?)",
+            ("text:" + _phrase(term), count + 1),
+        ).fetchone()
+        return row[0] <= count
+
+    @staticmethod
+    def _with_tags(
+        match: str, since: int | None, until: int | None, topics: Sequence[str],
+        authors: Sequence[bytes], session: str | None,
+    ) -> str:
+        """Add the filters to an FTS5 query as tag constraints (exact checks
+        stay in SQL: tags only narrow the candidates)."""
+        clauses = [f"({match})"]
+        if topics:
+            clauses.append("tags:(" + " OR ".join(_tag("tp", t) for t in topics) + ")")
+        if authors:
+            clauses.append("tags:(" + " OR ".join(_tag("au", a) for a in authors) + ")")
+        if session is not None:
+            clauses.append("tags:" + _tag("ss", session))
+        if since is not None and until is not None:
+            months = _months_between(since, until)
+            if months:
+                clauses.append("tags:(" + " OR ".join(months) + ")")
+        return " AND ".join(clauses)
 
     def conflicts_of(self, record: Record) -> tuple[bytes, ...]:
         """The other heads of a memory's lineage: concurrent edits."""
