@@ -128,6 +128,8 @@ class Stats:
     bytes_in: int = 0
     bytes_out: int = 0
     syncs: int = 0
+    recon_messages: int = 0  # reconciliation messages sent and received
+    recon_bytes: int = 0
     protocol_errors: int = 0
 
 
@@ -231,16 +233,23 @@ class NodeCore:
         self._maintain(now)
 
     def next_deadline(self) -> float | None:
+        # Only what handle_timer would act on: a deadline it leaves in the
+        # past would have the shell call it again at once, in a busy loop.
         deadlines: list[float] = []
         for s in self.sessions.values():
+            if s.closed:
+                continue  # waiting for the shell's connection_lost
             if not s.ready:
                 deadlines.append(s.opened + self.timing.handshake_timeout)
                 continue
-            deadlines.append(s.last_heard + self.timing.keepalive)
+            if s.ping_sent is None:
+                deadlines.append(s.last_heard + self.timing.keepalive)
             deadlines.append(s.last_heard + self.timing.dead_after)
             deadlines.append(s.next_resync)
+            deadlines.append(s.next_pex)
+        active = len(self.sessions)
         for entry in self.addresses.values():
-            if self._dialable(entry):
+            if self._dialable(entry) and self._room_for(entry, active):
                 deadlines.append(entry.next_attempt)
         router = self.router.next_deadline()
         if router is not None:
@@ -482,6 +491,8 @@ class NodeCore:
         self._send(session, wire.Recon(recon_id, reconciler.start()))
 
     def _on_recon(self, session: Session, message: wire.Recon, now: float) -> None:
+        self.stats.recon_messages += 1
+        self.stats.recon_bytes += len(message.payload)
         reconciler = session.recon.get(message.session)
         if reconciler is None:
             if session.initiator:
@@ -637,19 +648,26 @@ class NodeCore:
         candidates = [e for e in self.addresses.values() if self._dialable(e) and e.next_attempt <= now]
         candidates.sort(key=lambda e: (not e.bootstrap, not self._followed(e), e.failures, e.address))
         for entry in candidates:
-            must = entry.bootstrap or self._followed(entry)
-            if active >= self.timing.max_peers or (not must and active >= self.timing.target_peers):
+            if not self._room_for(entry, active):
                 break
             entry.dialing = True
             entry.next_attempt = now + self.timing.handshake_timeout
             active += 1
             self._actions.append(Dial(entry.address, entry.agent))
 
+    def _room_for(self, entry: _Address, active: int) -> bool:
+        """Whether the active view has room to dial ``entry``."""
+        must = entry.bootstrap or self._followed(entry)
+        return active < self.timing.max_peers and (must or active < self.timing.target_peers)
+
     def _followed(self, entry: _Address) -> bool:
         return entry.agent is not None and entry.agent in self._interest.authors
 
     # -- output ---------------------------------------------------------------
     def _send(self, session: Session, message: wire.Message) -> None:
+        if isinstance(message, wire.Recon):
+            self.stats.recon_messages += 1
+            self.stats.recon_bytes += len(message.payload)
         try:
             session.channel.send_message(wire.encode(message))
         except ProtocolError:
