@@ -270,10 +270,13 @@ def cmd_remember(args: argparse.Namespace) -> int:
 
 
 def _open_input(name: str) -> TextIO:
+    # surrogateescape: a line that is not UTF-8 is reported by _lines, and the
+    # lines after it are still read (strict decoding fails a whole buffer)
     if name == "-":
+        sys.stdin.reconfigure(encoding="utf-8", errors="surrogateescape")  # type: ignore[union-attr]
         return sys.stdin
     try:
-        return open(name, encoding="utf-8", errors="strict")  # noqa: SIM115 - closed by caller
+        return open(name, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115 - closed by caller
     except OSError as exc:
         raise P2pmemError(f"cannot read {name}: {exc.strerror}") from None
 
@@ -297,6 +300,11 @@ def _lines(stream: TextIO, max_len: int) -> Iterator[tuple[int, str | None, str 
                 if not rest or rest.endswith("\n"):
                     break
             yield number, None, f"line is longer than {max_len} characters"
+            continue
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes, escaped as lone surrogates
+            yield number, None, "not UTF-8 text"
             continue
         yield number, line, None
 

@@ -57,6 +57,9 @@ def parse_agent_id(text: str) -> bytes:
     key, checksum = raw[:32], raw[32:]
     if hashlib.sha256(_CHECKSUM_TAG + key).digest()[:4] != checksum:
         raise UsageError(f"not an agent id (checksum mismatch, a typo?): {text[:80]!r}")
+    # The last character carries 2 unused bits: only the canonical spelling names the key.
+    if agent_id(key) != AGENT_ID_PREFIX + body.lower():
+        raise UsageError(f"not an agent id (checksum mismatch, a typo?): {text[:80]!r}")
     return key
 
 

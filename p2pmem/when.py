@@ -4,19 +4,25 @@ offset is given) or an age such as ``30m``, ``2h``, ``7d`` before now."""
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from p2pmem.errors import UsageError
 
 _AGE = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_MAX_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
 
 
 def parse_when(text: str, now_ms: int) -> int:
     """Milliseconds since the Unix epoch named by ``text``."""
     match = _AGE.match(text)
     if match:
-        return now_ms - int(match.group(1)) * _UNIT_MS[match.group(2)]
+        ms = now_ms - int(match.group(1)) * _UNIT_MS[match.group(2)]
+        if ms < 0:
+            raise UsageError(f"time before 1970 is not supported: {text!r}")
+        return ms
     try:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -25,13 +31,15 @@ def parse_when(text: str, now_ms: int) -> int:
         ) from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    ms = int(value.timestamp() * 1000)
+    ms = (value - _EPOCH) // _MS  # exact: float seconds * 1000 loses a millisecond
     if ms < 0:
         raise UsageError(f"time before 1970 is not supported: {text!r}")
     return ms
 
 
 def format_ms(ms: int) -> str:
-    """ISO 8601 UTC with milliseconds, as the JSON output uses."""
-    value = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    """ISO 8601 UTC with milliseconds, as the JSON output uses. A record may
+    carry any 64-bit time; one past the year 9999 shows as its last millisecond."""
+    ms = min(max(ms, 0), _MAX_MS)
+    value = _EPOCH + timedelta(milliseconds=ms)
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
