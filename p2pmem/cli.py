@@ -21,7 +21,7 @@ from p2pmem.errors import P2pmemError, RecordError, UsageError
 from p2pmem.home import Agent, default_home, init_home, wall_ms
 from p2pmem.identity import agent_id, parse_agent_id
 from p2pmem.output import ack_json, export_line, memory_json, memory_lines, print_json
-from p2pmem.record import VISIBILITIES, decode_record
+from p2pmem.record import VISIBILITIES, load_stored
 from p2pmem.when import parse_when
 
 Handler = Callable[[argparse.Namespace], int]
@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="signed records as JSON lines")
     p.add_argument("file", nargs="?", default="-")
+    p.add_argument("--shareable", action="store_true",
+                   help="leave out private and ask memories (for handing to another agent)")
     _common(p, json_flag=False)
 
     p = sub.add_parser("import", help="verify and import JSON lines of signed records")
@@ -508,7 +510,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         count = 0
         try:
             for raw in agent.store.raw_records():
-                stream.write(export_line(decode_record(raw, verify=False)) + "\n")
+                record = load_stored(raw)
+                if args.shareable and record.kind == "memory" and record.visibility != "public":
+                    continue
+                stream.write(export_line(record) + "\n")
                 count += 1
         finally:
             if stream is not sys.stdout:

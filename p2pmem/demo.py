@@ -2,8 +2,10 @@
 
 A, B and C each get a home in a temporary directory. B dials A, C dials B;
 nobody dials across. A remembers something, C receives it through B, C asks
-the network a question that only A's private-to-queries memory answers, and a
-memory kept private never leaves A. Then all three stop on SIGTERM.
+the network a question that only A's private-to-queries memory answers, a
+memory kept private never leaves A, and a fourth agent that never joins the
+network imports A's signed export and recalls it with provenance. Then all
+three nodes stop on SIGTERM.
 Every step runs the real `p2pmem` command, exactly as a user would.
 """
 
@@ -111,6 +113,16 @@ def main() -> int:
             print(f"   C's store: {len(found)} matches; network answers: {len(asked)}")
             if found or asked:
                 raise SystemExit("demo: a private memory leaked")
+
+            say("Offline too: D, never on the network, imports A's export and recalls it with provenance")
+            export = p2pmem(homes["A"], "export", "--shareable").stdout
+            home_d = Path(tmp) / "D"
+            p2pmem(home_d, "init", "--name", "agent-D")
+            (Path(tmp) / "a.jsonl").write_text(export)
+            show(p2pmem(home_d, "import", str(Path(tmp) / "a.jsonl")))
+            recalled = json.loads(p2pmem(home_d, "recall", "staging database", "--json").stdout)
+            for memory in recalled:
+                print(f"   {memory['text']!r} by {memory['author']} at {memory['ts']} (session {memory['session']!r})")
 
             say("Status of B")
             show(p2pmem(homes["B"], "status"))

@@ -43,6 +43,7 @@ def export_line(record: Record) -> str:
         {
             "id": record.id.hex(),
             "kind": record.kind,
+            "visibility": record.visibility,
             "author": agent_id(record.author),
             "ts": format_ms(physical_ms(record.ts)),
             "record": base64.b64encode(record.raw).decode("ascii"),
