@@ -55,13 +55,17 @@ class TrustModel:
         self.viewer = viewer
         self.distances = follow_distances(viewer, follows)
         self._agent_bonus: dict[bytes, float] = {}
-        self._memory_bonus: dict[bytes, float] = {}
-        for endorser, target, what in endorsements:
-            if endorser == target:
-                continue  # self-endorsement counts for nothing
+        # memory id -> [(endorser, weight)]: whether an endorser is the
+        # memory's author is only known when the memory is ranked
+        self._memory_endorsers: dict[bytes, list[tuple[bytes, float]]] = {}
+        for endorser, target, what in sorted(endorsements):  # a fixed order: the same sums everywhere
             weight = ENDORSEMENT_WEIGHT * self.base(endorser)
-            bonus = self._agent_bonus if what == "agent" else self._memory_bonus
-            bonus[target] = bonus.get(target, 0.0) + weight
+            if what == "agent":
+                if endorser == target:
+                    continue  # self-endorsement counts for nothing
+                self._agent_bonus[target] = self._agent_bonus.get(target, 0.0) + weight
+            else:
+                self._memory_endorsers.setdefault(target, []).append((endorser, weight))
 
     def base(self, agent: bytes) -> float:
         distance = self.distances.get(agent)
@@ -71,4 +75,5 @@ class TrustModel:
         return min(1.0, self.base(agent) + self._agent_bonus.get(agent, 0.0))
 
     def memory(self, author: bytes, memory_id: bytes) -> float:
-        return min(1.0, self.agent(author) + self._memory_bonus.get(memory_id, 0.0))
+        bonus = sum(w for endorser, w in self._memory_endorsers.get(memory_id, ()) if endorser != author)
+        return min(1.0, self.agent(author) + bonus)
