@@ -52,10 +52,15 @@ class ControlServer:
         self.node = node
         self.path = home / CONTROL_SOCKET
         self.target = _socket_target(home)
+        self._owned = False  # cleanup never removes another node's live socket
 
-    async def start(self, nursery: trio.Nursery) -> None:
+    def check_free(self) -> None:
+        """Refuse to serve a home that a live node already serves."""
         if self._alive():
             raise P2pmemError(f"a node already serves {self.home} (control socket {self.path} answers)")
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self.check_free()
         for stale in {self.path, self.target}:
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
@@ -65,6 +70,7 @@ class ControlServer:
             await sock.bind(str(self.target))
         finally:
             os.umask(old_umask)
+        self._owned = True
         os.chmod(self.target, 0o600)
         if self.target != self.path:
             os.symlink(self.target, self.path)
@@ -80,6 +86,8 @@ class ControlServer:
             return False
 
     def cleanup(self) -> None:
+        if not self._owned:
+            return
         for path in {self.path, self.target}:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

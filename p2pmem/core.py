@@ -12,6 +12,7 @@ decision lives here, so a simulation drives exactly what a real node runs.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import random
 from collections.abc import Iterable, Sequence
@@ -247,9 +248,9 @@ class NodeCore:
             deadlines.append(s.last_heard + self.timing.dead_after)
             deadlines.append(s.next_resync)
             deadlines.append(s.next_pex)
-        active = len(self.sessions)
+        active = self._active_count()
         for entry in self.addresses.values():
-            if self._dialable(entry) and self._room_for(entry, active):
+            if self._room_for(entry, active) and self._dialable(entry):  # cheap test first
                 deadlines.append(entry.next_attempt)
         router = self.router.next_deadline()
         if router is not None:
@@ -287,14 +288,17 @@ class NodeCore:
         records = list(records)
         for record in records:
             self._index_record(record)
-        self._push(records, exclude=None, now=now)
+        # A new interest goes out before the follow record itself: a peer that
+        # has the follow has then also heard what we now want pushed.
         if any(r.kind == "follow" and r.author == self.key for r in records):
             self._interest_changed(now)
+        self._push(records, exclude=None, now=now)
         self.flush_all()
 
-    def poll_store(self, now: float) -> int:
+    def poll_store(self, now: float, *, skip: frozenset[bytes] = frozenset()) -> int:
         """Pick up records another process of this home stored (the CLI
-        writes to the store and pokes the node); returns how many."""
+        writes to the store and pokes the node); returns how many. Records
+        whose id is in ``skip`` (the node stored them itself) are passed over."""
         from p2pmem.record import decode_record
 
         found = 0
@@ -303,9 +307,11 @@ class NodeCore:
             if not rows:
                 return found
             self._seen_rowid = rows[-1][0]
-            records = [decode_record(raw, verify=False) for _, raw in rows]
-            found += len(records)
-            self.local_records(records, now)
+            records = [decode_record(raw, verify=False) for _, raw in rows
+                       if not skip or hashlib.sha256(raw).digest() not in skip]
+            if records:
+                found += len(records)
+                self.local_records(records, now)
 
     def start_query(self, text: str, *, now: float, **options: Any) -> bytes:
         """Ask the network; see :meth:`QueryRouter.start_query`."""
@@ -560,12 +566,14 @@ class NodeCore:
         session.received_records += len(raws)
         self.stats.records_in += len(result.added)
         if result.added:
-            self._seen_rowid = max(self._seen_rowid, self.store.max_rowid())
+            # Move past the rows just stored without losing any that a CLI
+            # command of this home committed in between: those are ours to push.
+            self.poll_store(now, skip=frozenset(r.id for r in result.added))
             for record in result.added:
                 self._index_record(record)
-            self._push(result.added, exclude=session.conn, now=now)
             if any(r.kind == "follow" and r.author == self.key for r in result.added):
                 self._interest_changed(now)
+            self._push(result.added, exclude=session.conn, now=now)
             for record in result.added:
                 if record.kind == "profile" and record.author in self._interest.authors:
                     self._learn_addresses(record)
@@ -644,7 +652,7 @@ class NodeCore:
     def _maintain(self, now: float) -> None:
         """Keep the active view filled: bootstrap peers and followed agents
         always, others until the target is reached."""
-        active = len(self.sessions)
+        active = self._active_count()
         candidates = [e for e in self.addresses.values() if self._dialable(e) and e.next_attempt <= now]
         candidates.sort(key=lambda e: (not e.bootstrap, not self._followed(e), e.failures, e.address))
         for entry in candidates:
@@ -654,6 +662,11 @@ class NodeCore:
             entry.next_attempt = now + self.timing.handshake_timeout
             active += 1
             self._actions.append(Dial(entry.address, entry.agent))
+
+    def _active_count(self) -> int:
+        """Connections plus dials in flight: counting only connections let
+        every dial failure start one more dial, past the target."""
+        return len(self.sessions) + sum(1 for e in self.addresses.values() if e.dialing)
 
     def _room_for(self, entry: _Address, active: int) -> bool:
         """Whether the active view has room to dial ``entry``."""

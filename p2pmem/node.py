@@ -96,10 +96,13 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._wakeup = trio.Event()
         self._last_data_version = -1
+        self._stopping = False
 
     # -- lifecycle -------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         host, port = self.listen
+        control = ControlServer(self.agent.home, self)
+        control.check_free()  # before listening or announcing an address in the profile
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
@@ -113,7 +116,6 @@ class Node:
             now=wall(), listen_addresses=[self.address], bootstrap=self.peers,
             replicate_all=self.replicate_all, timing=self.timing,
         )
-        control = ControlServer(self.agent.home, self)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -138,6 +140,7 @@ class Node:
     async def stop(self) -> None:
         """Say goodbye to every peer, give writers a moment, then cancel."""
         core = self.core
+        self._stopping = True  # no new connections, in or out, from here on
         if core is not None:
             for session in list(core.sessions.values()):
                 core._close(session, "node stopping", wall())
@@ -149,7 +152,10 @@ class Node:
             self._nursery.cancel_scope.cancel()
 
     # -- the core's actions ------------------------------------------------
-    def _apply(self) -> None:
+    def _apply(self, *, wake: bool = True) -> None:
+        """Carry out the core's actions, then wake the timer task (its next
+        deadline may have moved); the timer task itself passes ``wake=False``,
+        or it would wake itself at once, forever, in a busy loop."""
         assert self.core is not None
         for action in self.core.take_actions():
             if isinstance(action, Send):
@@ -163,9 +169,12 @@ class Node:
                     with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
                         conn.outbox.send_nowait(None)  # writer closes after what is queued
             elif isinstance(action, Dial):
+                if self._stopping:
+                    continue
                 assert self._nursery is not None
                 self._nursery.start_soon(self._dial, action.address, action.expected)
-        self._wakeup.set()
+        if wake:
+            self._wakeup.set()
 
     def poke(self) -> None:
         """Something changed in the store (a CLI command wrote)."""
@@ -176,6 +185,9 @@ class Node:
     # -- tasks --------------------------------------------------------------
     async def _serve_listeners(self, listeners: list[trio.SocketListener]) -> None:
         async def handler(stream: trio.SocketStream) -> None:
+            if self._stopping:
+                await stream.aclose()
+                return
             await self._run_connection(stream, initiator=False, address=None, expected=None)
 
         await trio.serve_listeners(handler, listeners)
@@ -262,7 +274,7 @@ class Node:
             deadline = self.core.next_deadline()
             if deadline is not None and now >= deadline:
                 self.core.handle_timer(now)
-            self._apply()
+            self._apply(wake=False)
 
     # -- control requests ------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -329,7 +341,10 @@ def run_serve(
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s p2pmem %(message)s", datefmt="%H:%M:%S"
     )
-    timing = Timing(max_peers=max_peers, target_peers=min(max_peers, Timing.target_peers))
+    # Dial out only up to half the limit (as the defaults do, 8 of 16): the
+    # other half stays free for incoming peers, or nodes that fill every slot
+    # by dialling refuse newcomers and a restarted node is shut out for good.
+    timing = Timing(max_peers=max_peers, target_peers=min(Timing.target_peers, max(1, max_peers // 2)))
     node = Node(agent, listen=listen, peers=peers, replicate_all=replicate_all, timing=timing)
 
     def ready(address: str) -> None:
@@ -340,9 +355,26 @@ def run_serve(
 
     try:
         trio.run(serve_forever, node, ready)
+    except BaseExceptionGroup as group:
+        # trio's nurseries wrap errors in groups; a user gets the one line of
+        # a P2pmemError (address in use, home already served), never a traceback
+        error = _only_error(group)
+        if error is None:
+            raise
+        raise error from None
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise P2pmemError(f"address already in use: {listen}") from None
         raise
     print("stopped", file=sys.stderr)
     return 0
+
+
+def _only_error(group: BaseExceptionGroup) -> P2pmemError | None:
+    """The first P2pmemError of a group that holds nothing else."""
+    matched, rest = group.split(P2pmemError)
+    if matched is None or rest is not None:
+        return None
+    while isinstance(matched, BaseExceptionGroup):
+        matched = matched.exceptions[0]
+    return matched if isinstance(matched, P2pmemError) else None
