@@ -34,7 +34,7 @@ def rank_hits(agent: Agent | None, text: str, hits: list[VerifiedHit], *, limit:
         seen = best.get(hit.record.id)
         if seen is None or hit.hops < seen.hops:
             best[hit.record.id] = hit
-    with Store(Path(":memory:"), verify_threads=1) as scratch:
+    with Store(Path(":memory:"), verify_workers=1) as scratch:
         scratch.ingest([h.record for h in best.values()])
         ranked = scratch.recall(text, limit=limits.MAX_QUERY_HITS * 8)
         if agent is not None and fts_query(text) is not None:

@@ -14,12 +14,14 @@ memory whose id was printed is on disk before the caller hears of it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import multiprocessing
 import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,6 +83,7 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 _MAX_QUERY_TERMS = 32
 _COLUMNS = "r.id, r.raw, r.state"
 _PIPELINE_CHUNK = 64
+_PROCESS_BATCH = 256  # smaller batches verify in-line: a round trip to a worker costs more
 _MAX_MONTH_TAGS = 24
 # Recall ranks the newest RECALL_WINDOW matches by BM25. For all but very
 # common words that is every match; for a word in most memories it bounds the
@@ -108,6 +111,7 @@ class Memory:
     score: float = 0.0
 
 
+@functools.lru_cache(maxsize=4096)
 def _tag(prefix: str, value: str | bytes) -> str:
     """A filter token: letters then digits, so neither the tokenizer (which
     splits on punctuation) nor the Porter stemmer (which only trims letter
@@ -182,7 +186,7 @@ class Store:
     """A node's records in one SQLite file. Not shared between threads: each
     process (the serving node, a CLI command) opens its own."""
 
-    def __init__(self, path: Path, *, verify_threads: int = 2) -> None:
+    def __init__(self, path: Path, *, verify_workers: int = 2) -> None:
         self.path = Path(path)
         try:
             self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -212,14 +216,10 @@ class Store:
             except sqlite3.OperationalError:
                 self._fts_secure_delete = False
         self._purged = False
-        self._verify_threads = verify_threads
-        self._pool: ThreadPoolExecutor | None = None
+        self._verify_workers = verify_workers
 
     # -- plumbing --------------------------------------------------------
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
         self._db.close()
 
     def __enter__(self) -> Store:
@@ -261,50 +261,127 @@ class Store:
 
     # -- ingest ----------------------------------------------------------
     def decode_many(self, raws: Sequence[bytes]) -> list[Record | RecordError]:
-        """Decode and verify in a small thread pool: Ed25519 verification
-        releases the GIL, so this is where a second core pays."""
-        if len(raws) < 64 or self._verify_threads <= 1:
-            return [_decode_or_error(raw) for raw in raws]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._verify_threads, thread_name_prefix="verify")
-        chunk = (len(raws) + self._verify_threads - 1) // self._verify_threads
-        parts = [raws[i : i + chunk] for i in range(0, len(raws), chunk)]
+        """Decode and verify; large batches in worker processes."""
         out: list[Record | RecordError] = []
-        for part in self._pool.map(_decode_part, parts):
+        for _chunk, part in self._verified_chunks(raws):
             out.extend(part)
         return out
 
+    def _verified_chunks(
+        self, raws: Sequence[bytes]
+    ) -> Iterator[tuple[Sequence[bytes], list[Record | RecordError]]]:
+        """Verified records chunk by chunk, in order.
+
+        Large batches are verified in a pool of worker processes (Ed25519
+        dominates ingest, and processes do not contend for the GIL with the
+        inserting thread); the caller stores each chunk while the workers
+        verify the next ones. Workers only say which bytes passed: the
+        records themselves are rebuilt here from the very same bytes."""
+        if len(raws) < _PROCESS_BATCH or self._verify_workers <= 1:
+            yield raws, [_decode_or_error(raw) for raw in raws]
+            return
+        pool = _verifier_pool(self._verify_workers)
+        chunks = [raws[i : i + _PIPELINE_CHUNK] for i in range(0, len(raws), _PIPELINE_CHUNK)]
+        futures = [pool.submit(_check_part, chunk) for chunk in chunks]
+        for chunk, future in zip(chunks, futures, strict=True):
+            verdicts = future.result()
+            yield chunk, [
+                load_stored(raw) if verdict is None else RecordError(verdict)
+                for raw, verdict in zip(chunk, verdicts, strict=True)
+            ]
+
+    def start_verifiers(self) -> None:
+        """Start the verification workers now rather than on the first large
+        batch (a long-running node or a benchmark pays the start-up once)."""
+        if self._verify_workers > 1:
+            pool = _verifier_pool(self._verify_workers)
+            list(pool.map(_check_part, [[]] * self._verify_workers))
+
     def ingest_raw(self, raws: Sequence[bytes]) -> IngestResult:
         """Verify and store signed records from an untrusted source, in one
-        transaction. Verification runs in the pool, chunk by chunk, while
-        this thread inserts the chunks already verified: Ed25519 and SQLite
-        both release the GIL, so the two overlap on two cores."""
+        transaction, storing each verified chunk while later ones verify."""
         result = IngestResult()
-        if len(raws) < 2 * _PIPELINE_CHUNK or self._verify_threads <= 1:
-            parts: Iterable[list[Record | RecordError]] = [[_decode_or_error(raw) for raw in raws]]
-        else:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._verify_threads, thread_name_prefix="verify")
-            chunks = [raws[i : i + _PIPELINE_CHUNK] for i in range(0, len(raws), _PIPELINE_CHUNK)]
-            parts = (future.result() for future in [self._pool.submit(_decode_part, c) for c in chunks])
         position = 0
         with self._lock, self._transaction() as db:
-            for part in parts:
+            for _chunk, part in self._verified_chunks(raws):
+                good: list[Record] = []
                 for item in part:
                     if isinstance(item, RecordError):
                         result.rejected.append((position, str(item)))
                     else:
-                        self._tally(result, item, self._insert(db, item))
+                        good.append(item)
                     position += 1
+                self._store_all(db, good, result)
         return result
 
     def ingest(self, records: Iterable[Record]) -> IngestResult:
         """Store verified records in one transaction, updating the views."""
         result = IngestResult()
         with self._lock, self._transaction() as db:
-            for record in records:
-                self._tally(result, record, self._insert(db, record))
+            self._store_all(db, list(records), result)
         return result
+
+    def _store_all(self, db: sqlite3.Connection, records: list[Record], result: IngestResult) -> None:
+        """Insert in order. Runs of plain memories (no refs) go in bulk;
+        anything that touches other records' state goes one by one, between
+        the runs, so the outcome equals inserting one at a time."""
+        run: list[Record] = []
+        for record in records:
+            if record.kind == "memory" and not record.refs:
+                run.append(record)
+                continue
+            if run:
+                self._insert_plain_memories(db, run, result)
+                run = []
+            self._tally(result, record, self._insert(db, record))
+        if run:
+            self._insert_plain_memories(db, run, result)
+
+    def _insert_plain_memories(self, db: sqlite3.Connection, run: list[Record], result: IngestResult) -> None:
+        """The bulk path of ingest: a few set-based queries and executemany
+        calls for a whole run instead of five statements per record."""
+        unique: dict[bytes, Record] = {}
+        for record in run:
+            if record.id in unique:
+                result.duplicates += 1
+            else:
+                unique[record.id] = record
+        for i in range(0, len(unique), 400):
+            part = list(unique.values())[i : i + 400]
+            ids = [r.id for r in part]
+            marks = ",".join("?" * len(ids))
+            existing = {row[0] for row in db.execute(f"SELECT id FROM records WHERE id IN ({marks})", ids)}
+            # a plain memory is its own lineage root, so (id, author) is all a tombstone can name
+            tombstoned = set(db.execute(f"SELECT target, author FROM tombstones WHERE target IN ({marks})", ids))
+            superseded = set(db.execute(f"SELECT target, author FROM supersedes WHERE target IN ({marks})", ids))
+            fresh = []
+            for r in part:
+                if r.id in existing:
+                    result.duplicates += 1
+                elif (r.id, r.author) in tombstoned:
+                    result.retracted += 1
+                else:
+                    fresh.append(r)
+            if not fresh:
+                continue
+            first = db.execute("SELECT coalesce(max(rowid), 0) + 1 FROM records").fetchone()[0]
+            rows, topics, fts = [], [], []
+            for offset, r in enumerate(fresh):
+                rowid = first + offset
+                state = SUPERSEDED if (r.id, r.author) in superseded else HEAD
+                rows.append((rowid, r.id, r.ts, r.author, r.kind, r.at_ms, r.session, r.visibility,
+                             r.lineage, None, state, r.raw))
+                topics.extend((t, rowid) for t in r.topics)
+                if state == HEAD:
+                    fts.append((rowid, r.text, " ".join(r.topics), " ".join(filter_tags(r))))
+            db.executemany(
+                "INSERT INTO records(rowid, id, ts, author, kind, at, session, visibility, lineage, "
+                "target, state, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            db.executemany("INSERT OR IGNORE INTO topics(topic, rid) VALUES (?, ?)", topics)
+            db.executemany("INSERT INTO memory_fts(rowid, text, topics, tags) VALUES (?, ?, ?, ?)", fts)
+            result.added.extend(fresh)
 
     @staticmethod
     def _tally(result: IngestResult, record: Record, outcome: str) -> None:
@@ -738,5 +815,25 @@ def _decode_or_error(raw: bytes) -> Record | RecordError:
         return exc
 
 
-def _decode_part(raws: Sequence[bytes]) -> list[Record | RecordError]:
-    return [_decode_or_error(raw) for raw in raws]
+def _check_part(raws: Sequence[bytes]) -> list[str | None]:
+    """In a worker process: None for each record that verifies, else why not."""
+    out: list[str | None] = []
+    for raw in raws:
+        try:
+            decode_record(raw)
+            out.append(None)
+        except RecordError as exc:
+            out.append(str(exc))
+    return out
+
+
+_POOL: ProcessPoolExecutor | None = None
+
+
+def _verifier_pool(workers: int) -> ProcessPoolExecutor:
+    """One pool per process, started on first use. forkserver: forking a
+    process that runs threads (trio, the MCP server) is not safe."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+    return _POOL

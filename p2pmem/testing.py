@@ -535,7 +535,7 @@ class _SimStore(Store):
     """
 
     def __init__(self, path: Path, decoded: dict[bytes, Record | RecordError] | None = None) -> None:
-        super().__init__(path, verify_threads=1)
+        super().__init__(path, verify_workers=1)
         self.hook: Callable[[list[Record], IngestResult], None] | None = None
         self._decoded = decoded
 

@@ -270,7 +270,7 @@ class Net:
         """A read connection to ``home``'s store, kept for the test (SQLite in
         WAL mode: each query sees what the node committed so far)."""
         if home not in self._stores:
-            self._stores[home] = Store(home / DB_FILE, verify_threads=1)
+            self._stores[home] = Store(home / DB_FILE, verify_workers=1)
         return self._stores[home]
 
     def missing(self, home: Path, ids: set[str]) -> set[str]:

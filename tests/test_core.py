@@ -91,7 +91,7 @@ class SimNet:
         replicate_all: bool = True, timing: Timing | None = None, extra_bootstrap: list[str] = (),
         drain: bool = True,
     ) -> NodeCore:
-        store = self.stores.get(i) or Store(Path(":memory:"), verify_threads=1)
+        store = self.stores.get(i) or Store(Path(":memory:"), verify_workers=1)
         self.stores[i] = store
         if records:
             store.ingest(records)

@@ -479,3 +479,27 @@ def test_two_connections_share_one_store(tmp_path: Path) -> None:
         first.ingest([_memory(A, 1, "written by the first")])
         assert [m.record.text for m in second.recall("first")] == ["written by the first"]
         sqlite3.connect(path).execute("PRAGMA quick_check").fetchone()
+
+
+def test_large_batches_verify_in_worker_processes_and_keep_positions(tmp_path: Path) -> None:
+    """A batch big enough for the worker pool: the bad records are reported
+    at their own positions, everything else is stored, plain and superseding
+    memories alike."""
+    author = identity(0)
+    raws = []
+    for i in range(400):
+        raws.append(sign_record(author, "memory", from_ms(BASE_MS + i), f"note {i}").raw)
+    first = sign_record(author, "memory", from_ms(BASE_MS + 1000), "first version")
+    second = sign_record(author, "memory", from_ms(BASE_MS + 1001), "second version",
+                         refs=[first.id], root=first.id)
+    raws[100:100] = [first.raw, second.raw]
+    raws[7] = raws[7][:-1] + bytes([raws[7][-1] ^ 1])  # bad signature
+    raws[300] = b"\xd2garbage"
+    with Store(tmp_path / "s.db") as store:
+        result = store.ingest_raw(raws)
+        assert [position for position, _ in result.rejected] == [7, 300]
+        assert "signature" in result.rejected[0][1]
+        assert len(result.added) == len(raws) - 2
+        assert store.ingest_raw(raws).duplicates == len(raws) - 2
+        texts = [m.record.text for m in store.recall("version", limit=10)]
+        assert texts == ["second version"]
