@@ -88,7 +88,7 @@ _MAX_MONTH_TAGS = 24
 # Recall ranks the newest RECALL_WINDOW matches by BM25. For all but very
 # common words that is every match; for a word in most memories it bounds the
 # cost, and recency is the right prior among equally weak matches.
-RECALL_WINDOW = 250
+RECALL_WINDOW = 200
 COMMON_TERM = 1000
 
 
