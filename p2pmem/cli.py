@@ -311,6 +311,18 @@ def _lines(stream: TextIO, max_len: int) -> Iterator[tuple[int, str | None, str 
         yield number, line, None
 
 
+def _good_lines(
+    stream: TextIO, max_len: int, rejected: list[tuple[int, str]]
+) -> Iterator[tuple[int, str]]:
+    """(line number, line) of each non-blank line; unreadable lines go to
+    ``rejected`` with their number and reason."""
+    for number, line, error in _lines(stream, max_len):
+        if error is not None:
+            rejected.append((number, error))
+        elif line is not None and line.strip():
+            yield number, line
+
+
 def _progress(total_hint: str, enabled: bool) -> Any:
     """A rich progress bar on a terminal, nothing otherwise."""
     if not enabled:
@@ -334,13 +346,7 @@ def _remember_batch(agent: Agent, args: argparse.Namespace, default_session: str
         progress.start()
         task = progress.add_task("signing", total=None)
     try:
-        for number, line, error in _lines(stream, limits.MAX_BATCH_LINE):
-            if error is not None:
-                rejected.append((number, error))
-                continue
-            assert line is not None
-            if not line.strip():
-                continue
+        for number, line in _good_lines(stream, limits.MAX_BATCH_LINE, rejected):
             try:
                 records.append(_batch_record(agent, line, default_session))
             except (UsageError, RecordError, ValueError) as exc:
@@ -527,40 +533,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     stream = _open_input(args.file)
     raws: list[bytes] = []
-    numbers: list[int] = []
+    numbers: list[int] = []  # the line each raw came from
     rejected: list[tuple[int, str]] = []
     try:
-        for number, line, error in _lines(stream, limits.MAX_IMPORT_LINE):
-            if error is not None:
-                rejected.append((number, error))
-                continue
-            assert line is not None
-            if not line.strip():
-                continue
+        for number, line in _good_lines(stream, limits.MAX_IMPORT_LINE, rejected):
             try:
-                raw, claimed = _import_line(line)
+                raws.append(_import_line(line))
+                numbers.append(number)
             except UsageError as exc:
                 rejected.append((number, str(exc)))
-                continue
-            raws.append(raw)
-            numbers.append(number)
-            if claimed is not None:
-                # checked after decoding: the id is the hash of the bytes
-                numbers[-1] = -number if claimed != _sha256(raw) else number
     finally:
         if stream is not sys.stdin:
             stream.close()
     with _open(args) as agent:
-        good_raws, good_numbers = [], []
-        for raw, number in zip(raws, numbers, strict=True):
-            if number < 0:
-                rejected.append((-number, "the id does not match the record's bytes"))
-            else:
-                good_raws.append(raw)
-                good_numbers.append(number)
-        result = agent.store.ingest_raw(good_raws)
+        result = agent.store.ingest_raw(raws)
         for position, reason in result.rejected:
-            rejected.append((good_numbers[position], reason))
+            rejected.append((numbers[position], reason))
         _notify(agent, result.added)
     rejected.sort()
     for number, reason in rejected:
@@ -700,7 +688,7 @@ def _sha256(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def _import_line(line: str) -> tuple[bytes, str | None]:
+def _import_line(line: str) -> bytes:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -714,7 +702,9 @@ def _import_line(line: str) -> tuple[bytes, str | None]:
     claimed = obj.get("id")
     if claimed is not None and not isinstance(claimed, str):
         raise UsageError("'id' must be a hex string")
-    return raw, claimed
+    if claimed is not None and claimed.lower() != _sha256(raw):
+        raise UsageError("the id does not match the record's bytes")
+    return raw
 
 
 def main(argv: Sequence[str] | None = None) -> int:
