@@ -9,7 +9,6 @@ socket lives in the temporary directory and the home holds a symlink to it.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import json
@@ -196,6 +195,3 @@ def notify_new_records(home: Path, ids: list[bytes]) -> None:
     with contextlib.suppress(P2pmemError):
         request(home, "notify", timeout=2.0)
 
-
-def decode_result(item: dict[str, Any]) -> tuple[bytes, int, str]:
-    return base64.b64decode(item["record"]), int(item["hops"]), str(item["via"])

@@ -19,6 +19,7 @@ from p2pmem import limits
 from p2pmem.clock import HybridClock
 from p2pmem.errors import HomeError, RecordError, StoreError, UsageError
 from p2pmem.identity import Identity
+from p2pmem.ranking import rank_by_trust
 from p2pmem.record import Record, sign_record
 from p2pmem.store import DB_FILE, Memory, Store, fts_query
 from p2pmem.trust import TrustModel
@@ -53,17 +54,6 @@ def init_home(home: Path, *, name: str | None = None, skills: Sequence[str] = ()
     return identity, True
 
 
-def rank_by_trust(memories: list[Memory], trust: TrustModel) -> list[Memory]:
-    """Relevance times (1 + trust); newest first among equals. BM25 scores
-    from SQLite are negative (lower is better), so relevance is ``-score``;
-    a query without text has relevance 1 for every memory."""
-
-    def key(memory: Memory) -> tuple[float, int, bytes]:
-        relevance = -memory.score if memory.score < 0 else 1.0
-        weight = 1.0 + trust.memory(memory.record.author, memory.record.id)
-        return (-(relevance * weight), -memory.record.ts, memory.record.id)
-
-    return sorted(memories, key=key)
 
 
 class Agent:

@@ -15,17 +15,24 @@ from p2pmem import limits
 from p2pmem.identity import agent_id
 from p2pmem.output import memory_json
 from p2pmem.query import VerifiedHit
-from p2pmem.store import Store, fts_query
+from p2pmem.store import Memory, Store, fts_query
+from p2pmem.trust import TrustModel
 
 if TYPE_CHECKING:
     from p2pmem.home import Agent
 
 
-def rank_by_trust(*args: Any, **kwargs: Any) -> Any:
-    from p2pmem.home import rank_by_trust as rank
+def rank_by_trust(memories: list[Memory], trust: TrustModel) -> list[Memory]:
+    """Relevance times (1 + trust); newest first among equals. BM25 scores
+    from SQLite are negative (lower is better), so relevance is ``-score``;
+    a query without text has relevance 1 for every memory."""
 
-    return rank(*args, **kwargs)
+    def key(memory: Memory) -> tuple[float, int, bytes]:
+        relevance = -memory.score if memory.score < 0 else 1.0
+        weight = 1.0 + trust.memory(memory.record.author, memory.record.id)
+        return (-(relevance * weight), -memory.record.ts, memory.record.id)
 
+    return sorted(memories, key=key)
 
 def rank_hits(agent: Agent | None, text: str, hits: list[VerifiedHit], *, limit: int) -> list[dict[str, Any]]:
     """The contract's `ask` result objects, best first."""

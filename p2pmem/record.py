@@ -423,6 +423,3 @@ def load_stored(raw: bytes) -> Record:
     payload, _signature = _split_envelope(raw)
     return _to_record(raw, cbor2.loads(payload))
 
-
-def record_size_ok(raw: bytes) -> bool:
-    return len(raw) <= limits.MAX_RECORD

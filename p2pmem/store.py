@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from p2pmem import limits
-from p2pmem.clock import physical_ms
 from p2pmem.errors import RecordError, StoreError
 from p2pmem.record import Record, decode_record, load_stored
 
@@ -569,14 +568,6 @@ class Store:
             if row:
                 yield row
 
-    def raw_many(self, ids: Sequence[bytes]) -> list[bytes]:
-        out = []
-        for record_id in ids:
-            row = self._db.execute("SELECT raw FROM records WHERE id = ?", (record_id,)).fetchone()
-            if row:
-                out.append(row[0])
-        return out
-
     def raw_records(self, *, kinds: Sequence[str] | None = None) -> Iterator[bytes]:
         """Raw bytes of stored records in (ts, id) order (export)."""
         if kinds:
@@ -608,12 +599,6 @@ class Store:
             return None
         heads = self.lineage_heads(row[0], row[1])
         return heads[0] if heads else None
-
-    def lineage_ids(self, lineage: bytes, author: bytes) -> list[bytes]:
-        rows = self._db.execute(
-            "SELECT id FROM records WHERE lineage = ? AND author = ?", (lineage, author)
-        )
-        return [row[0] for row in rows]
 
     def recall(
         self,
@@ -793,20 +778,8 @@ class Store:
         )
         return [decode_record(row[0], verify=False) for row in rows]
 
-    def set_meta(self, key: str, value: object) -> None:
-        with self._lock, self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
-
-    def get_meta(self, key: str, default: object = None) -> object:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else default
-
     def integrity_check(self) -> str:
         return self._db.execute("PRAGMA integrity_check").fetchone()[0]
-
-    def now_ms_hint(self) -> int:
-        return physical_ms(self.last_ts())
-
 
 def _decode_or_error(raw: bytes) -> Record | RecordError:
     try:
