@@ -401,20 +401,12 @@ def _batch_record(agent: Agent, line: str, default_session: str) -> Any:
 
 @command("update")
 def cmd_update(args: argparse.Namespace) -> int:
-    with _open(args) as agent:
-        record = agent.update(args.id, _read_text(args.text), topics=args.topic)
-        _notify(agent, [record])
-    print_json(ack_json(record)) if args.json else print(record.id.hex())
-    return 0
+    return _sign_one(args, lambda a: a.update(args.id, _read_text(args.text), topics=args.topic))
 
 
 @command("forget")
 def cmd_forget(args: argparse.Namespace) -> int:
-    with _open(args) as agent:
-        record = agent.forget(args.id)
-        _notify(agent, [record])
-    print_json(ack_json(record)) if args.json else print(record.id.hex())
-    return 0
+    return _sign_one(args, lambda a: a.forget(args.id))
 
 
 @command("recall")
@@ -473,7 +465,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _social(args: argparse.Namespace, make: Callable[[Agent], Any]) -> int:
+def _sign_one(args: argparse.Namespace, make: Callable[[Agent], Any]) -> int:
+    """Sign and store one record, tell a serving node, print the ack."""
     with _open(args) as agent:
         record = make(agent)
         _notify(agent, [record])
@@ -483,12 +476,12 @@ def _social(args: argparse.Namespace, make: Callable[[Agent], Any]) -> int:
 
 @command("follow")
 def cmd_follow(args: argparse.Namespace) -> int:
-    return _social(args, lambda a: a.follow(args.agent, True))
+    return _sign_one(args, lambda a: a.follow(args.agent, True))
 
 
 @command("unfollow")
 def cmd_unfollow(args: argparse.Namespace) -> int:
-    return _social(args, lambda a: a.follow(args.agent, False))
+    return _sign_one(args, lambda a: a.follow(args.agent, False))
 
 
 @command("endorse")
@@ -502,7 +495,7 @@ def cmd_endorse(args: argparse.Namespace) -> int:
             raise UsageError(f"not an agent id nor a known memory id: {exc}") from None
         return agent.endorse(target, "memory")
 
-    return _social(args, make)
+    return _sign_one(args, make)
 
 
 @command("export")
@@ -643,11 +636,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 @command("send")
 def cmd_send(args: argparse.Namespace) -> int:
-    with _open(args) as agent:
-        record = agent.send_message(args.agent, _read_text(args.text))
-        _notify(agent, [record])
-    print_json(ack_json(record)) if args.json else print(record.id.hex())
-    return 0
+    return _sign_one(args, lambda a: a.send_message(args.agent, _read_text(args.text)))
 
 
 @command("inbox")
