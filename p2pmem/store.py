@@ -559,6 +559,15 @@ class Store:
             "SELECT rowid, raw FROM records WHERE rowid > ? ORDER BY rowid LIMIT ?", (rowid, limit)
         ).fetchall()
 
+    def known_ids(self, ids: Sequence[bytes]) -> set[bytes]:
+        """Which of ``ids`` are stored."""
+        found: set[bytes] = set()
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            marks = ",".join("?" * len(part))
+            found.update(row[0] for row in self._db.execute(f"SELECT id FROM records WHERE id IN ({marks})", part))
+        return found
+
     def scoped_raw(self, ids: Iterable[bytes]) -> Iterator[tuple[bytes, str, bytes, str]]:
         """(raw, kind, author, visibility) for each stored id, without decoding:
         the hot path of pushing thousands of records to a peer."""
