@@ -1308,10 +1308,15 @@ class SimNetwork:
             assert isinstance(piece, bytes)
             node.bytes_received += len(piece)
             self._via = other
+            skipped = core.stats.duplicates_skipped
             try:
                 core.data_received(conn.cid, piece, self.wall)
             finally:
                 self._via = None
+            # records the core recognised as already stored, before any ingest
+            skipped = core.stats.duplicates_skipped - skipped
+            node.records_received += skipped
+            node.duplicates += skipped
         self._apply(node)
         self._forget_conn(conn)
 
