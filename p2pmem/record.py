@@ -63,7 +63,7 @@ class Record:
     ts: int
     session: str
     topics: tuple[str, ...]
-    body: Body
+    body: Body = field(hash=False)  # a dict for structured kinds; the id identifies anyway
     visibility: str
     refs: tuple[bytes, ...]
     meta: dict[str, MetaValue] = field(hash=False, compare=False)
@@ -305,10 +305,12 @@ def sign_record(
         payload_obj[K_AT] = at
     if root is not None:
         payload_obj[K_ROOT] = root
-    if kind in ("profile", "endorse", "follow", "message") and isinstance(body, dict):
+    if isinstance(body, dict):
+        body = dict(body)  # sorted below: never change the caller's map
         for key in ("skills", "addresses"):
             if key in body:
                 body[key] = sorted(set(body[key]))
+        payload_obj[K_BODY] = body
     _check_payload(payload_obj)
     if not keys_order_agree(payload_obj):
         raise RecordError("record maps must have keys all of one type")
