@@ -12,7 +12,7 @@ import binascii
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -416,30 +416,22 @@ def cmd_recall(args: argparse.Namespace) -> int:
             args.query, since=args.since, until=args.until, topics=args.topic,
             authors=args.author, session=args.session, limit=min(args.limit, limits.MAX_RECALL_LIMIT),
         )
-    if args.json:
-        print_json([memory_json(m.record, conflicts=[c.hex() for c in m.conflicts]) for m in found])
-    elif not found:
-        print("no memories found", file=sys.stderr)
-    else:
-        for i, m in enumerate(found, 1):
-            print(memory_lines(i, m.record, conflicts=len(m.conflicts)))
-    return 0
+    return _show_list(
+        args, [memory_json(m.record, conflicts=[c.hex() for c in m.conflicts]) for m in found],
+        "no memories found",
+        (memory_lines(i, m.record, conflicts=len(m.conflicts)) for i, m in enumerate(found, 1)),
+    )
 
 
 @command("agents")
 def cmd_agents(args: argparse.Namespace) -> int:
     with _open(args) as agent:
         rows = agent.directory(args.skill)
-    if args.json:
-        print_json(rows)
-    elif not rows:
-        print("no agents found", file=sys.stderr)
-    else:
-        for row in rows:
-            mark = " (you)" if row["self"] else ""
-            skills = ", ".join(row["skills"]) or "-"  # type: ignore[arg-type]
-            print(f"{row['id']}  {row['name'] or '(no name)'}{mark}  skills: {skills}  memories: {row['memories']}")
-    return 0
+    return _show_list(args, rows, "no agents found", (
+        f"{row['id']}  {row['name'] or '(no name)'}{' (you)' if row['self'] else ''}  "
+        f"skills: {', '.join(row['skills']) or '-'}  memories: {row['memories']}"  # type: ignore[arg-type]
+        for row in rows
+    ))
 
 
 @command("profile")
@@ -462,6 +454,19 @@ def cmd_profile(args: argparse.Namespace) -> int:
     else:
         for key, value in out.items():
             print(f"{key}: {', '.join(value) if isinstance(value, list) else value}")
+    return 0
+
+
+def _show_list(args: argparse.Namespace, items: list[Any], empty: str, lines: Iterable[str]) -> int:
+    """A listing command's output: the JSON list, or the human lines, or a
+    one-line notice on standard error when there is nothing to list."""
+    if args.json:
+        print_json(items)
+    elif not items:
+        print(empty, file=sys.stderr)
+    else:
+        for line in lines:
+            print(line)
     return 0
 
 
@@ -579,14 +584,9 @@ def cmd_peers(args: argparse.Namespace) -> int:
     from p2pmem.control import request
 
     peers = request(_home(args), "peers")["peers"]
-    if args.json:
-        print_json(peers)
-    elif not peers:
-        print("no peers connected", file=sys.stderr)
-    else:
-        for peer in peers:
-            print(f"{peer['id']}  {peer['address'] or '-'}  ({peer['direction']})")
-    return 0
+    return _show_list(args, peers, "no peers connected", (
+        f"{peer['id']}  {peer['address'] or '-'}  ({peer['direction']})" for peer in peers
+    ))
 
 
 @command("status")
@@ -653,15 +653,11 @@ def cmd_inbox(args: argparse.Namespace) -> int:
         written = write_maildir(args.maildir, opened, names=names)  # type: ignore[arg-type]
         print(f"wrote {written} new mails to {args.maildir}", file=sys.stderr)
     messages = [m.to_json() for m in opened]  # type: ignore[attr-defined]
-    if args.json:
-        print_json(messages)
-    elif not messages:
-        print("no messages", file=sys.stderr)
-    else:
-        for m in messages:
-            sender = names.get(parse_agent_id(m["from"])) or m["from"][:14]
-            print(f"{m['ts'][:16].replace('T', ' ')}  from {sender}: {m['text']}")
-    return 0
+    return _show_list(args, messages, "no messages", (
+        f"{m['ts'][:16].replace('T', ' ')}  from {names.get(parse_agent_id(m['from'])) or m['from'][:14]}: "
+        f"{m['text']}"
+        for m in messages
+    ))
 
 
 @command("mcp")
