@@ -21,7 +21,8 @@ from p2pmem.errors import HomeError, RecordError, StoreError, UsageError
 from p2pmem.identity import Identity
 from p2pmem.ranking import rank_by_trust
 from p2pmem.record import Record, sign_record
-from p2pmem.store import DB_FILE, Memory, Store, fts_query
+from p2pmem.retrieval.text import query_terms
+from p2pmem.store import DB_FILE, Memory, Store
 from p2pmem.trust import TrustModel
 
 CONTROL_SOCKET = "node.sock"
@@ -264,10 +265,16 @@ class Agent:
     def trust(self) -> TrustModel:
         return TrustModel(self.key, self.store.follows(), self.store.endorsements())
 
-    def recall(self, query: str = "", *, limit: int = 10, **filters: object) -> list[Memory]:
-        """Store recall re-ranked by trust (docs/architecture.md, "Trust").
-        Without query text the order stays newest first."""
-        if fts_query(query) is None:
-            return self.store.recall(query, limit=limit, **filters)  # type: ignore[arg-type]
-        candidates = self.store.recall(query, limit=min(limits.MAX_RECALL_LIMIT, max(limit * 2, 20)), **filters)  # type: ignore[arg-type]
+    def recall(
+        self, query: str = "", *, limit: int = 10, now_ms: int | None = None, **filters: object
+    ) -> list[Memory]:
+        """The retrieval engine's ranking with trust as a gentle prior
+        (docs/retrieval.md). Time words in the query ("last week") are read
+        relative to ``now_ms`` (default: now). Without query words the order
+        stays newest first."""
+        now = wall_ms() if now_ms is None else now_ms
+        if not query_terms(query):
+            return self.store.recall(query, limit=limit, now_ms=now, **filters)  # type: ignore[arg-type]
+        wanted = min(limits.MAX_RECALL_LIMIT, max(limit * 2, 20))
+        candidates = self.store.recall(query, limit=wanted, now_ms=now, **filters)  # type: ignore[arg-type]
         return rank_by_trust(candidates, self.trust())[:limit]

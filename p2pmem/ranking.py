@@ -15,21 +15,24 @@ from p2pmem import limits
 from p2pmem.identity import agent_id
 from p2pmem.output import memory_json
 from p2pmem.query import VerifiedHit
-from p2pmem.store import Memory, Store, fts_query
+from p2pmem.retrieval.text import query_terms
+from p2pmem.store import Memory, Store
 from p2pmem.trust import TrustModel
 
 if TYPE_CHECKING:
     from p2pmem.home import Agent
 
 
+TRUST_PRIOR = 0.25  # relevance x (1 + 0.25 trust): a stranger needs at most ~1.2x an own memory's score
+
+
 def rank_by_trust(memories: list[Memory], trust: TrustModel) -> list[Memory]:
-    """Relevance times (1 + trust); newest first among equals. BM25 scores
-    from SQLite are negative (lower is better), so relevance is ``-score``;
-    a query without text has relevance 1 for every memory."""
+    """Relevance times (1 + TRUST_PRIOR x trust), a gentle prior; newest
+    first among equals. A query without words has relevance 1 for every memory."""
 
     def key(memory: Memory) -> tuple[float, int, bytes]:
-        relevance = -memory.score if memory.score < 0 else 1.0
-        weight = 1.0 + trust.memory(memory.record.author, memory.record.id)
+        relevance = memory.score if memory.score > 0 else 1.0
+        weight = 1.0 + TRUST_PRIOR * trust.memory(memory.record.author, memory.record.id)
         return (-(relevance * weight), -memory.record.ts, memory.record.id)
 
     return sorted(memories, key=key)
@@ -44,7 +47,7 @@ def rank_hits(agent: Agent | None, text: str, hits: list[VerifiedHit], *, limit:
     with Store(Path(":memory:"), verify_workers=1) as scratch:
         scratch.ingest([h.record for h in best.values()])
         ranked = scratch.recall(text, limit=limits.MAX_QUERY_HITS * 8)
-        if agent is not None and fts_query(text) is not None:
+        if agent is not None and query_terms(text):
             ranked = rank_by_trust(ranked, agent.trust())
         if len(ranked) < limit:  # filters-only queries: whatever matched them, newest first
             seen_ids = {m.record.id for m in ranked}

@@ -14,8 +14,6 @@ memory whose id was printed is on disk before the caller hears of it.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import multiprocessing
 import re
 import sqlite3
@@ -23,16 +21,18 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from p2pmem import limits
 from p2pmem.errors import RecordError, StoreError
 from p2pmem.record import Record, decode_record, load_stored
+from p2pmem.retrieval.documents import Entry, IndexDoc, make_doc
+from p2pmem.retrieval.engine import Ranked, SearchEngine, SearchRequest
+from p2pmem.retrieval.lexical import Filters
 
 HEAD, SUPERSEDED = 0, 1
 DB_FILE = "store.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: FTS5 replaced by the derived tantivy index and index_log
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -73,22 +73,20 @@ CREATE TABLE IF NOT EXISTS tombstones (
     PRIMARY KEY (target, author)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-CREATE VIRTUAL TABLE IF NOT EXISTS memory_fts USING fts5(
-    text, topics, tags, tokenize = 'porter unicode61 remove_diacritics 2'
+-- rowids of memories whose searchable state changed, in commit order: what
+-- the derived search indexes replay (p2pmem/retrieval/sync.py). purge = 1
+-- when the change was a retraction, whose text must leave every index
+CREATE TABLE IF NOT EXISTS index_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    rid INTEGER NOT NULL,
+    purge INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS records_session ON records(author, session, ts) WHERE kind = 'memory';
 """
 
-_WORD = re.compile(r"\w+", re.UNICODE)
-_MAX_QUERY_TERMS = 32
 _COLUMNS = "r.id, r.raw, r.state"
 _PIPELINE_CHUNK = 64
 _PROCESS_BATCH = 256  # smaller batches verify in-line: a round trip to a worker costs more
-_MAX_MONTH_TAGS = 24
-# Recall ranks the newest RECALL_WINDOW matches by BM25. For all but very
-# common words that is every match; for a word in most memories it bounds the
-# cost, and recency is the right prior among equally weak matches.
-RECALL_WINDOW = 200
-COMMON_TERM = 1000
 
 
 @dataclass
@@ -108,84 +106,15 @@ class Memory:
     record: Record
     conflicts: tuple[bytes, ...] = ()
     score: float = 0.0
+    ranked: Ranked | None = None  # how the engine placed it (recall --explain)
 
-
-@functools.lru_cache(maxsize=4096)
-def _tag(prefix: str, value: str | bytes) -> str:
-    """A filter token: letters then digits, so neither the tokenizer (which
-    splits on punctuation) nor the Porter stemmer (which only trims letter
-    suffixes) can change it."""
-    data = value.encode("utf-8") if isinstance(value, str) else value
-    return prefix + str(int.from_bytes(hashlib.sha256(data).digest()[:6], "big"))
-
-
-_LAST_DATETIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
-
-
-def _datetime(ms: int) -> datetime:
-    """A record may carry any time up to 2**63-1 ms; datetime stops at 9999."""
-    return datetime.fromtimestamp(min(max(ms, 0), _LAST_DATETIME_MS) / 1000, tz=UTC)
-
-
-def _month(ms: int) -> str:
-    day = _datetime(ms)
-    return f"mo{day.year:04d}{day.month:02d}"
-
-
-def filter_tags(r: Record) -> list[str]:
-    """The filters of a memory as tokens of the ``tags`` column: recall with
-    filters then intersects posting lists inside FTS5 instead of joining and
-    discarding rows, which keeps filtered queries on common words fast. The
-    column has weight 0 in BM25, so tags never change relevance."""
-    tags = [_tag("au", r.author), _tag("ss", r.session), _month(r.at_ms)]
-    tags.extend(_tag("tp", topic) for topic in r.topics)
-    return tags
-
-
-def _months_between(since: int, until: int) -> list[str] | None:
-    first = _datetime(since)
-    last = _datetime(until)
-    count = (last.year - first.year) * 12 + last.month - first.month + 1
-    if count > _MAX_MONTH_TAGS or count < 1:
-        return None  # a wide window filters little: the exact check alone is cheaper
-    months, year, month = [], first.year, first.month
-    for _ in range(count):
-        months.append(f"mo{year:04d}{month:02d}")
-        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-    return months
-
-
-# Words too common to help a search (English function words). They are kept
-# when a query has nothing else.
-STOPWORDS = frozenset(
-    ["a", "an", "and", "are", "as", "at", "be", "but", "by", "did", "do", "does", "for", "from", "had", "has", "have", "how", "i", "if", "in", "into", "is", "it", "its", "me", "my", "no", "not", "of", "on", "or", "our", "so", "that", "the", "their", "them", "then", "there", "these", "they", "this", "to", "was", "we", "were", "what", "when", "where", "which", "who", "why", "will", "with", "you", "your"]
-)
-
-
-def query_terms(text: str) -> list[str]:
-    """The distinct search words of free text, stopwords dropped unless
-    nothing else is left."""
-    words = list(dict.fromkeys(_WORD.findall(text.lower())))[:_MAX_QUERY_TERMS]
-    content = [w for w in words if w not in STOPWORDS]
-    return content or words
-
-
-def _phrase(term: str) -> str:
-    return '"' + term.replace('"', "") + '"'
-
-
-def fts_query(text: str) -> str | None:
-    """A safe FTS5 query for free text: each word quoted, any of them may
-    match (BM25 ranks documents with more of the words first)."""
-    terms = query_terms(text)
-    return " OR ".join(_phrase(t) for t in terms) if terms else None
 
 
 class Store:
     """A node's records in one SQLite file. Not shared between threads: each
     process (the serving node, a CLI command) opens its own."""
 
-    def __init__(self, path: Path, *, verify_workers: int = 2) -> None:
+    def __init__(self, path: Path, *, verify_workers: int = 2, index_root: Path | None = None) -> None:
         self.path = Path(path)
         try:
             self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -197,25 +126,28 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=OFF")
         self._db.execute("PRAGMA busy_timeout=30000")
         self._lock = threading.Lock()
-        self._purged = False
-        self._fts_secure_delete = False
         with self._transaction():
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
-            )
-            # FTS5 keeps a deleted row's tokens in its index segments until they
-            # are merged. SQLite >= 3.42 can remove them at once ('secure-delete');
-            # older versions need an 'optimize' after each purge (see _before_commit).
-            try:
-                self._db.execute("INSERT INTO memory_fts(memory_fts, rank) VALUES ('secure-delete', 1)")
-                self._fts_secure_delete = True
-            except sqlite3.OperationalError:
-                self._fts_secure_delete = False
-        self._purged = False
+            self._migrate()
         self._verify_workers = verify_workers
+        in_memory = str(path) == ":memory:"
+        if index_root is None and not in_memory:
+            index_root = self.path.parent / f"{self.path.stem}.index"
+        self.search = SearchEngine(self, None if in_memory else index_root)
+
+    def _migrate(self) -> None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(f"store {self.path} was written by a newer p2pmem (schema {row[0]})")
+        if row is not None and int(row[0]) < 2:
+            # secure_delete is on: the dropped FTS5 pages are zeroed, and the
+            # derived index is rebuilt from the records on first use
+            self._db.execute("DROP TABLE IF EXISTS memory_fts")
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
+        )
 
     # -- plumbing --------------------------------------------------------
     def close(self) -> None:
@@ -234,25 +166,16 @@ class Store:
 
         def __enter__(self) -> sqlite3.Connection:
             self.db.execute("BEGIN IMMEDIATE")
-            self.store._purged = False
             return self.db
 
         def __exit__(self, exc_type: object, *rest: object) -> None:
             if exc_type is None:
-                self.store._before_commit(self.db)
                 self.db.execute("COMMIT")
             else:
                 self.db.execute("ROLLBACK")
-            self.store._purged = False
 
     def _transaction(self) -> Store._Tx:
         return Store._Tx(self)
-
-    def _before_commit(self, db: sqlite3.Connection) -> None:
-        if self._purged and not self._fts_secure_delete:
-            # FTS5 keeps a deleted row's words in its index until segments
-            # merge: rewrite the index (secure_delete zeroes the old pages).
-            db.execute("INSERT INTO memory_fts(memory_fts) VALUES ('optimize')")
 
     def data_version(self) -> int:
         """Changes when another connection (a CLI command) commits."""
@@ -364,7 +287,7 @@ class Store:
             if not fresh:
                 continue
             first = db.execute("SELECT coalesce(max(rowid), 0) + 1 FROM records").fetchone()[0]
-            rows, topics, fts = [], [], []
+            rows, topics, logged = [], [], []
             for offset, r in enumerate(fresh):
                 rowid = first + offset
                 state = SUPERSEDED if (r.id, r.author) in superseded else HEAD
@@ -372,14 +295,14 @@ class Store:
                              r.lineage, None, state, r.raw))
                 topics.extend((t, rowid) for t in r.topics)
                 if state == HEAD:
-                    fts.append((rowid, r.text, " ".join(r.topics), " ".join(filter_tags(r))))
+                    logged.append((rowid,))
             db.executemany(
                 "INSERT INTO records(rowid, id, ts, author, kind, at, session, visibility, lineage, "
                 "target, state, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             db.executemany("INSERT OR IGNORE INTO topics(topic, rid) VALUES (?, ?)", topics)
-            db.executemany("INSERT INTO memory_fts(rowid, text, topics, tags) VALUES (?, ?, ?, ?)", fts)
+            db.executemany("INSERT INTO index_log(rid) VALUES (?)", logged)
             result.added.extend(fresh)
 
     @staticmethod
@@ -416,7 +339,7 @@ class Store:
                     [(t, rowid) for t in r.topics],
                 )
             if state == HEAD:
-                self._index(db, rowid, r)
+                self._log(db, rowid)
             for ref in r.refs:
                 db.execute(
                     "INSERT OR IGNORE INTO supersedes(target, author, source) VALUES (?, ?, ?)",
@@ -428,7 +351,7 @@ class Store:
                 ).fetchone()
                 if row:
                     db.execute("UPDATE records SET state = ? WHERE rowid = ?", (SUPERSEDED, row[0]))
-                    db.execute("DELETE FROM memory_fts WHERE rowid = ?", (row[0],))
+                    self._log(db, row[0])
             return "added"
         target = None
         if isinstance(r.body, dict):
@@ -459,17 +382,15 @@ class Store:
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    def _index(self, db: sqlite3.Connection, rowid: int, r: Record) -> None:
-        db.execute(
-            "INSERT INTO memory_fts(rowid, text, topics, tags) VALUES (?, ?, ?, ?)",
-            (rowid, r.text, " ".join(r.topics), " ".join(filter_tags(r))),
-        )
+    @staticmethod
+    def _log(db: sqlite3.Connection, rowid: int, purge: bool = False) -> None:
+        """Tell the derived indexes that this memory's searchable state changed."""
+        db.execute("INSERT INTO index_log(rid, purge) VALUES (?, ?)", (rowid, int(purge)))
 
     def _purge(self, db: sqlite3.Connection, rowid: int, victim_id: bytes, author: bytes, raw: bytes) -> None:
         """Remove a retracted memory's bytes and text; re-expose what it superseded."""
         victim = decode_record(raw, verify=False)
-        self._purged = True
-        db.execute("DELETE FROM memory_fts WHERE rowid = ?", (rowid,))
+        self._log(db, rowid, purge=True)
         db.execute("DELETE FROM topics WHERE rid = ?", (rowid,))
         db.execute("DELETE FROM records WHERE rowid = ?", (rowid,))
         db.execute("DELETE FROM supersedes WHERE source = ? AND author = ?", (victim_id, author))
@@ -485,7 +406,7 @@ class Store:
             ).fetchone()
             if row:
                 db.execute("UPDATE records SET state = ? WHERE rowid = ?", (HEAD, row[0]))
-                self._index(db, row[0], decode_record(row[1], verify=False))
+                self._log(db, row[0])
 
     # -- reads -----------------------------------------------------------
     def get(self, record_id: bytes) -> Record | None:
@@ -620,54 +541,70 @@ class Store:
         session: str | None = None,
         visibilities: Sequence[str] = ("public", "ask", "private"),
         limit: int = 10,
+        now_ms: int | None = None,
     ) -> list[Memory]:
-        """Current memories matching ``query`` and the filters, best first:
-        BM25 relevance, then the newest. Each comes with its concurrent heads."""
+        """Current memories matching ``query`` and the filters, best first
+        (the retrieval engine's ranking); without query words, the newest
+        first. Each comes with its concurrent heads."""
         limit = max(1, min(limit, limits.MAX_RECALL_LIMIT))
-        where = ["r.state = 0", "r.kind = 'memory'"]
-        params: list[object] = []
-        if since is not None:
-            where.append("r.at >= ?")
-            params.append(since)
-        if until is not None:
-            where.append("r.at <= ?")
-            params.append(until)
-        if authors:
-            where.append(f"r.author IN ({','.join('?' * len(authors))})")
-            params.extend(authors)
-        if session is not None:
-            where.append("r.session = ?")
-            params.append(session)
-        if tuple(visibilities) != ("public", "ask", "private"):
-            where.append(f"r.visibility IN ({','.join('?' * len(visibilities))})")
-            params.extend(visibilities)
-        if topics:
-            where.append(
-                f"EXISTS (SELECT 1 FROM topics t WHERE t.rid = r.rowid AND t.topic IN ({','.join('?' * len(topics))}))"
-            )
-            params.extend(topics)
-        match = self._match_for(query)
-        if match is not None:
-            match = self._with_tags(match, since, until, topics, authors, session)
-            # The index holds only current memories, so the window is taken
-            # from FTS5 alone; exact filters apply to the window's rows.
-            sql = (
-                "SELECT r.id, r.raw, r.state, c.score FROM ("
-                "SELECT rowid AS rid, bm25(memory_fts, 1.0, 1.0, 0.0) AS score FROM memory_fts "
-                "WHERE memory_fts MATCH ? ORDER BY rowid DESC LIMIT ?"
-                f") c JOIN records r ON r.rowid = c.rid WHERE {' AND '.join(where)} "
-                "ORDER BY c.score, r.ts DESC LIMIT ?"
-            )
-            rows = self._db.execute(sql, [match, RECALL_WINDOW, *params, limit]).fetchall()
+        filters = Filters(
+            since=since, until=until, topics=tuple(topics), authors=tuple(authors), session=session,
+            visibilities=() if tuple(visibilities) == ("public", "ask", "private") else tuple(visibilities),
+        )
+        result = self.search.search(SearchRequest(query, filters, limit, now_ms))
+        if result.terms:
+            rows = self._head_rows([r.rid for r in result.ranked])
+            records = [
+                (load_stored(rows[r.rid]), r) for r in result.ranked if r.rid in rows
+            ]
         else:
-            sql = (
-                f"SELECT {_COLUMNS}, 0.0 FROM records r WHERE {' AND '.join(where)} "
-                "ORDER BY r.ts DESC LIMIT ?"
-            )
-            rows = self._db.execute(sql, [*params, limit]).fetchall()
-        records = [(load_stored(raw), float(score)) for _id, raw, _state, score in rows]
+            records = [(load_stored(raw), None) for raw in self._newest(filters, limit)]
         conflicts = self._conflicts_many([record for record, _ in records])
-        return [Memory(record, conflicts.get(record.id, ()), score) for record, score in records]
+        return [
+            Memory(record, conflicts.get(record.id, ()), r.score if r else 0.0, r)
+            for record, r in records
+        ]
+
+    def _head_rows(self, rids: Sequence[int]) -> dict[int, bytes]:
+        """Raw bytes of those rowids that are still current memories: the
+        index may lag the store by a commit, never the other way round."""
+        out: dict[int, bytes] = {}
+        for i in range(0, len(rids), 500):
+            part = list(rids[i : i + 500])
+            rows = self._db.execute(
+                f"SELECT rowid, raw FROM records WHERE rowid IN ({','.join('?' * len(part))}) "
+                f"AND state = {HEAD} AND kind = 'memory'",
+                part,
+            )
+            out.update(rows)
+        return out
+
+    def _newest(self, f: Filters, limit: int) -> list[bytes]:
+        where = [f"r.state = {HEAD}", "r.kind = 'memory'"]
+        params: list[object] = []
+        if f.since is not None:
+            where.append("r.at >= ?")
+            params.append(f.since)
+        if f.until is not None:
+            where.append("r.at <= ?")
+            params.append(f.until)
+        if f.authors:
+            where.append(f"r.author IN ({','.join('?' * len(f.authors))})")
+            params.extend(f.authors)
+        if f.session is not None:
+            where.append("r.session = ?")
+            params.append(f.session)
+        if f.visibilities:
+            where.append(f"r.visibility IN ({','.join('?' * len(f.visibilities))})")
+            params.extend(f.visibilities)
+        if f.topics:
+            where.append(
+                "EXISTS (SELECT 1 FROM topics t WHERE t.rid = r.rowid AND t.topic IN "
+                f"({','.join('?' * len(f.topics))}))"
+            )
+            params.extend(f.topics)
+        sql = f"SELECT r.raw FROM records r WHERE {' AND '.join(where)} ORDER BY r.ts DESC LIMIT ?"
+        return [row[0] for row in self._db.execute(sql, [*params, limit])]
 
     def _conflicts_many(self, records: Sequence[Record]) -> dict[bytes, tuple[bytes, ...]]:
         """Other heads of each record's lineage, in one query."""
@@ -688,45 +625,143 @@ class Store:
             r.id: tuple(h for h in heads.get((r.lineage, r.author), ()) if h != r.id) for r in records
         }
 
-    def _match_for(self, text: str) -> str | None:
-        """The FTS5 query for recall. Words found in more than COMMON_TERM
-        memories are dropped when the query has rarer ones: BM25 gives them
-        almost no weight, yet scoring their long posting lists would cost more
-        than everything else together."""
-        terms = query_terms(text)
-        if not terms:
-            return None
-        if len(terms) > 1:
-            rare = [t for t in terms if self._matches_at_most(t, COMMON_TERM)]
-            terms = rare or terms
-        return " OR ".join(_phrase(t) for t in terms)
+    # -- what the derived search indexes read (p2pmem/retrieval/sync.py) --
+    def log_high(self) -> int:
+        """The greatest index_log sequence ever written (pruned or not)."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'index_log'").fetchone()
+        return row[0] if row else 0
 
-    def _matches_at_most(self, term: str, count: int) -> bool:
-        row = self._db.execute(
-            "SELECT count(*) FROM (SELECT rowid FROM memory_fts WHERE memory_fts MATCH ? LIMIT ?)",
-            ("text:" + _phrase(term), count + 1),
+    def log_low(self) -> int:
+        """The first sequence still in the log (log_high + 1 when empty)."""
+        row = self._db.execute("SELECT min(seq) FROM index_log").fetchone()
+        return row[0] if row[0] is not None else self.log_high() + 1
+
+    def log_entries(self, after: int, limit: int) -> list[tuple[int, int, int]]:
+        return self._db.execute(
+            "SELECT seq, rid, purge FROM index_log WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        ).fetchall()
+
+    _ENTRY = "rowid, raw, at, author, session, visibility, ts, id"
+
+    def index_docs(self, rids: list[int]) -> list[IndexDoc]:
+        """Index documents for those rowids that are current memories now,
+        each with its session neighbours."""
+        docs: list[IndexDoc] = []
+        for i in range(0, len(rids), 500):
+            part = rids[i : i + 500]
+            rows = self._db.execute(
+                f"SELECT {self._ENTRY} FROM records WHERE rowid IN "
+                f"({','.join('?' * len(part))}) AND state = {HEAD} AND kind = 'memory'",
+                part,
+            ).fetchall()
+            for row in rows:
+                prev, following = self._neighbour_rows(row)
+                docs.append(make_doc(
+                    _entry(row), _entry(prev) if prev else None, _entry(following) if following else None
+                ))
+        return docs
+
+    def _neighbour_rows(self, row: tuple) -> tuple[tuple | None, tuple | None]:
+        """The current memories just before and after ``row`` in its
+        author's session, by (ts, id); none without a session."""
+        _rowid, _raw, _at, author, session, _vis, ts, record_id = row
+        if not session:
+            return None, None
+        base = (
+            f"SELECT {self._ENTRY} FROM records WHERE author = ? AND session = ? AND kind = 'memory' "
+            f"AND state = {HEAD} AND "
+        )
+        prev = self._db.execute(
+            base + "(ts < ? OR (ts = ? AND id < ?)) ORDER BY ts DESC, id DESC LIMIT 1",
+            (author, session, ts, ts, record_id),
         ).fetchone()
-        return row[0] <= count
+        following = self._db.execute(
+            base + "(ts > ? OR (ts = ? AND id > ?)) ORDER BY ts, id LIMIT 1",
+            (author, session, ts, ts, record_id),
+        ).fetchone()
+        return prev, following
 
-    @staticmethod
-    def _with_tags(
-        match: str, since: int | None, until: int | None, topics: Sequence[str],
-        authors: Sequence[bytes], session: str | None,
-    ) -> str:
-        """Add the filters to an FTS5 query as tag constraints (exact checks
-        stay in SQL: tags only narrow the candidates)."""
-        clauses = [f"({match})"]
-        if topics:
-            clauses.append("tags:(" + " OR ".join(_tag("tp", t) for t in topics) + ")")
-        if authors:
-            clauses.append("tags:(" + " OR ".join(_tag("au", a) for a in authors) + ")")
-        if session is not None:
-            clauses.append("tags:" + _tag("ss", session))
-        if since is not None and until is not None:
-            months = _months_between(since, until)
-            if months:
-                clauses.append("tags:(" + " OR ".join(months) + ")")
-        return " AND ".join(clauses)
+    def session_neighbours(self, rids: Sequence[int]) -> set[int]:
+        """Rowids of the current session neighbours of stored memories
+        (their index documents include the neighbour's text)."""
+        out: set[int] = set()
+        for i in range(0, len(rids), 500):
+            part = list(rids[i : i + 500])
+            rows = self._db.execute(
+                f"SELECT {self._ENTRY} FROM records WHERE rowid IN ({','.join('?' * len(part))}) "
+                "AND kind = 'memory' AND session != ''",
+                part,
+            ).fetchall()
+            for row in rows:
+                out.update(r[0] for r in self._neighbour_rows(row) if r is not None)
+        return out
+
+    def all_index_docs(self, batch: int) -> tuple[int, Iterator[list[IndexDoc]]]:
+        """(log position, batches of every current memory's document) read
+        from one snapshot, on a connection of its own so the caller may keep
+        using this one. Session by session, so neighbours are adjacent rows."""
+        in_memory = str(self.path) == ":memory:"
+        snapshot = self._db if in_memory else sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        if not in_memory:
+            snapshot.execute("BEGIN")
+        row = snapshot.execute("SELECT seq FROM sqlite_sequence WHERE name = 'index_log'").fetchone()
+        high = row[0] if row else 0
+        cursor = snapshot.execute(
+            f"SELECT {self._ENTRY} FROM records WHERE kind = 'memory' AND state = {HEAD} "
+            "ORDER BY author, session, ts, id"
+        )
+        held = cursor.fetchall() if in_memory else None  # one connection: read it all first
+
+        def rows() -> Iterator[tuple]:
+            if held is not None:
+                yield from held
+                return
+            while part := cursor.fetchmany(1000):
+                yield from part
+
+        def batches() -> Iterator[list[IndexDoc]]:
+            try:
+                out: list[IndexDoc] = []
+                before: tuple | None = None
+                current: tuple | None = None
+                for item in rows():
+                    if current is not None:
+                        out.append(_doc_between(before, current, item))
+                    before, current = current, item
+                    if len(out) >= batch:
+                        yield out
+                        out = []
+                if current is not None:
+                    out.append(_doc_between(before, current, None))
+                if out:
+                    yield out
+            finally:
+                if not in_memory:
+                    snapshot.execute("COMMIT")
+                    snapshot.close()
+
+        return high, batches()
+
+    def index_applied(self, consumer: str, seq: int) -> None:
+        """A derived index durably applied the log up to ``seq``: drop the
+        entries every consumer has applied."""
+        key = f"index_log.{consumer}"
+        with self._lock, self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, seq))
+            rows = db.execute("SELECT value FROM meta WHERE key LIKE 'index_log.%'").fetchall()
+            floor = min(int(v) for (v,) in rows)
+            db.execute("DELETE FROM index_log WHERE seq <= ?", (floor,))
+
+    def times(self, rids: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """rowid -> (at, ts) of stored records."""
+        out: dict[int, tuple[int, int]] = {}
+        for i in range(0, len(rids), 500):
+            part = list(rids[i : i + 500])
+            rows = self._db.execute(
+                f"SELECT rowid, at, ts FROM records WHERE rowid IN ({','.join('?' * len(part))})", part
+            )
+            out.update((rid, (at, ts)) for rid, at, ts in rows)
+        return out
 
     def conflicts_of(self, record: Record) -> tuple[bytes, ...]:
         """The other heads of a memory's lineage: concurrent edits."""
@@ -789,6 +824,24 @@ class Store:
 
     def integrity_check(self) -> str:
         return self._db.execute("PRAGMA integrity_check").fetchone()[0]
+
+def _entry(row: tuple) -> Entry:
+    rid, raw, at, author, session, visibility, _ts, _id = row
+    record = load_stored(raw)
+    return Entry(rid, record.text, at, author, session, tuple(record.topics), visibility)
+
+
+def _same_session(a: tuple, b: tuple) -> bool:
+    return bool(a[4]) and a[3] == b[3] and a[4] == b[4]
+
+
+def _doc_between(before: tuple | None, row: tuple, after: tuple | None) -> IndexDoc:
+    """The document of ``row`` given the rows around it in (author,
+    session, ts, id) order."""
+    prev = _entry(before) if before is not None and _same_session(before, row) else None
+    following = _entry(after) if after is not None and _same_session(row, after) else None
+    return make_doc(_entry(row), prev, following)
+
 
 def _decode_or_error(raw: bytes) -> Record | RecordError:
     try:

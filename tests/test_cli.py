@@ -140,7 +140,9 @@ def test_recall_filters(tmp_path: Path) -> None:
     def recall(*args: str) -> list[str]:
         return [m["id"] for m in as_json(p2pmem("recall", *args, "--json", home=home))]
 
-    assert set(recall("kubernetes")) == {old, new}
+    # the two matches first; a memory of the same session may follow as context
+    found = recall("kubernetes")
+    assert set(found[:2]) == {old, new} and set(found[2:]) <= {recent}
     assert recall("", "--since", "2024-01-01", "--until", "2024-12-31") == [new]
     assert set(recall("", "--since", "2h")) == {recent}
     assert set(recall("", "--until", "2023-12-31T23:59:59")) == {old}

@@ -96,7 +96,7 @@ def baseline(viewer: Agent, older: Record, newer: Record) -> None:
     """Equal relevance and equal trust: the newer one comes first."""
     found = viewer.recall(QUERY)
     assert [m.record.id for m in found] == [newer.id, older.id]
-    assert found[0].score == found[1].score < 0  # identical BM25 relevance
+    assert found[0].score == found[1].score > 0  # identical BM25 relevance
 
 
 # -- ranking -------------------------------------------------------------------

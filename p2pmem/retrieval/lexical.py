@@ -1,0 +1,241 @@
+"""The lexical index: BM25 over every current memory, in tantivy.
+
+tantivy ranks the exact BM25 top k over all matching documents with
+block-max WAND, so a query costs about the same whether a word is in ten
+memories or in half of them (docs/retrieval.md has the measurements that
+chose it over SQLite FTS5). The index is derived data: SQLite holds the
+truth, and :mod:`p2pmem.retrieval.maintain` keeps this index in step with it.
+
+A document is one current memory (a head of its lineage), keyed by the
+SQLite rowid of its record. Filters are indexed fields, so a filtered query
+is one tantivy query, not a scan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import tantivy
+
+from p2pmem.retrieval.documents import IndexDoc
+from p2pmem.retrieval.text import ANALYZER, PLAIN_ANALYZER, analyzer, plain_analyzer
+
+FORMAT = 1  # bump when the schema or the analyzer changes: the index is rebuilt
+STATE_FILE = "p2pmem-index.json"  # our own commit point: the log sequence applied
+_WRITER_HEAP = 32_000_000
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Hard filters: a memory outside them is never returned."""
+
+    since: int | None = None
+    until: int | None = None
+    topics: tuple[str, ...] = ()
+    authors: tuple[bytes, ...] = ()
+    session: str | None = None
+    visibilities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    rid: int
+    score: float
+    prev: int
+    next: int
+    session_key: int
+
+
+def _schema() -> tantivy.Schema:
+    builder = tantivy.SchemaBuilder()
+    for name in ("rid", "prev", "next", "session_key"):
+        builder.add_integer_field(name, indexed=name == "rid", fast=True)
+    for name in ("text", "body", "window", "speaker"):
+        builder.add_text_field(name, tokenizer_name=ANALYZER, index_option="freq")
+    builder.add_text_field("plain", tokenizer_name=PLAIN_ANALYZER, index_option="freq")
+    builder.add_integer_field("at", indexed=True, fast=True)
+    for name in ("author", "session", "topic", "visibility"):
+        builder.add_text_field(name, tokenizer_name="raw", index_option="basic")
+    return builder.build()
+
+
+class LexicalIndex:
+    """One tantivy index, on disk (``directory``) or in memory (None).
+
+    Not thread-safe; one process writes at a time (the caller holds
+    :mod:`p2pmem.retrieval.maintain`'s lock around :meth:`apply`)."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self.schema = _schema()
+        if directory is None:
+            self._index = tantivy.Index(self.schema)
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._index = tantivy.Index(self.schema, path=str(directory), reuse=True)
+        self._index.register_tokenizer(ANALYZER, analyzer())
+        self._index.register_tokenizer(PLAIN_ANALYZER, plain_analyzer())
+        self._searcher = self._index.searcher()
+        self._memory_state: dict[str, int] = {"format": FORMAT, "seq": 0}
+
+    # -- state -------------------------------------------------------------
+    def state(self) -> dict[str, int]:
+        """The committed state: ``seq`` is the last log entry applied."""
+        if self.directory is None:
+            return dict(self._memory_state)
+        try:
+            data = json.loads((self.directory / STATE_FILE).read_text())
+            return {"format": int(data["format"]), "seq": int(data["seq"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {"format": 0, "seq": -1}  # never committed, or damaged: rebuild
+
+    def _write_state(self, seq: int) -> None:
+        state = {"format": FORMAT, "seq": seq}
+        if self.directory is None:
+            self._memory_state = state
+            return
+        tmp = self.directory / (STATE_FILE + ".tmp")
+        with open(tmp, "w") as out:
+            json.dump(state, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.directory / STATE_FILE)
+
+    @property
+    def size(self) -> int:
+        return self._searcher.num_docs
+
+    # -- writes ------------------------------------------------------------
+    def apply(self, removed: Iterable[int], added: Iterable[IndexDoc], seq: int, *, reset: bool = False) -> None:
+        """Remove documents by rowid, add new ones, and commit together with
+        the log position ``seq``. Removing then re-adding a rowid in one call
+        leaves the new document: deletes apply to earlier documents only."""
+        writer = self._index.writer(heap_size=_WRITER_HEAP, num_threads=1)
+        try:
+            if reset:
+                writer.delete_all_documents()
+            for rid in removed:
+                writer.delete_documents_by_term("rid", rid)
+            for doc in added:
+                writer.add_document(self._document(doc))
+            writer.commit()
+            writer.garbage_collect_files()
+            writer.wait_merging_threads()
+        except BaseException:
+            writer.rollback()
+            raise
+        self._write_state(seq)
+        self.reload()
+
+    @staticmethod
+    def _document(doc: IndexDoc) -> tantivy.Document:
+        return tantivy.Document(
+            rid=doc.rid, prev=doc.prev, next=doc.next, session_key=doc.session_key,
+            text=doc.text, body=doc.body, window=doc.window, speaker=doc.speaker, plain=doc.text,
+            at=doc.at, author=doc.author.hex(), session=doc.session, topic=list(doc.topics),
+            visibility=doc.visibility,
+        )
+
+    def reload(self) -> None:
+        self._index.reload()
+        self._searcher = self._index.searcher()
+
+    # -- reads -------------------------------------------------------------
+    def _any(self, field: str, terms: Sequence[str]) -> tantivy.Query:
+        return tantivy.Query.boolean_query(
+            [(tantivy.Occur.Should, tantivy.Query.term_query(self.schema, field, t)) for t in terms]
+        )
+
+    def candidates(
+        self, terms: Sequence[str], filters: Filters, limit: int, *, field: str = "text"
+    ) -> list[Candidate]:
+        """The best ``limit`` documents by BM25 over ``field`` that match any
+        of ``terms`` (already analysed) and every filter, best first."""
+        if not terms or limit <= 0:
+            return []
+        query = self._any(field, terms)
+        musts = self._filter_queries(filters)
+        if musts:
+            query = tantivy.Query.boolean_query(
+                [(tantivy.Occur.Must, query), *((tantivy.Occur.Must, q) for q in musts)]
+            )
+        hits = self._searcher.search(query, limit, count=False).hits
+        if not hits:
+            return []
+        addresses = [address for _, address in hits]
+        columns = [self._searcher.fast_field_values(name, addresses) for name in ("rid", "prev", "next", "session_key")]
+        return [
+            Candidate(int(rid), float(score), int(prev), int(nxt), int(key))
+            for (score, _), rid, prev, nxt, key in zip(hits, *columns, strict=True)
+        ]
+
+    def scores_within(self, field: str, terms: Sequence[str], rids: Sequence[int]) -> dict[int, float]:
+        """BM25 over ``field`` of those of ``rids`` that match any term."""
+        if not terms or not rids:
+            return {}
+        query = tantivy.Query.boolean_query([
+            (tantivy.Occur.Must, self._any(field, terms)),
+            (tantivy.Occur.Must, tantivy.Query.const_score_query(
+                tantivy.Query.term_set_query(self.schema, "rid", list(rids)), 0.0)),
+        ])
+        hits = self._searcher.search(query, len(rids), count=False).hits
+        if not hits:
+            return {}
+        found = self._searcher.fast_field_values("rid", [address for _, address in hits])
+        return {int(rid): float(score) for (score, _), rid in zip(hits, found, strict=True)}
+
+    def passing(self, rids: Sequence[int], filters: Filters) -> set[int]:
+        """Those of ``rids`` that pass every filter."""
+        musts = self._filter_queries(filters)
+        if not musts or not rids:
+            return set(rids)
+        query = tantivy.Query.boolean_query([
+            (tantivy.Occur.Must, tantivy.Query.term_set_query(self.schema, "rid", list(rids))),
+            *((tantivy.Occur.Must, q) for q in musts),
+        ])
+        hits = self._searcher.search(query, len(rids), count=False).hits
+        if not hits:
+            return set()
+        return {int(r) for r in self._searcher.fast_field_values("rid", [a for _, a in hits])}
+
+    def neighbourhood(self, rids: Sequence[int]) -> dict[int, tuple[int, int, int]]:
+        """rowid -> (prev, next, session_key) of indexed documents."""
+        if not rids:
+            return {}
+        query = tantivy.Query.term_set_query(self.schema, "rid", list(rids))
+        hits = self._searcher.search(query, len(rids), count=False).hits
+        addresses = [address for _, address in hits]
+        if not addresses:
+            return {}
+        columns = [self._searcher.fast_field_values(n, addresses) for n in ("rid", "prev", "next", "session_key")]
+        return {int(r): (int(p), int(n), int(k)) for r, p, n, k in zip(*columns, strict=True)}
+
+    def _filter_queries(self, f: Filters) -> list[tantivy.Query]:
+        out = []
+        if f.since is not None or f.until is not None:
+            out.append(tantivy.Query.range_query(
+                self.schema, "at", tantivy.FieldType.Integer,
+                f.since if f.since is not None else -(2**63),
+                f.until if f.until is not None else 2**63 - 1,
+            ))
+        if f.topics:
+            out.append(tantivy.Query.term_set_query(self.schema, "topic", list(f.topics)))
+        if f.authors:
+            out.append(tantivy.Query.term_set_query(self.schema, "author", [a.hex() for a in f.authors]))
+        if f.session is not None:
+            out.append(tantivy.Query.term_query(self.schema, "session", f.session))
+        if f.visibilities:
+            out.append(tantivy.Query.term_set_query(self.schema, "visibility", list(f.visibilities)))
+        return out
+
+    def doc_freq(self, term: str) -> int:
+        return self._searcher.doc_freq("text", term)
+
+
+def remove_index(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
