@@ -49,7 +49,17 @@ def main() -> None:
                 store.ingest(batch)
                 batch = []
         store.ingest(batch)
-        print(f"filled in {time.perf_counter() - started:.1f} s")
+        print(f"filled in {time.perf_counter() - started:.1f} s (signed, verified, stored)")
+        started = time.perf_counter()
+        store.search.sync.current()  # the derived index catches up with the store
+        caught_up = time.perf_counter() - started
+        started = time.perf_counter()
+        store.search.rebuild()
+        rebuilt = time.perf_counter() - started
+        index_bytes = sum(f.stat().st_size for f in (home / "store.index").rglob("*") if f.is_file())
+        db_bytes = sum(f.stat().st_size for f in home.glob("store.db*"))
+        print(f"lexical index: catch-up from the log {caught_up:.1f} s, full rebuild {rebuilt:.1f} s, "
+              f"{index_bytes / 1e6:.1f} MB on disk (store.db {db_bytes / 1e6:.1f} MB)")
         agent = Agent(home, viewer, store)
         rng = random.Random(5)
         content = ContentWords(vocabulary(random.Random(1)))

@@ -573,7 +573,7 @@ class Store:
             part = list(rids[i : i + 500])
             rows = self._db.execute(
                 f"SELECT rowid, raw FROM records WHERE rowid IN ({','.join('?' * len(part))}) "
-                f"AND state = {HEAD} AND kind = 'memory'",
+                f"AND +state = {HEAD} AND +kind = 'memory'",
                 part,
             )
             out.update(rows)
@@ -651,7 +651,7 @@ class Store:
             part = rids[i : i + 500]
             rows = self._db.execute(
                 f"SELECT {self._ENTRY} FROM records WHERE rowid IN "
-                f"({','.join('?' * len(part))}) AND state = {HEAD} AND kind = 'memory'",
+                f"({','.join('?' * len(part))}) AND +state = {HEAD} AND +kind = 'memory'",
                 part,
             ).fetchall()
             for row in rows:
@@ -689,7 +689,7 @@ class Store:
             part = list(rids[i : i + 500])
             rows = self._db.execute(
                 f"SELECT {self._ENTRY} FROM records WHERE rowid IN ({','.join('?' * len(part))}) "
-                "AND kind = 'memory' AND session != ''",
+                "AND +kind = 'memory' AND session != ''",
                 part,
             ).fetchall()
             for row in rows:
@@ -826,9 +826,9 @@ class Store:
         return self._db.execute("PRAGMA integrity_check").fetchone()[0]
 
 def _entry(row: tuple) -> Entry:
-    rid, raw, at, author, session, visibility, _ts, _id = row
+    rid, raw, at, author, session, visibility, ts, _id = row
     record = load_stored(raw)
-    return Entry(rid, record.text, at, author, session, tuple(record.topics), visibility)
+    return Entry(rid, record.text, at, ts, author, session, tuple(record.topics), visibility)
 
 
 def _same_session(a: tuple, b: tuple) -> bool:

@@ -15,9 +15,22 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from p2pmem.retrieval.text import stems
+
 _SPEAKER = re.compile(r"^\s*([^:\n]{1,40}):\s")
 _LAST_DATETIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
 NO_NEIGHBOUR = -1
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """What a document keeps of a session neighbour, so one search returns
+    everything the re-scoring needs without a second lookup."""
+
+    rid: int = NO_NEIGHBOUR
+    at: int = 0
+    ts: int = 0
+    speaker: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -28,15 +41,26 @@ class IndexDoc:
     text: str  # the whole text with its date words: candidate generation
     body: str  # the text without a "Name:" prefix, with date words: the turn's own score
     window: str  # previous + this + next memory of the session
-    speaker: str  # the "Name" of a "Name: text" memory, else ""
-    prev: int  # rowid of the previous memory of the session, or NO_NEIGHBOUR
-    next: int
+    speaker: tuple[int, int]  # term keys of a "Name: text" memory's speaker (0: none)
+    prev: Neighbour
+    next: Neighbour
     session_key: int  # one number per (author, session); 0 when there is no session
     at: int
+    ts: int
     author: bytes
     session: str
     topics: tuple[str, ...]
     visibility: str
+
+
+def term_key(term: str) -> int:
+    """A stable signed 63-bit number for an analysed term (never 0)."""
+    return int.from_bytes(hashlib.blake2b(term.encode("utf-8"), digest_size=8).digest(), "big") >> 1 or 1
+
+
+def speaker_keys(speaker: str) -> tuple[int, int]:
+    keys = [term_key(t) for t in dict.fromkeys(stems(speaker))][:2]
+    return (keys + [0, 0])[0], (keys + [0, 0])[1]
 
 
 def split_speaker(text: str) -> tuple[str, str]:
@@ -65,10 +89,17 @@ class Entry:
     rid: int
     text: str
     at: int
+    ts: int
     author: bytes
     session: str
     topics: tuple[str, ...]
     visibility: str
+
+
+def _neighbour(entry: Entry | None) -> Neighbour:
+    if entry is None:
+        return Neighbour()
+    return Neighbour(entry.rid, entry.at, entry.ts, speaker_keys(split_speaker(entry.text)[0]))
 
 
 def make_doc(entry: Entry, prev: Entry | None, following: Entry | None) -> IndexDoc:
@@ -77,9 +108,7 @@ def make_doc(entry: Entry, prev: Entry | None, following: Entry | None) -> Index
     window = " ".join(e.text for e in (prev, entry, following) if e is not None)
     return IndexDoc(
         rid=entry.rid, text=f"{entry.text} {dates}", body=f"{body} {dates}", window=window,
-        speaker=speaker,
-        prev=prev.rid if prev is not None else NO_NEIGHBOUR,
-        next=following.rid if following is not None else NO_NEIGHBOUR,
-        session_key=session_key(entry.author, entry.session), at=entry.at, author=entry.author,
-        session=entry.session, topics=entry.topics, visibility=entry.visibility,
+        speaker=speaker_keys(speaker), prev=_neighbour(prev), next=_neighbour(following),
+        session_key=session_key(entry.author, entry.session), at=entry.at, ts=entry.ts,
+        author=entry.author, session=entry.session, topics=entry.topics, visibility=entry.visibility,
     )

@@ -22,11 +22,13 @@ effect on LoCoMo):
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from p2pmem.retrieval import text as words
+from p2pmem.retrieval.documents import term_key
 from p2pmem.retrieval.lexical import Filters, LexicalIndex
 from p2pmem.retrieval.sync import DocumentSource, IndexSync, Progress
 from p2pmem.retrieval.timeexpr import TimePreference, parse_time_preference, time_weight
@@ -41,6 +43,7 @@ SESSION_TOP = 3  # a session's strength: the sum of its three best memories' sco
 SPEAKER_BOOST = 0.5  # x1.5 when the question names the memory's speaker
 TIME_BOOST = 1.0  # a memory inside the question's time gets up to (1 + TIME_BOOST) x
 RRF_K = 60
+POOL_SCORES = 3  # body and window scores are read for the best 3 x CANDIDATES matches
 SEMANTIC_WEIGHT = 0.3  # the semantic ranking's weight in the fusion (lexical: 1.0)
 
 SemanticSearch = Callable[[str, int, set[int] | None], list[int]]
@@ -103,87 +106,153 @@ class SearchEngine:
         index = self.sync.current()
         wanted = max(CANDIDATES, request.limit)
         if words.only_stopwords(request.text):
-            ranked = [
-                Ranked(c.rid, c.score, lexical_rank=rank, lexical_score=c.score)
-                for rank, c in enumerate(index.candidates(terms, request.filters, wanted, field="plain"), 1)
-            ]
+            found = index.candidates(terms, request.filters, wanted, field="plain")
+            pool = _Pool()
+            for i, rid in enumerate(found.columns.get("rid", [])):
+                pool.add(rid, found.columns["at"][i], found.columns["ts"][i], 0, False, i + 1, found.scores[i])
+            pool.scores = list(pool.lexical)
         else:
-            ranked = self._contextual(index, terms, request)
-        if self.semantic is not None and ranked:
-            ranked = self._fuse(ranked, request)
-        times = self.source.times([r.rid for r in ranked])
+            pool = self._contextual(index, terms, request)
+        if not pool.rids:
+            return SearchResult([], terms, preference)
         if preference is not None:
-            for r in ranked:
-                if r.rid in times:
-                    r.time_weight = time_weight(times[r.rid][0], preference)
-                    r.score *= 1.0 + TIME_BOOST * r.time_weight
+            for i, at in enumerate(pool.at):
+                weight = time_weight(at, preference)
+                pool.time[i] = weight
+                pool.scores[i] *= 1.0 + TIME_BOOST * weight
+        semantic_rank: dict[int, int] = {}
+        if self.semantic is not None:
+            semantic_rank = self._fuse(pool, request)
         # equal scores (same words, same length): the newest first
-        ranked.sort(key=lambda r: (-round(r.score, 9), -times.get(r.rid, (0, 0))[1], r.rid))
-        return SearchResult(ranked[: request.limit], terms, preference)
+        order = heapq.nsmallest(
+            request.limit, range(len(pool.rids)),
+            key=lambda i: (-round(pool.scores[i], 9), -pool.ts[i], pool.rids[i]),
+        )
+        ranked = [pool.ranked(i, semantic_rank.get(pool.rids[i])) for i in order]
+        return SearchResult(ranked, terms, preference)
 
-    def _contextual(self, index: LexicalIndex, terms: Sequence[str], request: SearchRequest) -> list[Ranked]:
-        """Stages 1 and 2: candidates, then context re-scoring."""
-        found = index.candidates(terms, request.filters, max(CANDIDATES, request.limit))
-        if not found:
-            return []
-        rank_of = {c.rid: rank for rank, c in enumerate(found, 1)}
-        lexical = {c.rid: c.score for c in found}
-        session_of = {c.rid: c.session_key for c in found}
-        extra = list(dict.fromkeys(
-            n for c in found for n in (c.prev, c.next) if n >= 0 and n not in rank_of
-        ))
-        if extra:
-            extra = [r for r in extra if r in index.passing(extra, request.filters)]
-            for rid, (_prev, _next, key) in index.neighbourhood(extra).items():
-                session_of[rid] = key
-        pool = [c.rid for c in found] + [r for r in extra if r in session_of]
-        turn = index.scores_within("body", terms, pool)
-        window = index.scores_within("window", terms, pool)
-        speaking = index.scores_within("speaker", terms, pool)
+    def _contextual(self, index: LexicalIndex, terms: Sequence[str], request: SearchRequest) -> _Pool:
+        """Stages 1 and 2: candidates, then context re-scoring. Everything
+        comes from three index searches: the candidates with their
+        neighbours' fast fields, and the best body and window scores."""
+        wanted = max(CANDIDATES, request.limit)
+        found = index.candidates(terms, request.filters, wanted)
+        pool = _Pool()
+        if not len(found):
+            return pool
+        turn = index.top_scores("body", terms, request.filters, POOL_SCORES * wanted)
+        window = index.top_scores("window", terms, request.filters, POOL_SCORES * wanted)
+        asked = {term_key(t) for t in terms}
+        col = found.columns
+        keys = col["session_key"]
+        for i, rid in enumerate(col["rid"]):
+            named = col["spk1"][i] in asked or col["spk2"][i] in asked
+            pool.add(rid, col["at"][i], col["ts"][i], keys[i], named, i + 1, found.scores[i])
+        for side in ("prev", "next"):
+            at, ts, spk1, spk2 = (col[f"{side}_{n}"] for n in ("at", "ts", "spk1", "spk2"))
+            for i, rid in enumerate(col[side]):
+                if rid >= 0 and rid not in pool.position:
+                    pool.add(rid, at[i], ts[i], keys[i], spk1[i] in asked or spk2[i] in asked, None, 0.0)
+        if _needs_check(request.filters):
+            extra = [rid for rid, rank in zip(pool.rids, pool.rank, strict=True) if rank is None]
+            if extra:
+                pool.keep(index.passing(extra, request.filters) | set(col["rid"]))
+        own = [turn.get(rid, 0.0) for rid in pool.rids]
         best: dict[int, list[float]] = {}
-        for rid in pool:
-            if session_of[rid]:
-                best.setdefault(session_of[rid], []).append(turn.get(rid, 0.0))
+        for key, score in zip(pool.session, own, strict=True):
+            if key:
+                best.setdefault(key, []).append(score)
         strength = {key: sum(sorted(v, reverse=True)[:SESSION_TOP]) for key, v in best.items()}
-        top_turn = max(turn.values(), default=0.0)
-        top_strength = max([*strength.values(), top_turn]) or 1.0
-        ranked = []
-        for rid in pool:
-            own = turn.get(rid, 0.0)
-            key = session_of[rid]
-            session = strength[key] if key else own  # no session: a session of one
-            parts = {
-                "turn": own,
-                "window": window.get(rid, 0.0),
-                "session": session / top_strength * top_turn,
-                "speaker": 1.0 if rid in speaking else 0.0,
-            }
-            score = (parts["turn"] + WINDOW_WEIGHT * parts["window"] + SESSION_WEIGHT * parts["session"])
-            score *= 1.0 + SPEAKER_BOOST * parts["speaker"]
-            ranked.append(Ranked(
-                rid, score, lexical_rank=rank_of.get(rid), lexical_score=lexical.get(rid, 0.0), parts=parts,
-            ))
-        return ranked
+        top_turn = max(own, default=0.0)
+        scale = top_turn / (max([*strength.values(), top_turn]) or 1.0)
+        for i, rid in enumerate(pool.rids):
+            key = pool.session[i]
+            session = (strength[key] if key else own[i]) * scale  # no session: a session of one
+            around = window.get(rid, 0.0)
+            score = own[i] + WINDOW_WEIGHT * around + SESSION_WEIGHT * session
+            pool.scores[i] = score * (1.0 + SPEAKER_BOOST * pool.named[i])
+            pool.parts[i] = (own[i], around, session)
+        return pool
 
-    def _fuse(self, ranked: list[Ranked], request: SearchRequest) -> list[Ranked]:
+    def _fuse(self, pool: _Pool, request: SearchRequest) -> dict[int, int]:
         """Stage 3: reciprocal rank fusion of the lexical order with the
-        semantic ranking (over the memories that pass the filters)."""
+        semantic ranking (over the memories that pass the filters). Returns
+        each memory's semantic rank."""
         assert self.semantic is not None
-        ranked.sort(key=lambda r: -r.score)
         index = self.sync.current()
         semantic = self.semantic(request.text, max(CANDIDATES, request.limit), None)
-        semantic = [r for r in semantic if r in index.passing(semantic, request.filters)]
-        by_rid = {r.rid: r for r in ranked}
-        for position, rid in enumerate(semantic, 1):
-            by_rid.setdefault(rid, Ranked(rid, 0.0)).semantic_rank = position
-        fused = reciprocal_rank_fusion([[r.rid for r in ranked], semantic], [1.0, SEMANTIC_WEIGHT])
-        for rid, item in by_rid.items():
-            item.parts["lexical_order"] = float(ranked.index(item) + 1) if rid in {r.rid for r in ranked} else 0.0
-            item.score = fused.get(rid, 0.0)
-        return list(by_rid.values())
+        allowed = index.passing(semantic, request.filters)
+        semantic = [rid for rid in semantic if rid in allowed]
+        lexical = sorted(range(len(pool.rids)), key=lambda i: -pool.scores[i])
+        fused = reciprocal_rank_fusion(
+            [[pool.rids[i] for i in lexical], semantic], [1.0, SEMANTIC_WEIGHT]
+        )
+        missing = [rid for rid in semantic if rid not in pool.position]
+        times = self.source.times(missing) if missing else {}
+        for rid in missing:
+            at, ts = times.get(rid, (0, 0))
+            pool.add(rid, at, ts, 0, False, None, 0.0)
+        for i, rid in enumerate(pool.rids):
+            pool.scores[i] = fused.get(rid, 0.0) * (1.0 + TIME_BOOST * pool.time[i] if pool.time[i] else 1.0)
+        return {rid: rank for rank, rid in enumerate(semantic, 1)}
 
     def rebuild(self, progress: Progress | None = None) -> None:
         self.sync.rebuild(progress)
+
+
+class _Pool:
+    """The memories being scored, column by column (a query scores a few
+    hundred: plain lists keep the per-query cost small)."""
+
+    def __init__(self) -> None:
+        self.rids: list[int] = []
+        self.at: list[int] = []
+        self.ts: list[int] = []
+        self.session: list[int] = []
+        self.named: list[bool] = []
+        self.rank: list[int | None] = []
+        self.lexical: list[float] = []
+        self.scores: list[float] = []
+        self.time: list[float | None] = []
+        self.parts: list[tuple[float, float, float] | None] = []
+        self.position: dict[int, int] = {}
+
+    def add(self, rid: int, at: int, ts: int, session: int, named: bool, rank: int | None, lexical: float) -> None:
+        self.position[rid] = len(self.rids)
+        self.rids.append(rid)
+        self.at.append(at)
+        self.ts.append(ts)
+        self.session.append(session)
+        self.named.append(named)
+        self.rank.append(rank)
+        self.lexical.append(lexical)
+        self.scores.append(0.0)
+        self.time.append(None)
+        self.parts.append(None)
+
+    def keep(self, allowed: set[int]) -> None:
+        columns = ("rids", "at", "ts", "session", "named", "rank", "lexical", "scores", "time", "parts")
+        keep = [i for i, rid in enumerate(self.rids) if rid in allowed]
+        for name in columns:
+            values = getattr(self, name)
+            setattr(self, name, [values[i] for i in keep])
+        self.position = {rid: i for i, rid in enumerate(self.rids)}
+
+    def ranked(self, i: int, semantic_rank: int | None) -> Ranked:
+        parts: dict[str, float] = {}
+        if self.parts[i] is not None:
+            own, around, session = self.parts[i]  # type: ignore[misc]
+            parts = {"turn": own, "window": around, "session": session, "speaker": float(self.named[i])}
+        return Ranked(
+            self.rids[i], self.scores[i], lexical_rank=self.rank[i], lexical_score=self.lexical[i],
+            semantic_rank=semantic_rank, time_weight=self.time[i], parts=parts,
+        )
+
+
+def _needs_check(f: Filters) -> bool:
+    """Filters a session neighbour may fail although its neighbour passed
+    (author and session are the same for both)."""
+    return bool(f.topics or f.visibilities or f.since is not None or f.until is not None)
 
 
 def reciprocal_rank_fusion(rankings: Sequence[Sequence[int]], weights: Sequence[float]) -> dict[int, float]:

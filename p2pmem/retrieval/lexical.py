@@ -42,20 +42,33 @@ class Filters:
     visibilities: tuple[str, ...] = ()
 
 
+# Per-document numbers read back with every candidate (fast fields): the
+# re-scoring needs them for the candidate and for its two neighbours.
+FAST = (
+    "rid", "session_key", "at", "ts", "spk1", "spk2",
+    "prev", "prev_at", "prev_ts", "prev_spk1", "prev_spk2",
+    "next", "next_at", "next_ts", "next_spk1", "next_spk2",
+)
+
+
 @dataclass(frozen=True)
-class Candidate:
-    rid: int
-    score: float
-    prev: int
-    next: int
-    session_key: int
+class Candidates:
+    """Matching documents, best first: their scores and, column by column,
+    the fast fields of each and of its neighbours."""
+
+    scores: list[float]
+    columns: dict[str, list[int]]
+
+    def __len__(self) -> int:
+        return len(self.scores)
 
 
 def _schema() -> tantivy.Schema:
     builder = tantivy.SchemaBuilder()
-    for name in ("rid", "prev", "next", "session_key"):
-        builder.add_integer_field(name, indexed=name == "rid", fast=True)
-    for name in ("text", "body", "window", "speaker"):
+    for name in FAST:
+        if name != "at":
+            builder.add_integer_field(name, indexed=name == "rid", fast=True)
+    for name in ("text", "body", "window"):
         builder.add_text_field(name, tokenizer_name=ANALYZER, index_option="freq")
     builder.add_text_field("plain", tokenizer_name=PLAIN_ANALYZER, index_option="freq")
     builder.add_integer_field("at", indexed=True, fast=True)
@@ -135,9 +148,14 @@ class LexicalIndex:
     @staticmethod
     def _document(doc: IndexDoc) -> tantivy.Document:
         return tantivy.Document(
-            rid=doc.rid, prev=doc.prev, next=doc.next, session_key=doc.session_key,
-            text=doc.text, body=doc.body, window=doc.window, speaker=doc.speaker, plain=doc.text,
-            at=doc.at, author=doc.author.hex(), session=doc.session, topic=list(doc.topics),
+            rid=doc.rid, session_key=doc.session_key, at=doc.at, ts=doc.ts,
+            spk1=doc.speaker[0], spk2=doc.speaker[1],
+            prev=doc.prev.rid, prev_at=doc.prev.at, prev_ts=doc.prev.ts,
+            prev_spk1=doc.prev.speaker[0], prev_spk2=doc.prev.speaker[1],
+            next=doc.next.rid, next_at=doc.next.at, next_ts=doc.next.ts,
+            next_spk1=doc.next.speaker[0], next_spk2=doc.next.speaker[1],
+            text=doc.text, body=doc.body, window=doc.window, plain=doc.text,
+            author=doc.author.hex(), session=doc.session, topic=list(doc.topics),
             visibility=doc.visibility,
         )
 
@@ -151,69 +169,68 @@ class LexicalIndex:
             [(tantivy.Occur.Should, tantivy.Query.term_query(self.schema, field, t)) for t in terms]
         )
 
+    def _filtered(self, query: tantivy.Query, filters: Filters) -> tantivy.Query:
+        musts = self._filter_queries(filters)
+        if not musts:
+            return query
+        return tantivy.Query.boolean_query(
+            [(tantivy.Occur.Must, query), *((tantivy.Occur.Must, q) for q in musts)]
+        )
+
     def candidates(
         self, terms: Sequence[str], filters: Filters, limit: int, *, field: str = "text"
-    ) -> list[Candidate]:
+    ) -> Candidates:
         """The best ``limit`` documents by BM25 over ``field`` that match any
         of ``terms`` (already analysed) and every filter, best first."""
         if not terms or limit <= 0:
-            return []
-        query = self._any(field, terms)
-        musts = self._filter_queries(filters)
-        if musts:
-            query = tantivy.Query.boolean_query(
-                [(tantivy.Occur.Must, query), *((tantivy.Occur.Must, q) for q in musts)]
-            )
+            return Candidates([], {})
+        query = self._filtered(self._any(field, terms), filters)
         hits = self._searcher.search(query, limit, count=False).hits
         if not hits:
-            return []
+            return Candidates([], {})
         addresses = [address for _, address in hits]
-        columns = [self._searcher.fast_field_values(name, addresses) for name in ("rid", "prev", "next", "session_key")]
-        return [
-            Candidate(int(rid), float(score), int(prev), int(nxt), int(key))
-            for (score, _), rid, prev, nxt, key in zip(hits, *columns, strict=True)
-        ]
+        columns = {name: self._searcher.fast_field_values(name, addresses) for name in FAST}
+        return Candidates([score for score, _ in hits], columns)
 
-    def scores_within(self, field: str, terms: Sequence[str], rids: Sequence[int]) -> dict[int, float]:
-        """BM25 over ``field`` of those of ``rids`` that match any term."""
-        if not terms or not rids:
+    def top_scores(self, field: str, terms: Sequence[str], filters: Filters, limit: int) -> dict[int, float]:
+        """rowid -> BM25 over ``field`` of the best ``limit`` matches."""
+        if not terms or limit <= 0:
             return {}
-        query = tantivy.Query.boolean_query([
-            (tantivy.Occur.Must, self._any(field, terms)),
-            (tantivy.Occur.Must, tantivy.Query.const_score_query(
-                tantivy.Query.term_set_query(self.schema, "rid", list(rids)), 0.0)),
-        ])
-        hits = self._searcher.search(query, len(rids), count=False).hits
+        hits = self._searcher.search(self._filtered(self._any(field, terms), filters), limit, count=False).hits
         if not hits:
             return {}
-        found = self._searcher.fast_field_values("rid", [address for _, address in hits])
-        return {int(rid): float(score) for (score, _), rid in zip(hits, found, strict=True)}
+        rids = self._searcher.fast_field_values("rid", [address for _, address in hits])
+        return {int(rid): float(score) for (score, _), rid in zip(hits, rids, strict=True)}
+
+    def _with_rids(self, rids: Sequence[int]) -> tantivy.Query:
+        # one term query per id: a term-set query over an integer field walks
+        # the whole term dictionary, this costs O(ids log n)
+        return tantivy.Query.boolean_query(
+            [(tantivy.Occur.Should, tantivy.Query.term_query(self.schema, "rid", r)) for r in rids]
+        )
 
     def passing(self, rids: Sequence[int], filters: Filters) -> set[int]:
         """Those of ``rids`` that pass every filter."""
         musts = self._filter_queries(filters)
         if not musts or not rids:
             return set(rids)
-        query = tantivy.Query.boolean_query([
-            (tantivy.Occur.Must, tantivy.Query.term_set_query(self.schema, "rid", list(rids))),
-            *((tantivy.Occur.Must, q) for q in musts),
-        ])
+        query = self._filtered(self._with_rids(rids), filters)
         hits = self._searcher.search(query, len(rids), count=False).hits
         if not hits:
             return set()
         return {int(r) for r in self._searcher.fast_field_values("rid", [a for _, a in hits])}
 
-    def neighbourhood(self, rids: Sequence[int]) -> dict[int, tuple[int, int, int]]:
-        """rowid -> (prev, next, session_key) of indexed documents."""
-        if not rids:
-            return {}
-        query = tantivy.Query.term_set_query(self.schema, "rid", list(rids))
-        hits = self._searcher.search(query, len(rids), count=False).hits
-        addresses = [address for _, address in hits]
-        if not addresses:
-            return {}
-        columns = [self._searcher.fast_field_values(n, addresses) for n in ("rid", "prev", "next", "session_key")]
-        return {int(r): (int(p), int(n), int(k)) for r, p, n, k in zip(*columns, strict=True)}
+    def neighbours(self, rids: Sequence[int]) -> set[int]:
+        """The neighbours the index holds for these documents."""
+        out: set[int] = set()
+        for i in range(0, len(rids), 1000):
+            part = rids[i : i + 1000]
+            hits = self._searcher.search(self._with_rids(part), len(part), count=False).hits
+            addresses = [address for _, address in hits]
+            if addresses:
+                for name in ("prev", "next"):
+                    out.update(int(r) for r in self._searcher.fast_field_values(name, addresses) if r >= 0)
+        return out
 
     def _filter_queries(self, f: Filters) -> list[tantivy.Query]:
         out = []

@@ -203,8 +203,7 @@ class IndexSync:
         assert self.index is not None
         changed = list(dict.fromkeys(rid for _, rid, _ in entries))
         affected = dict.fromkeys(changed)
-        for prev, following, _key in self.index.neighbourhood(changed).values():
-            affected.update(dict.fromkeys(r for r in (prev, following) if r >= 0))
+        affected.update(dict.fromkeys(sorted(self.index.neighbours(changed))))
         affected.update(dict.fromkeys(sorted(self.source.session_neighbours(changed))))
         return list(affected)
 
