@@ -20,7 +20,7 @@ from p2pmem import limits
 from p2pmem.errors import P2pmemError, RecordError, UsageError
 from p2pmem.home import Agent, default_home, init_home, wall_ms
 from p2pmem.identity import agent_id, parse_agent_id
-from p2pmem.output import ack_json, export_line, memory_json, memory_lines, print_json
+from p2pmem.output import ack_json, explain_line, export_line, memory_json, memory_lines, print_json
 from p2pmem.record import VISIBILITIES, load_stored
 from p2pmem.when import parse_when
 
@@ -114,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     _filters(p)
     p.add_argument("--author", action="append", type=_agent, default=[], help="an agent id (repeatable)")
     p.add_argument("--session", default=None)
+    p.add_argument("--explain", action="store_true", help="show how each result was ranked")
+    p.add_argument("--now", type=_when, default=None,
+                   help="read time words in the query ('last week') relative to this time (default: now)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="a local embedding model folder for the semantic stage (docs/models.md)")
+    _common(p)
+
+    p = sub.add_parser("reindex", help="rebuild the search indexes from the store (and re-embed with a model)")
+    p.add_argument("--model", type=Path, default=None, help="a local embedding model folder (docs/models.md)")
     _common(p)
 
     p = sub.add_parser("agents", help="the directory of agents known here")
@@ -411,16 +420,60 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
 @command("recall")
 def cmd_recall(args: argparse.Namespace) -> int:
-    with _open(args) as agent:
+    with Agent.open(_home(args), model=args.model) as agent:
         found = agent.recall(
             args.query, since=args.since, until=args.until, topics=args.topic,
             authors=args.author, session=args.session, limit=min(args.limit, limits.MAX_RECALL_LIMIT),
+            now_ms=args.now,
         )
-    return _show_list(
-        args, [memory_json(m.record, conflicts=[c.hex() for c in m.conflicts]) for m in found],
-        "no memories found",
-        (memory_lines(i, m.record, conflicts=len(m.conflicts)) for i, m in enumerate(found, 1)),
-    )
+    items = []
+    for m in found:
+        extra: dict[str, Any] = {"conflicts": [c.hex() for c in m.conflicts]}
+        if args.explain:
+            extra["explain"] = m.ranked.explain() if m.ranked is not None else {"order": "newest first"}
+        items.append(memory_json(m.record, **extra))
+
+    def lines() -> Iterable[str]:
+        for i, m in enumerate(found, 1):
+            line = memory_lines(i, m.record, conflicts=len(m.conflicts))
+            if args.explain:
+                line += "\n     " + explain_line(m.ranked)
+            yield line
+
+    return _show_list(args, items, "no memories found", lines())
+
+
+@command("reindex")
+def cmd_reindex(args: argparse.Namespace) -> int:
+    with Agent.open(_home(args), model=args.model) as agent:
+        total = agent.store.count_current()
+        progress = _progress("indexing", sys.stderr.isatty())
+        task = None
+        if progress is not None:
+            progress.start()
+            task = progress.add_task("indexing", total=total * (2 if agent.store.search.model_path else 1))
+        state = {"base": 0, "last": 0}
+
+        def advance(done: int, _total: int) -> None:
+            # the lexical pass and the embedding pass each count up to `total`
+            if done < state["last"]:
+                state["base"] += state["last"]
+            state["last"] = done
+            if progress is not None:
+                progress.update(task, completed=state["base"] + done)
+
+        try:
+            agent.store.search.rebuild(advance)
+        finally:
+            if progress is not None:
+                progress.stop()
+        semantic = agent.store.search.semantic
+    if args.json:
+        print_json({"memories": total, "model": semantic.embedder.fingerprint.label() if semantic else None})
+    else:
+        model = f", embedded with {semantic.embedder.fingerprint.label()}" if semantic else ""
+        print(f"reindexed {total} memories{model}")
+    return 0
 
 
 @command("agents")

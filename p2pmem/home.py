@@ -21,6 +21,7 @@ from p2pmem.errors import HomeError, RecordError, StoreError, UsageError
 from p2pmem.identity import Identity
 from p2pmem.ranking import rank_by_trust
 from p2pmem.record import Record, sign_record
+from p2pmem.retrieval.embed import configured_model_path
 from p2pmem.retrieval.text import query_terms
 from p2pmem.store import DB_FILE, Memory, Store
 from p2pmem.trust import TrustModel
@@ -67,11 +68,16 @@ class Agent:
         self.clock = HybridClock(store.last_ts(identity.public_key))
 
     @classmethod
-    def open(cls, home: Path) -> Agent:
+    def open(cls, home: Path, *, model: Path | None = None) -> Agent:
+        """The agent of ``home``. ``model`` (else $P2PMEM_MODEL, else the
+        home's ``model`` folder or ``model.txt``) turns on the semantic stage
+        of recall (docs/models.md)."""
         if not home.is_dir():
             raise HomeError(f"no p2pmem home at {home} (run `p2pmem init`)")
         identity = Identity.load(home)
-        return cls(home, identity, Store(home / DB_FILE))
+        store = Store(home / DB_FILE)
+        store.search.model_path = model or configured_model_path(os.environ, home)
+        return cls(home, identity, store)
 
     def close(self) -> None:
         self.store.close()

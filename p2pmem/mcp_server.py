@@ -240,13 +240,14 @@ def build_server(home: Path, store: StoreThread, session: str) -> MCPServer:
 
     @tool(title="Recall memories", read_only=True, idempotent=True)
     async def recall(
-        query: Annotated[str, Field(description="Words to search for (full-text, any word may match, best matches first). An empty string lists the newest memories that pass the filters.")],
+        query: Annotated[str, Field(description="What to look for, in words or as a question (ranked retrieval: stemmed words, conversational context, time words such as 'last week' or 'in May 2023' as a soft preference). An empty string lists the newest memories that pass the filters.")],
         limit: Limit = 10,
         since: When = None,
         until: When = None,
         topics: Annotated[list[str] | None, Field(description="Only memories with at least one of these topics.")] = None,
         author: Annotated[str | list[str] | None, Field(description="Only memories by this agent id (or any of these agent ids).")] = None,
         session: Annotated[str | None, Field(description="Only memories of this session id.")] = None,
+        explain: Annotated[bool, Field(description="Add to each result how it was ranked (lexical and semantic ranks, context, time preference).")] = False,
     ) -> list[dict[str, Any]]:
         """Search the memories stored on this node: this agent's own (from every past session)
         and those replicated from agents it follows. Fast and works offline. `since`/`until`
@@ -263,7 +264,13 @@ def build_server(home: Path, store: StoreThread, session: str) -> MCPServer:
                 query, since=since_ms, until=until_ms, topics=_topics(topics), authors=authors,
                 session=session, limit=limit,
             )
-            return [memory_json(m.record, conflicts=[c.hex() for c in m.conflicts]) for m in found]
+            out = []
+            for m in found:
+                extra: dict[str, Any] = {"conflicts": [c.hex() for c in m.conflicts]}
+                if explain:
+                    extra["explain"] = m.ranked.explain() if m.ranked is not None else {"order": "newest first"}
+                out.append(memory_json(m.record, **extra))
+            return out
 
         return await store.run(op)
 

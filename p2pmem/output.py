@@ -74,3 +74,22 @@ def memory_lines(index: int, record: Record, *, hops: int | None = None, via: by
 def print_json(value: Any) -> None:
     json.dump(value, sys.stdout, ensure_ascii=False, indent=None)
     sys.stdout.write("\n")
+
+
+def explain_line(ranked: Any) -> str:
+    """How the engine placed a result, for `recall --explain`."""
+    if ranked is None:
+        return "ranked: newest first (no query words)"
+    info = ranked.explain()
+    parts = [f"score {info['score']:.3f}"]
+    parts.append(f"lexical rank {info['lexical_rank']}" if info["lexical_rank"] else "context of a match")
+    for name in ("turn", "window", "session"):
+        if name in info:
+            parts.append(f"{name} {info[name]:.2f}")
+    if info.get("speaker"):
+        parts.append("speaker named")
+    if info["semantic_rank"] is not None:
+        parts.append(f"semantic rank {info['semantic_rank']}")
+    if info["time_weight"] is not None:
+        parts.append(f"time weight {info['time_weight']:.2f}")
+    return "ranked: " + ", ".join(parts)

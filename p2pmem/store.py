@@ -151,6 +151,7 @@ class Store:
 
     # -- plumbing --------------------------------------------------------
     def close(self) -> None:
+        self.search.close()
         self._db.close()
 
     def __enter__(self) -> Store:
@@ -712,18 +713,18 @@ class Store:
         )
         held = cursor.fetchall() if in_memory else None  # one connection: read it all first
 
-        def rows() -> Iterator[tuple]:
+        def rows() -> Iterator[tuple[Entry, tuple]]:
             if held is not None:
-                yield from held
+                yield from ((_entry(r), r) for r in held)
                 return
             while part := cursor.fetchmany(1000):
-                yield from part
+                yield from ((_entry(r), r) for r in part)
 
         def batches() -> Iterator[list[IndexDoc]]:
             try:
                 out: list[IndexDoc] = []
-                before: tuple | None = None
-                current: tuple | None = None
+                before: tuple[Entry, tuple] | None = None
+                current: tuple[Entry, tuple] | None = None
                 for item in rows():
                     if current is not None:
                         out.append(_doc_between(before, current, item))
@@ -741,6 +742,10 @@ class Store:
                     snapshot.close()
 
         return high, batches()
+
+    def count_current(self) -> int:
+        """How many current memories (heads) there are."""
+        return self._db.execute(f"SELECT count(*) FROM records WHERE kind = 'memory' AND state = {HEAD}").fetchone()[0]
 
     def index_applied(self, consumer: str, seq: int) -> None:
         """A derived index durably applied the log up to ``seq``: drop the
@@ -831,16 +836,19 @@ def _entry(row: tuple) -> Entry:
     return Entry(rid, record.text, at, ts, author, session, tuple(record.topics), visibility)
 
 
-def _same_session(a: tuple, b: tuple) -> bool:
-    return bool(a[4]) and a[3] == b[3] and a[4] == b[4]
+def _same_session(a: Entry, b: Entry) -> bool:
+    return bool(a.session) and a.author == b.author and a.session == b.session
 
 
-def _doc_between(before: tuple | None, row: tuple, after: tuple | None) -> IndexDoc:
+def _doc_between(
+    before: tuple[Entry, tuple] | None, row: tuple[Entry, tuple], after: tuple[Entry, tuple] | None
+) -> IndexDoc:
     """The document of ``row`` given the rows around it in (author,
     session, ts, id) order."""
-    prev = _entry(before) if before is not None and _same_session(before, row) else None
-    following = _entry(after) if after is not None and _same_session(row, after) else None
-    return make_doc(_entry(row), prev, following)
+    entry = row[0]
+    prev = before[0] if before is not None and _same_session(before[0], entry) else None
+    following = after[0] if after is not None and _same_session(entry, after[0]) else None
+    return make_doc(entry, prev, following)
 
 
 def _decode_or_error(raw: bytes) -> Record | RecordError:

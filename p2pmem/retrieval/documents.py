@@ -10,6 +10,7 @@ is added in words ("8 May 2023"), so "in May 2023" meets it lexically.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ def session_key(author: bytes, session: str) -> int:
 
 
 @dataclass(frozen=True)
-class Entry:
+class Entry:  # frozen, yet cached_property works: it writes the instance __dict__
     """The fields of a stored memory a document is made from."""
 
     rid: int
@@ -95,20 +96,24 @@ class Entry:
     topics: tuple[str, ...]
     visibility: str
 
+    @functools.cached_property
+    def speaker(self) -> tuple[int, int]:
+        return speaker_keys(split_speaker(self.text)[0])
+
 
 def _neighbour(entry: Entry | None) -> Neighbour:
     if entry is None:
         return Neighbour()
-    return Neighbour(entry.rid, entry.at, entry.ts, speaker_keys(split_speaker(entry.text)[0]))
+    return Neighbour(entry.rid, entry.at, entry.ts, entry.speaker)
 
 
 def make_doc(entry: Entry, prev: Entry | None, following: Entry | None) -> IndexDoc:
-    speaker, body = split_speaker(entry.text)
+    _speaker, body = split_speaker(entry.text)
     dates = date_words(entry.at)
     window = " ".join(e.text for e in (prev, entry, following) if e is not None)
     return IndexDoc(
         rid=entry.rid, text=f"{entry.text} {dates}", body=f"{body} {dates}", window=window,
-        speaker=speaker_keys(speaker), prev=_neighbour(prev), next=_neighbour(following),
+        speaker=entry.speaker, prev=_neighbour(prev), next=_neighbour(following),
         session_key=session_key(entry.author, entry.session), at=entry.at, ts=entry.ts,
         author=entry.author, session=entry.session, topics=entry.topics, visibility=entry.visibility,
     )

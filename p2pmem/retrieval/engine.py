@@ -23,15 +23,19 @@ effect on LoCoMo):
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from p2pmem.retrieval import text as words
 from p2pmem.retrieval.documents import term_key
 from p2pmem.retrieval.lexical import Filters, LexicalIndex
 from p2pmem.retrieval.sync import DocumentSource, IndexSync, Progress
 from p2pmem.retrieval.timeexpr import TimePreference, parse_time_preference, time_weight
+
+if TYPE_CHECKING:
+    from p2pmem.retrieval.semantic import SemanticIndex
 
 # Measured on the LoCoMo dev split (docs/retrieval.md): 100 candidates lose
 # nothing against scoring every memory; the weights held in leave-one-
@@ -46,7 +50,6 @@ RRF_K = 60
 POOL_SCORES = 3  # body and window scores are read for the best 3 x CANDIDATES matches
 SEMANTIC_WEIGHT = 0.3  # the semantic ranking's weight in the fusion (lexical: 1.0)
 
-SemanticSearch = Callable[[str, int, set[int] | None], list[int]]
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,23 @@ class SearchEngine:
     def __init__(self, source: DocumentSource, root: Path | None) -> None:
         self.source = source
         self.sync = IndexSync(source, root)
-        self.semantic: SemanticSearch | None = None  # set by the owner when a model is configured
+        self.model_path: Path | None = None  # a local embedding model (docs/models.md), loaded on first use
+        self._semantic: SemanticIndex | None = None
+
+    @property
+    def semantic(self) -> SemanticIndex | None:
+        """The semantic stage, if a model is configured (and loadable)."""
+        if self._semantic is None and self.model_path is not None and self.sync.root is not None:
+            from p2pmem.retrieval.embed import load_embedder
+            from p2pmem.retrieval.semantic import SemanticIndex
+
+            self._semantic = SemanticIndex(self.source, self.sync.root, load_embedder(self.model_path))
+        return self._semantic
+
+    def close(self) -> None:
+        if self._semantic is not None:
+            self._semantic.close()
+            self._semantic = None
 
     def search(self, request: SearchRequest) -> SearchResult:
         terms = tuple(words.query_terms(request.text))
@@ -122,7 +141,7 @@ class SearchEngine:
                 pool.scores[i] *= 1.0 + TIME_BOOST * weight
         semantic_rank: dict[int, int] = {}
         if self.semantic is not None:
-            semantic_rank = self._fuse(pool, request)
+            semantic_rank = self._fuse(pool, request, self.semantic)
         # equal scores (same words, same length): the newest first
         order = heapq.nsmallest(
             request.limit, range(len(pool.rids)),
@@ -174,13 +193,12 @@ class SearchEngine:
             pool.parts[i] = (own[i], around, session)
         return pool
 
-    def _fuse(self, pool: _Pool, request: SearchRequest) -> dict[int, int]:
+    def _fuse(self, pool: _Pool, request: SearchRequest, stage: SemanticIndex) -> dict[int, int]:
         """Stage 3: reciprocal rank fusion of the lexical order with the
         semantic ranking (over the memories that pass the filters). Returns
         each memory's semantic rank."""
-        assert self.semantic is not None
         index = self.sync.current()
-        semantic = self.semantic(request.text, max(CANDIDATES, request.limit), None)
+        semantic = stage.search(request.text, max(CANDIDATES, request.limit), None)
         allowed = index.passing(semantic, request.filters)
         semantic = [rid for rid in semantic if rid in allowed]
         lexical = sorted(range(len(pool.rids)), key=lambda i: -pool.scores[i])
@@ -197,7 +215,11 @@ class SearchEngine:
         return {rid: rank for rank, rid in enumerate(semantic, 1)}
 
     def rebuild(self, progress: Progress | None = None) -> None:
+        """Rewrite the lexical index from the store, and re-embed every
+        memory if a model is configured (``p2pmem reindex``)."""
         self.sync.rebuild(progress)
+        if self.semantic is not None:
+            self.semantic.catch_up(progress)
 
 
 class _Pool:

@@ -70,7 +70,9 @@ def _schema() -> tantivy.Schema:
             builder.add_integer_field(name, indexed=name == "rid", fast=True)
     for name in ("text", "body", "window"):
         builder.add_text_field(name, tokenizer_name=ANALYZER, index_option="freq")
-    builder.add_text_field("plain", tokenizer_name=PLAIN_ANALYZER, index_option="freq")
+    # every word, stopwords too, for queries made only of stopwords; positions
+    # and frequencies are not needed for that fallback
+    builder.add_text_field("plain", tokenizer_name=PLAIN_ANALYZER, index_option="basic")
     builder.add_integer_field("at", indexed=True, fast=True)
     for name in ("author", "session", "topic", "visibility"):
         builder.add_text_field(name, tokenizer_name="raw", index_option="basic")
@@ -124,11 +126,14 @@ class LexicalIndex:
         return self._searcher.num_docs
 
     # -- writes ------------------------------------------------------------
-    def apply(self, removed: Iterable[int], added: Iterable[IndexDoc], seq: int, *, reset: bool = False) -> None:
+    def apply(
+        self, removed: Iterable[int], added: Iterable[IndexDoc], seq: int, *, reset: bool = False,
+        threads: int = 1,
+    ) -> None:
         """Remove documents by rowid, add new ones, and commit together with
         the log position ``seq``. Removing then re-adding a rowid in one call
         leaves the new document: deletes apply to earlier documents only."""
-        writer = self._index.writer(heap_size=_WRITER_HEAP, num_threads=1)
+        writer = self._index.writer(heap_size=_WRITER_HEAP * threads, num_threads=threads)
         try:
             if reset:
                 writer.delete_all_documents()

@@ -37,6 +37,10 @@ from p2pmem.retrieval.lexical import FORMAT, IndexDoc, LexicalIndex
 
 CONSUMER = "lexical"
 _BATCH = 20_000  # log entries applied per commit: bounds memory during catch-up
+_REBUILD_THREADS = 2
+# A backlog this large (or half the index) is cheaper to rebuild than to
+# apply entry by entry, each with its neighbour lookups.
+REBUILD_BACKLOG = 20_000
 
 
 class DocumentSource(Protocol):
@@ -50,6 +54,7 @@ class DocumentSource(Protocol):
     def index_applied(self, consumer: str, seq: int) -> None: ...
     def times(self, rids: Sequence[int]) -> dict[int, tuple[int, int]]: ...
     def session_neighbours(self, rids: Sequence[int]) -> set[int]: ...
+    def count_current(self) -> int: ...
 
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -124,7 +129,7 @@ class IndexSync:
             if (
                 self.index is None or state["format"] != FORMAT or state["seq"] < 0
                 or state["seq"] < self.source.log_low() - 1
-            ):
+            ) or self.source.log_high() - state["seq"] > max(REBUILD_BACKLOG, self.index.size // 2):
                 self._rebuild()
             else:
                 self._catch_up(state["seq"])
@@ -176,7 +181,7 @@ class IndexSync:
         done = 0
         first = True
         for docs in batches:
-            fresh.apply([], docs, -1, reset=first)
+            fresh.apply([], docs, -1, reset=first, threads=_REBUILD_THREADS)
             first = False
             done += len(docs)
             if progress is not None:
