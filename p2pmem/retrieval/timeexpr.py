@@ -247,6 +247,8 @@ def _rolling(m: re.Match[str], now: datetime) -> Interval | None:
         if m["unit"].lower().endswith("s"):
             return None  # "past days" names no amount
         count = 1
+    elif m["n"].lower() in ("a", "an"):
+        return None  # "the last a day" is not a phrase; "a day ago" is handled by _ago
     else:
         count = _count(m["n"])
     if count == 0:
