@@ -50,6 +50,7 @@ class Signer:
         self.visibility = visibility
         self.first = True
         self.records: list[Record] = []
+        self.done: list[Record] = []  # every record committed so far
         self.unlinked: set[tuple[str, str, str, str]] = set()  # this run's removals
 
     def sign(self, kind: str, body: dict[str, str], visibility: str | None = None) -> Record:
@@ -72,6 +73,7 @@ class Signer:
         if self.records:
             self.agent.store.ingest(self.records)
         done, self.records = self.records, []
+        self.done.extend(done)
         return done
 
 
