@@ -10,6 +10,7 @@ agent removes only its own additions.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -190,8 +191,24 @@ def delete_relations(signer: Signer, relations: Sequence[dict[str, Any]]) -> Non
     signer.commit()
 
 
+_cache: weakref.WeakKeyDictionary[Any, tuple[tuple[int, int], Graph]] = weakref.WeakKeyDictionary()
+
+
 def read_graph(agent: Any, *, visibilities: Sequence[str] | None = None) -> Graph:
-    return tables.read_graph(_db(agent), visibilities=visibilities)
+    """The graph view. The whole view is cached per store until a graph
+    record arrives (from this process or another): the counts of additions
+    and removals grow with every one, and only they change the view. Callers
+    must not change the graph they get."""
+    if visibilities is not None:
+        return tables.read_graph(_db(agent), visibilities=visibilities)
+    db = _db(agent)
+    key = tables.version(db)
+    cached = _cache.get(agent.store)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    graph = tables.read_graph(db)
+    _cache[agent.store] = (key, graph)
+    return graph
 
 
 def search_names(graph: Graph, query: str, limit: int = 10) -> list[str]:
@@ -204,7 +221,10 @@ def search_names(graph: Graph, query: str, limit: int = 10) -> list[str]:
         or any(needle in o.lower() for o in e.observations)
     ]
     chosen = set(found)
-    ranked = search.rank(search.entity_documents(graph), query, limit + len(found))
+    docs = graph.__dict__.get("_documents")
+    if docs is None:  # a cached graph keeps its documents (and so its search index)
+        docs = graph.__dict__["_documents"] = search.entity_documents(graph)
+    ranked = search.rank(docs, query, limit + len(found))
     found.extend([name for name in ranked if name not in chosen][:limit])
     return found
 

@@ -115,6 +115,12 @@ def read_graph(db: sqlite3.Connection, *, visibilities: Sequence[str] | None = N
     return assemble(_items(rows))
 
 
+def version(db: sqlite3.Connection) -> tuple[int, int]:
+    """Changes whenever the view may have: rows are only ever added."""
+    row = db.execute("SELECT (SELECT count(*) FROM graph_adds), (SELECT count(*) FROM graph_unlinks)").fetchone()
+    return (row[0], row[1])
+
+
 def present_entities(db: sqlite3.Connection, names: Iterable[str]) -> set[str]:
     """Which of ``names`` are entities of the graph."""
     found: set[str] = set()
