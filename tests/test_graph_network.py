@@ -116,3 +116,36 @@ def test_mcp_cli_and_serve_writing_one_home_at_once_lose_nothing(net: Net, tmp_p
         prefix, number = entity["name"].rsplit("-", 1)
         assert entity["observations"] == [f"{prefix} fact {number}"]
     assert net.store(a).integrity_check() == "ok"
+
+
+def test_graph_ask_searches_other_nodes_graphs(net: Net, tmp_path: Path) -> None:
+    from netutil import cli_json, run_cli
+
+    a, b = net.homes(2)
+    na = net.start(a)
+    nb = net.start(b, "--peer", na.address)  # B follows nobody: A's graph does not replicate to it
+    net.wait_peers(na, {nb.id})
+    source = tmp_path / "a.jsonl"
+    source.write_text(
+        '{"type":"entity","name":"ledger","entityType":"service","observations":["writes to postgres"]}\n'
+        '{"type":"entity","name":"Eve","entityType":"person","observations":["prefers green tea"]}\n'
+        '{"type":"relation","from":"Eve","to":"ledger","relationType":"maintains"}\n')
+    cli_json(a, "graph", "import", str(source))
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text('{"type":"entity","name":"vault","entityType":"service","observations":["maintains secrets"]}\n')
+    cli_json(a, "graph", "import", "--visibility", "private", str(secret))
+    assert graph_of(net, b) == {"entities": [], "relations": []}
+
+    found = cli_json(b, "graph", "ask", "who maintains the ledger", "--timeout", "1.5")
+    names = [e["name"] for e in found["entities"]]
+    assert names[0] == "Eve" and "ledger" in names and "vault" not in names
+    eve = found["entities"][0]
+    assert eve["observations"][0]["sources"][0]["author"] == na.id
+    assert found["relations"] == [{"from": "Eve", "to": "ledger", "relationType": "maintains",
+                                   "sources": found["relations"][0]["sources"]}]
+    assert all(v["via"] == na.id and v["hops"] == 1 for v in found["answered"].values())
+    assert graph_of(net, b) == {"entities": [], "relations": []}  # asking stores nothing
+    human = run_cli(b, "graph", "ask", "green tea", "--timeout", "1")
+    assert "Eve (person)" in human.stdout
+    # memories' ask is unchanged by the graph
+    assert cli_json(b, "ask", "who maintains the ledger", "--timeout", "1") == []

@@ -17,7 +17,7 @@ MAX_LINE = 4 * limits.MAX_BODY + 16 * limits.MAX_GRAPH_NAME
 
 
 def add_parser(sub: Any) -> None:
-    from p2pmem.cli import _common, _positive
+    from p2pmem.cli import _agent, _common, _positive, _seconds
 
     p = sub.add_parser("graph", help="the knowledge graph: import, export, show, search")
     _common(p)
@@ -36,13 +36,22 @@ def add_parser(sub: Any) -> None:
     q.add_argument("query")
     q.add_argument("--limit", type=_positive, default=10, help="ranked matches beyond substring ones (default 10)")
     _common(q)
+    q = gsub.add_parser("ask", help="search other nodes' graphs through this home's serving node")
+    q.add_argument("query")
+    q.add_argument("--ttl", type=_positive, default=limits.DEFAULT_TTL,
+                   help=f"links the query may cross (default {limits.DEFAULT_TTL}, at most {limits.MAX_TTL})")
+    q.add_argument("--timeout", type=_seconds, default=3.0, help="seconds to wait for answers (default 3)")
+    q.add_argument("--agent", type=_agent, default=None, help="ask one agent only")
+    q.add_argument("--limit", type=_positive, default=10)
+    _common(q)
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
     action = getattr(args, "graph_command", None)
     if action is None:
-        raise UsageError("graph needs an action: import, export, show or search")
-    return {"import": _import, "export": _export, "show": _show, "search": _search}[action](args)
+        raise UsageError("graph needs an action: import, export, show, search or ask")
+    handlers = {"import": _import, "export": _export, "show": _show, "search": _search, "ask": _ask}
+    return handlers[action](args)
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -145,3 +154,20 @@ def _search(args: argparse.Namespace) -> int:
     order = {n: i for i, n in enumerate(names)}
     described["entities"].sort(key=lambda e: order[e["name"]])
     return _print(args, described, "no entities found")
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from p2pmem.cli import _home
+    from p2pmem.control import request
+    from p2pmem.identity import agent_id
+
+    if args.ttl > limits.MAX_TTL:
+        raise UsageError(f"--ttl is at most {limits.MAX_TTL}")
+    if len(args.query) > limits.MAX_QUERY_TEXT:
+        raise UsageError(f"the query is over {limits.MAX_QUERY_TEXT} characters")
+    reply = request(
+        _home(args), "ask_graph", timeout=args.timeout + 5.0, text=args.query, ttl=args.ttl,
+        query_timeout=args.timeout, topics=[], limit=min(args.limit, limits.MAX_RECALL_LIMIT),
+        agent=agent_id(args.agent) if args.agent else None,
+    )
+    return _print(args, reply["results"], "no answers")

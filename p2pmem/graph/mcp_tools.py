@@ -12,8 +12,10 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import anyio.to_thread
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 from typing_extensions import TypedDict
@@ -172,7 +174,8 @@ def _done(message: str) -> CallToolResult:
     return _reply({"success": True, "message": message}, message)
 
 
-def register(server: Any, store: Any, session: str, notify: Callable[[Any, list[bytes]], None]) -> None:
+def register(server: Any, store: Any, session: str, notify: Callable[[Any, list[bytes]], None],
+             home: Path | None = None) -> None:
     """Add the graph tools to p2pmem's MCP server."""
     from p2pmem.mcp_server import ToolFailure, _error
 
@@ -266,6 +269,32 @@ def register(server: Any, store: Any, session: str, notify: Callable[[Any, list[
     async def open_nodes(names: list[str]) -> CallToolResult:
         graph = await store.run(ops.read_graph)
         return _reply(graph.to_reference(names))
+
+    @tool(title="Ask the network's graphs", description=(
+        "p2pmem only: search other agents' knowledge graphs over the peer-to-peer network (their public "
+        "and 'ask' entities, observations and relations), when the local graph is not enough. Needs this "
+        "agent's node to be running (`p2pmem serve`). Returns the merged graph of the answers, searched as "
+        "search_nodes, with who said what (graph_sources' shape); 'answered' maps each record id to the "
+        "node that answered ('via') and its distance in links ('hops')."), read_only=True, idempotent=True)
+    async def ask_graph(
+        query: Annotated[str, Field(description="What to look for, in words (at most 1024 characters).")],
+        ttl: Annotated[int, Field(ge=1, le=limits.MAX_TTL)] = limits.DEFAULT_TTL,
+        timeout: Annotated[float, Field(gt=0, le=limits.MAX_QUERY_TIMEOUT_S)] = 3.0,
+        limit: Annotated[int, Field(ge=1, le=limits.MAX_RECALL_LIMIT)] = 10,
+    ) -> CallToolResult:
+        from p2pmem.control import NotServing, request
+
+        try:
+            reply = await anyio.to_thread.run_sync(
+                functools.partial(request, home, "ask_graph", timeout=timeout + 5.0, text=query, ttl=ttl,
+                                  query_timeout=timeout, topics=[], limit=limit),
+                abandon_on_cancel=True,
+            )
+        except NotServing:
+            raise ToolFailure(f"no p2pmem node is serving {home}, so the network cannot be asked; start one "
+                              f"with `p2pmem --home {home} serve`") from None
+        results = reply.get("results", {})
+        return _reply(results, json.dumps(results, ensure_ascii=False))
 
     @tool(title="Graph sources", description=(
         "p2pmem only: entities with who said what and when. For each entity its type, who created it, "

@@ -191,24 +191,29 @@ def delete_relations(signer: Signer, relations: Sequence[dict[str, Any]]) -> Non
     signer.commit()
 
 
-_cache: weakref.WeakKeyDictionary[Any, tuple[tuple[int, int], Graph]] = weakref.WeakKeyDictionary()
+_cache: weakref.WeakKeyDictionary[Any, dict[Any, tuple[tuple[int, int], Graph]]] = weakref.WeakKeyDictionary()
+
+
+def view_of(store: Any, visibilities: Sequence[str] | None = None) -> Graph:
+    """The graph view of a store (optionally of additions with these
+    visibilities only). Views are cached per store until a graph record
+    arrives (from this process or another): the counts of additions and
+    removals grow with every one, and only they change the view. Callers
+    must not change the graph they get."""
+    db = store.connection
+    key = tables.version(db)
+    chosen = None if visibilities is None else tuple(visibilities)
+    views = _cache.setdefault(store, {})
+    cached = views.get(chosen)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    graph = tables.read_graph(db, visibilities=chosen)
+    views[chosen] = (key, graph)
+    return graph
 
 
 def read_graph(agent: Any, *, visibilities: Sequence[str] | None = None) -> Graph:
-    """The graph view. The whole view is cached per store until a graph
-    record arrives (from this process or another): the counts of additions
-    and removals grow with every one, and only they change the view. Callers
-    must not change the graph they get."""
-    if visibilities is not None:
-        return tables.read_graph(_db(agent), visibilities=visibilities)
-    db = _db(agent)
-    key = tables.version(db)
-    cached = _cache.get(agent.store)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    graph = tables.read_graph(db)
-    _cache[agent.store] = (key, graph)
-    return graph
+    return view_of(agent.store, visibilities)
 
 
 def search_names(graph: Graph, query: str, limit: int = 10) -> list[str]:
@@ -244,6 +249,35 @@ def _source(item: Item) -> dict[str, Any]:
 
     return {"author": agent_id(item.author), "ts": format_ms(physical_ms(item.ts)),
             "session": item.session, "visibility": item.visibility, "id": item.id.hex()}
+
+
+def answer_records(store: Any, text: str, *, authors: Sequence[bytes] = (), limit: int = 10,
+                   max_records: int = 100) -> list[bytes]:
+    """Another node asks (``ask``): the signed additions behind the public
+    and ``ask`` entities best matching ``text`` (the entity, its observations,
+    the relations touching it), by ``authors`` only when given."""
+    graph = view_of(store, ("public", "ask"))
+    wanted = set(authors)
+    ids: list[bytes] = []
+    names = search_names(graph, text, limit)[:limit]
+    chosen = set(names)
+    for name in names:
+        entity = graph.entities[name]
+        items = list(entity.added)
+        for sources in entity.observations.values():
+            items.extend(sources)
+        for (f, _r, t), sources in graph.relations.items():
+            if f == name or (t == name and f not in chosen):
+                items.extend(sources)
+        ids.extend(i.id for i in items if not wanted or i.author in wanted)
+    out = []
+    for record_id in dict.fromkeys(ids):
+        raw = store.get_raw(record_id)
+        if raw is not None:
+            out.append(raw)
+        if len(out) >= max_records:
+            break
+    return out
 
 
 def describe(graph: Graph, names: Iterable[str] | None = None) -> dict[str, Any]:
