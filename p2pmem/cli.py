@@ -766,5 +766,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _register_graph() -> None:
+    """``p2pmem graph`` (p2pmem/graph/cli.py)."""
+    from p2pmem.graph.cli import add_parser, cmd_graph
+
+    _EXTRA_PARSERS.append(add_parser)
+    COMMANDS["graph"] = cmd_graph
+
+
+_register_graph()
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -121,7 +121,7 @@ class ControlServer:
             return {"status": status}
         if op == "peers":
             return {"peers": node.peers_list()}
-        if op == "ask":
+        if op in ("ask", "ask_graph"):
             options: dict[str, Any] = {
                 "ttl": int(request.get("ttl", limits.DEFAULT_TTL)),
                 "since": request.get("since"),
@@ -131,7 +131,8 @@ class ControlServer:
             }
             if request.get("agent"):
                 options["target"] = parse_agent_id(request["agent"])
-            results = await node.ask(
+            ask = node.ask_graph if op == "ask_graph" else node.ask
+            results = await ask(
                 str(request.get("text", "")), timeout=float(request.get("query_timeout", 3.0)), **options
             )
             return {"results": results}

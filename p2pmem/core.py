@@ -614,7 +614,14 @@ class NodeCore:
             authors=authors, visibilities=("public", "ask"),
             limit=min(query.limit, limits.MAX_QUERY_HITS),
         )
-        return [m.record.raw for m in found]
+        raws = [m.record.raw for m in found]
+        if not query.topics and query.since is None and query.until is None:
+            # the knowledge graph's best entities too (p2pmem/graph; `graph ask`)
+            from p2pmem.graph.ops import answer_records
+
+            raws += answer_records(self.store, query.text, authors=authors, limit=min(query.limit, 10),
+                                   max_records=max(0, limits.MAX_QUERY_HITS - len(raws)))
+        return raws
 
     # -- membership -------------------------------------------------------------
     def _learn_addresses(self, profile: Record) -> None:

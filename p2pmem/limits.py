@@ -23,6 +23,7 @@ MAX_SKILLS = 32
 MAX_SKILL = 64
 MAX_ADDRESSES = 8
 MAX_ADDRESS = 256
+MAX_GRAPH_NAME = 1024  # an entity name, entity type or relation type, UTF-8 bytes
 MAX_MESSAGE_CIPHERTEXT = MAX_BODY + 1024  # sealed message body
 MAX_FUTURE_SKEW_MS = 10 * 60 * 1000  # records stamped further ahead are refused
 

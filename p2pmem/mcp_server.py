@@ -453,6 +453,10 @@ def build_server(home: Path, store: StoreThread, session: str) -> MCPServer:
             return {**out, "node_error": str(exc)}
         return {**out, "serving": True, "node": reply.get("status", {})}
 
+    # -- the knowledge graph (the reference MCP memory server's tools) ----------
+    from p2pmem.graph.mcp_tools import register as register_graph_tools
+
+    register_graph_tools(server, store, default_session, _notify, home)
     return server
 
 

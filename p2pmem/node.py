@@ -318,6 +318,36 @@ class Node:
             self.core.finish_query(qid)
         return rank_hits(self.agent, text, hits, limit=options.get("limit", 10))
 
+    async def ask_graph(self, text: str, *, timeout: float, **options: Any) -> dict[str, Any]:
+        """Ask the network's knowledge graphs (``graph ask``): the merged graph
+        of every answer's entity, observation and relation records, searched
+        like search_nodes, with who said what."""
+        from p2pmem.graph import ops
+        from p2pmem.graph.view import build_graph
+        from p2pmem.identity import agent_id
+
+        assert self.core is not None
+        timeout = max(0.05, min(timeout, limits.MAX_QUERY_TIMEOUT_S))
+        qid = self.core.start_query(text, now=wall(), timeout=timeout, **options)
+        self._apply()
+        try:
+            await trio.sleep(timeout)
+            hits = self.core.query_results(qid)
+        finally:
+            self.core.finish_query(qid)
+        graph = build_graph(h.record for h in hits if h.record.kind in ("entity", "observation", "relation"))
+        names = ops.search_names(graph, text, options.get("limit", 10))
+        out = ops.describe(graph, names)
+        order = {n: i for i, n in enumerate(names)}
+        out["entities"].sort(key=lambda e: order[e["name"]])
+        via: dict[str, dict[str, Any]] = {}
+        for hit in hits:
+            seen = via.get(hit.record.id.hex())
+            if seen is None or hit.hops < seen["hops"]:
+                via[hit.record.id.hex()] = {"hops": hit.hops, "via": agent_id(hit.responder)}
+        out["answered"] = via
+        return out
+
 
 async def serve_forever(node: Node, on_ready: Callable[[str], None] | None = None) -> None:
     """Run until SIGINT or SIGTERM, then stop cleanly."""

@@ -807,6 +807,11 @@ def _forwarded(query: Query) -> Query:
 def hit_matches(query: Query, record: Record) -> bool:
     """Whether a verified record may answer ``query``: a visible memory within
     its filters. The asker checks this itself because responders are untrusted."""
+    if record.kind in ("entity", "observation", "relation"):  # the knowledge graph (p2pmem/graph)
+        if record.visibility == "private" or query.topics or query.since is not None or query.until is not None:
+            return False
+        return (not query.authors or record.author in query.authors) and (
+            query.target is None or record.author == query.target)
     if record.kind != "memory" or record.visibility == "private":
         return False
     at = record.at_ms

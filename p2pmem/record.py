@@ -25,10 +25,13 @@ from p2pmem import limits
 from p2pmem.canonical import keys_order_agree
 from p2pmem.clock import MAX_HLC, physical_ms
 from p2pmem.errors import RecordError
+from p2pmem.graph.records import GRAPH_KINDS, check_graph_body
 from p2pmem.identity import Identity
 
 VERSION = 1
-KINDS = ("memory", "retract", "profile", "follow", "endorse", "message")
+KINDS = ("memory", "retract", "profile", "follow", "endorse", "message", *GRAPH_KINDS)
+# Kinds whose records may be public, ask or private (the others are public).
+VISIBLE_KINDS = ("memory", *GRAPH_KINDS)
 VISIBILITIES = ("public", "ask", "private")
 COSE_SIGN1_TAG = 18
 PROTECTED = b"\xa1\x01\x27"  # {1: -8}: alg = EdDSA
@@ -175,6 +178,8 @@ def _check_body(kind: str, body: Any) -> Body:
         _check_bytes(m["epk"], "message ephemeral key", size=32)
         _check_bytes(m["ct"], "message ciphertext", max_size=limits.MAX_MESSAGE_CIPHERTEXT)
         return m
+    if kind in GRAPH_KINDS:
+        return check_graph_body(kind, body)
     raise RecordError(f"unknown kind {kind!r}")
 
 
@@ -206,7 +211,7 @@ def _check_payload(obj: Any) -> dict[int, Any]:
     visibility = obj[K_VISIBILITY]
     if type(visibility) is not str or visibility not in VISIBILITIES:
         raise RecordError(f"unknown visibility {visibility!r}"[:120])
-    if kind != "memory" and visibility != "public":
+    if kind not in VISIBLE_KINDS and visibility != "public":
         raise RecordError(f"a {kind} record must have visibility 'public'")
     refs = _check_list(obj[K_REFS], "refs", limits.MAX_REFS)
     for ref in refs:

@@ -5,7 +5,9 @@
   until its recipient has it.
 - A public memory, and a retraction, go to the author's own nodes, to nodes
   that follow the author, and to nodes run with ``--replicate all``.
-- ``ask`` and ``private`` memories never travel by gossip.
+- Public graph records (entity, observation, relation, unlink) travel like
+  public memories.
+- ``ask`` and ``private`` memories and graph records never travel by gossip.
 
 Reconciliation between two nodes runs over the records *both* interests
 admit, so both sides compute their fingerprints over the same filter and a
@@ -17,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 EVERYWHERE = frozenset(("profile", "follow", "endorse", "message"))
-AUTHOR_SCOPED = frozenset(("memory", "retract"))
+# Graph records (p2pmem/graph) replicate like memories: public ones only.
+AUTHOR_SCOPED = frozenset(("memory", "retract", "entity", "observation", "relation", "unlink"))
 
 
 @dataclass(frozen=True)

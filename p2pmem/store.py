@@ -25,6 +25,8 @@ from pathlib import Path
 
 from p2pmem import limits
 from p2pmem.errors import RecordError, StoreError
+from p2pmem.graph import tables as graph_tables
+from p2pmem.graph.records import GRAPH_KINDS
 from p2pmem.record import Record, decode_record, load_stored
 from p2pmem.retrieval.documents import Entry, IndexDoc, make_doc
 from p2pmem.retrieval.engine import Ranked, SearchEngine, SearchRequest
@@ -130,6 +132,7 @@ class Store:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
+            graph_tables.create(self._db)
             self._migrate()
         self._verify_workers = verify_workers
         in_memory = str(path) == ":memory:"
@@ -177,6 +180,12 @@ class Store:
 
     def _transaction(self) -> Store._Tx:
         return Store._Tx(self)
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The SQLite connection, for derived views kept in their own tables
+        (p2pmem/graph/tables.py). Same thread rules as the store."""
+        return self._db
 
     def data_version(self) -> int:
         """Changes when another connection (a CLI command) commits."""
@@ -354,6 +363,10 @@ class Store:
                     db.execute("UPDATE records SET state = ? WHERE rowid = ?", (SUPERSEDED, row[0]))
                     self._log(db, row[0])
             return "added"
+        if r.kind in GRAPH_KINDS:  # the knowledge graph's view (p2pmem/graph/tables.py)
+            self._insert_row(db, r, None, None, HEAD)
+            graph_tables.on_insert(db, r)
+            return "added"
         target = None
         if isinstance(r.body, dict):
             target = r.body.get("target", r.body.get("to"))
@@ -457,7 +470,8 @@ class Store:
         else:
             row = self._db.execute(
                 "SELECT max(ts) FROM records WHERE author = ? AND kind IN "
-                "('memory','retract','profile','follow','endorse','message')",
+                "('memory','retract','profile','follow','endorse','message',"
+                "'entity','observation','relation','unlink')",
                 (author,),
             ).fetchone()
         return row[0] or 0

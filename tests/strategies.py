@@ -40,6 +40,7 @@ from hypothesis import strategies as st
 
 from p2pmem import limits
 from p2pmem.clock import MAX_HLC, from_ms
+from p2pmem.graph.records import GRAPH_KINDS
 from p2pmem.identity import Identity
 from p2pmem.record import KINDS, MAX_TIME, VISIBILITIES, Record, sign_record
 
@@ -138,6 +139,20 @@ def memory_records(
     )
 
 
+_graph_texts = st.text(max_size=20)
+
+
+def graph_bodies(kind: str) -> st.SearchStrategy[dict]:
+    """A valid body of a graph record kind (p2pmem/graph/records.py)."""
+    entity = st.fixed_dictionaries({"name": _graph_texts, "type": _graph_texts})
+    observation = st.fixed_dictionaries({"entity": _graph_texts, "text": _graph_texts})
+    relation = st.fixed_dictionaries({"from": _graph_texts, "type": _graph_texts, "to": _graph_texts})
+    return {
+        "entity": entity, "observation": observation, "relation": relation,
+        "unlink": st.fixed_dictionaries({"entity": _graph_texts}) | observation | relation,
+    }[kind]
+
+
 @st.composite
 def any_records(draw: st.DrawFn, kinds: tuple[str, ...] = KINDS) -> Record:
     """A valid signed record of any of ``kinds``."""
@@ -160,6 +175,8 @@ def any_records(draw: st.DrawFn, kinds: tuple[str, ...] = KINDS) -> Record:
         body = {"target": draw(record_ids), "active": draw(st.booleans())}
     elif kind == "endorse":
         body = {"target": draw(record_ids), "what": draw(st.sampled_from(("agent", "memory")))}
+    elif kind in GRAPH_KINDS:
+        return sign_record(author, kind, ts, draw(graph_bodies(kind)), visibility=draw(visibilities), **common)
     else:
         body = {
             "to": draw(record_ids),

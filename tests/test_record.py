@@ -82,6 +82,13 @@ def sample_records() -> list[Record]:
         sign_record(ALICE, "endorse", TS + 5, {"target": BOB.public_key, "what": "agent"}),
         sign_record(ALICE, "message", TS + 6, {"to": BOB.public_key, "epk": b"\x02" * 32,
                     "ct": b"\x03" * 100}),
+        # the knowledge graph (p2pmem/graph/records.py)
+        sign_record(ALICE, "entity", TS + 7, {"name": "billing service", "type": "service"},
+                    session="mcp-1", visibility="ask"),
+        sign_record(ALICE, "observation", TS + 8, {"entity": "billing service", "text": "handles invoices"}),
+        sign_record(ALICE, "relation", TS + 9, {"from": "alice", "type": "maintains", "to": "billing service"},
+                    visibility="private"),
+        sign_record(ALICE, "unlink", TS + 10, {"entity": "billing service"}),
     ]
 
 
