@@ -612,7 +612,7 @@ class NodeCore:
         found = self.store.recall(
             query.text, since=query.since, until=query.until, topics=query.topics,
             authors=authors, visibilities=("public", "ask"),
-            limit=min(query.limit, limits.MAX_QUERY_HITS),
+            limit=min(query.limit, limits.MAX_QUERY_HITS), fresh=False,
         )
         raws = [m.record.raw for m in found]
         if not query.topics and query.since is None and query.until is None:

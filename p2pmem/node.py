@@ -30,6 +30,7 @@ from p2pmem.control import ControlServer
 from p2pmem.core import Close, ConnId, Dial, NodeCore, Send, Timing
 from p2pmem.errors import P2pmemError, UsageError
 from p2pmem.home import Agent
+from p2pmem.store import Store
 
 log = logging.getLogger("p2pmem.node")
 
@@ -55,6 +56,9 @@ def parse_address(text: str) -> tuple[str, int]:
 
 def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+INDEX_INTERVAL_S = 1.0  # how stale the index the network's queries see may be
 
 
 def wall() -> float:
@@ -122,10 +126,46 @@ class Node:
                 await control.start(nursery)
                 nursery.start_soon(self._serve_listeners, listeners)
                 nursery.start_soon(self._timer_loop)
+                nursery.start_soon(self._keep_indexes_current)
                 self._apply()
                 task_status.started(self.address)
         finally:
             control.cleanup()
+
+    async def _keep_indexes_current(self) -> None:
+        """Bring the derived search indexes up to date about once a second,
+        in a worker thread with its own store connection: the network's
+        queries are answered from the index as it is (core: fresh=False),
+        so neither they nor the event loop wait on an index commit or on
+        re-embedding after a model change."""
+        store = self.agent.store
+        indexer = Store(store.path, verify_workers=1, check_same_thread=False)
+        indexer.search.model_path = store.search.model_path
+
+        busy = False
+
+        def work() -> None:
+            nonlocal busy
+            busy = True
+            try:
+                indexer.search.sync.current()
+                semantic = indexer.search.semantic
+                if semantic is not None:
+                    semantic.catch_up()
+            finally:
+                busy = False
+
+        try:
+            while True:
+                await trio.sleep(INDEX_INTERVAL_S)
+                try:
+                    await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+                except P2pmemError as exc:  # a model that cannot load: say so once, keep lexical
+                    log.warning("search index: %s", exc)
+                    indexer.search.model_path = None
+        finally:
+            if not busy:  # an abandoned worker still holds the connection: the process exit closes it
+                indexer.close()
 
     def _announce_address(self, address: str) -> None:
         """Publish where we listen in our profile, so followers can dial us."""

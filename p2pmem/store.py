@@ -116,10 +116,15 @@ class Store:
     """A node's records in one SQLite file. Not shared between threads: each
     process (the serving node, a CLI command) opens its own."""
 
-    def __init__(self, path: Path, *, verify_workers: int = 2, index_root: Path | None = None) -> None:
+    def __init__(
+        self, path: Path, *, verify_workers: int = 2, index_root: Path | None = None,
+        check_same_thread: bool = True,
+    ) -> None:
         self.path = Path(path)
         try:
-            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            self._db = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=check_same_thread
+            )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from None
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -557,16 +562,20 @@ class Store:
         visibilities: Sequence[str] = ("public", "ask", "private"),
         limit: int = 10,
         now_ms: int | None = None,
+        fresh: bool = True,
     ) -> list[Memory]:
         """Current memories matching ``query`` and the filters, best first
         (the retrieval engine's ranking); without query words, the newest
-        first. Each comes with its concurrent heads."""
+        first. Each comes with its concurrent heads. ``fresh=False`` uses
+        the index as it is, without bringing it up to date first (a serving
+        node answering the network, whose index a background task keeps
+        current)."""
         limit = max(1, min(limit, limits.MAX_RECALL_LIMIT))
         filters = Filters(
             since=since, until=until, topics=tuple(topics), authors=tuple(authors), session=session,
             visibilities=() if tuple(visibilities) == ("public", "ask", "private") else tuple(visibilities),
         )
-        result = self.search.search(SearchRequest(query, filters, limit, now_ms))
+        result = self.search.search(SearchRequest(query, filters, limit, now_ms, fresh))
         if result.terms:
             rows = self._head_rows([r.rid for r in result.ranked])
             records = [
@@ -660,20 +669,60 @@ class Store:
 
     def index_docs(self, rids: list[int]) -> list[IndexDoc]:
         """Index documents for those rowids that are current memories now,
-        each with its session neighbours."""
-        docs: list[IndexDoc] = []
+        each with its session neighbours. Memories of one session are looked
+        up together: one range query finds a run of them and their
+        neighbours, where one query per memory and side would cost four."""
+        rows: list[tuple] = []
         for i in range(0, len(rids), 500):
             part = rids[i : i + 500]
-            rows = self._db.execute(
+            rows.extend(self._db.execute(
                 f"SELECT {self._ENTRY} FROM records WHERE rowid IN "
                 f"({','.join('?' * len(part))}) AND +state = {HEAD} AND +kind = 'memory'",
                 part,
-            ).fetchall()
-            for row in rows:
+            ))
+        groups: dict[tuple[bytes, str], list[tuple]] = {}
+        docs: list[IndexDoc] = []
+        for row in rows:
+            if row[4]:
+                groups.setdefault((row[3], row[4]), []).append(row)
+            else:
+                docs.append(make_doc(_entry(row), None, None))
+        for (author, session), members in groups.items():
+            docs.extend(self._session_docs(author, session, members))
+        return docs
+
+    def _session_docs(self, author: bytes, session: str, members: list[tuple]) -> list[IndexDoc]:
+        members.sort(key=lambda r: (r[6], r[7]))
+        first, last = members[0], members[-1]
+        base = (
+            f"SELECT {self._ENTRY} FROM records WHERE author = ? AND session = ? AND kind = 'memory' "
+            f"AND state = {HEAD} AND "
+        )
+        budget = 4 * len(members) + 16  # a run much sparser than this is cheaper row by row
+        run = self._db.execute(
+            base + "(ts > ? OR (ts = ? AND id >= ?)) AND (ts < ? OR (ts = ? AND id <= ?)) "
+            "ORDER BY ts, id LIMIT ?",
+            (author, session, first[6], first[6], first[7], last[6], last[6], last[7], budget + 1),
+        ).fetchall()
+        if len(run) > budget:
+            docs = []
+            for row in members:
                 prev, following = self._neighbour_rows(row)
-                docs.append(make_doc(
-                    _entry(row), _entry(prev) if prev else None, _entry(following) if following else None
-                ))
+                docs.append(make_doc(_entry(row), _entry(prev) if prev else None,
+                                     _entry(following) if following else None))
+            return docs
+        before, _ = self._neighbour_rows(first)
+        _, after = self._neighbour_rows(last)
+        sequence = [r for r in (before, *run, after) if r is not None]
+        entries = {r[0]: _entry(r) for r in sequence}
+        order = [r[0] for r in sequence]
+        position = {rid: i for i, rid in enumerate(order)}
+        docs = []
+        for row in members:
+            i = position[row[0]]
+            prev = entries[order[i - 1]] if i > 0 else None
+            following = entries[order[i + 1]] if i + 1 < len(order) else None
+            docs.append(make_doc(entries[row[0]], prev, following))
         return docs
 
     def _neighbour_rows(self, row: tuple) -> tuple[tuple | None, tuple | None]:
@@ -695,21 +744,6 @@ class Store:
             (author, session, ts, ts, record_id),
         ).fetchone()
         return prev, following
-
-    def session_neighbours(self, rids: Sequence[int]) -> set[int]:
-        """Rowids of the current session neighbours of stored memories
-        (their index documents include the neighbour's text)."""
-        out: set[int] = set()
-        for i in range(0, len(rids), 500):
-            part = list(rids[i : i + 500])
-            rows = self._db.execute(
-                f"SELECT {self._ENTRY} FROM records WHERE rowid IN ({','.join('?' * len(part))}) "
-                "AND +kind = 'memory' AND session != ''",
-                part,
-            ).fetchall()
-            for row in rows:
-                out.update(r[0] for r in self._neighbour_rows(row) if r is not None)
-        return out
 
     def all_index_docs(self, batch: int) -> tuple[int, Iterator[list[IndexDoc]]]:
         """(log position, batches of every current memory's document) read

@@ -58,6 +58,7 @@ class SearchRequest:
     filters: Filters = Filters()
     limit: int = 10
     now_ms: int | None = None  # for time expressions; None: no time preference
+    fresh: bool = True  # bring the index up to date first (else: search it as it is)
 
 
 @dataclass
@@ -197,7 +198,7 @@ class SearchEngine:
         """Stage 3: reciprocal rank fusion of the lexical order with the
         semantic ranking (over the memories that pass the filters). Returns
         each memory's semantic rank."""
-        index = self.sync.current()
+        index = self.sync.index or self.sync.current()
         semantic = stage.search(request.text, max(CANDIDATES, request.limit), None)
         allowed = index.passing(semantic, request.filters)
         semantic = [rid for rid in semantic if rid in allowed]

@@ -53,7 +53,6 @@ class DocumentSource(Protocol):
     def all_index_docs(self, batch: int) -> tuple[int, Iterator[list[IndexDoc]]]: ...
     def index_applied(self, consumer: str, seq: int) -> None: ...
     def times(self, rids: Sequence[int]) -> dict[int, tuple[int, int]]: ...
-    def session_neighbours(self, rids: Sequence[int]) -> set[int]: ...
     def count_current(self) -> int: ...
 
 
@@ -136,6 +135,21 @@ class IndexSync:
         assert self.index is not None
         return self.index
 
+    def as_is(self) -> LexicalIndex:
+        """The index without writing to it: the newest generation and commit
+        another process (or thread) made, or :meth:`current` if there is no
+        index yet."""
+        if self.index is None or self.root is None:  # in memory: catching up costs no fsync
+            return self.current()
+        if self.root is not None:
+            state = self.index.state()
+            if self._read_pointer() != self._generation or state["seq"] != self._seq:
+                self._open_current()
+                if self.index is None:
+                    return self.current()
+                self._seq = self.index.state()["seq"]
+        return self.index
+
     def rebuild(self, progress: Progress | None = None) -> None:
         """Rewrite the index from the store (``p2pmem reindex``)."""
         with self._locked():
@@ -149,10 +163,9 @@ class IndexSync:
             entries = self.source.log_entries(seq, _BATCH)
             if not entries:
                 break
-            rids = self._affected(entries)
             purge = purge or any(flag for _, _, flag in entries)
             seq = entries[-1][0]
-            self.index.apply(rids, self.source.index_docs(rids), seq)
+            self._apply(entries)
         self._seq = seq
         if purge:
             self._rebuild()
@@ -201,16 +214,19 @@ class IndexSync:
                 shutil.rmtree(self.root / old, ignore_errors=True)
         return purged
 
-    def _affected(self, entries: list[tuple[int, int, int]]) -> list[int]:
-        """The logged rowids and their session neighbours, old (as the index
-        has them) and new (as the store has them): a neighbour's document
-        holds this memory's text in its window."""
+    def _apply(self, entries: list[tuple[int, int, int]]) -> None:
+        """Replace the documents of the logged rowids, and of their session
+        neighbours old (as the index has them) and new (as the store has
+        them): a neighbour's document holds this memory's text in its window."""
         assert self.index is not None
         changed = list(dict.fromkeys(rid for _, rid, _ in entries))
-        affected = dict.fromkeys(changed)
-        affected.update(dict.fromkeys(sorted(self.index.neighbours(changed))))
-        affected.update(dict.fromkeys(sorted(self.source.session_neighbours(changed))))
-        return list(affected)
+        docs = self.source.index_docs(changed)
+        around = self.index.neighbours(changed)
+        around.update(r for d in docs for r in (d.prev.rid, d.next.rid) if r >= 0)
+        around.difference_update(changed)
+        if around:
+            docs += self.source.index_docs(sorted(around))
+        self.index.apply([*changed, *sorted(around)], docs, entries[-1][0])
 
     def _catch_up_plain(self, seq: int) -> bool:
         """Apply the log after ``seq`` without triggering another rebuild
@@ -221,10 +237,9 @@ class IndexSync:
             entries = self.source.log_entries(seq, _BATCH)
             if not entries:
                 break
-            rids = self._affected(entries)
             purged = purged or any(flag for _, _, flag in entries)
             seq = entries[-1][0]
-            self.index.apply(rids, self.source.index_docs(rids), seq)
+            self._apply(entries)
         self.index.apply([], [], seq)  # commit point even when nothing followed
         self._seq = seq
         self.source.index_applied(CONSUMER, seq)
