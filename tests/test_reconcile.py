@@ -124,7 +124,7 @@ def base_index(n: int, seed: int = 0) -> ItemIndex:
 
 def with_unique(n: int, k: int, seed: int) -> tuple[ItemIndex, ItemIndex, set[bytes], set[bytes]]:
     """Two copies of a shared n-item set, plus k unique items split between them."""
-    rng = random.Random(seed)
+    rng = random.Random(f"unique {seed}")  # not Random(0): that would repeat base_index's items
     k_a = rng.randint(0, k)
     only_a, only_b = random_items(rng, k_a), random_items(rng, k - k_a)
     a, b = base_index(n).copy(), base_index(n).copy()
