@@ -501,7 +501,10 @@ class _Own:
     deadline: float
     hits: dict[bytes, VerifiedHit] = field(default_factory=dict)  # record hash -> best hit
     held_bytes: int = 0  # encoded size of the records in hits
-    per_responder: dict[bytes, int] = field(default_factory=dict)  # records each responder added
+    # The records each responder added (hashes, in order) and their bytes: the
+    # budget is shared fairly among responders (see QueryRouter._collect).
+    added: dict[bytes, list[bytes]] = field(default_factory=dict)
+    added_bytes: dict[bytes, int] = field(default_factory=dict)
     notified: bool = False
 
 
@@ -857,8 +860,11 @@ class QueryRouter:
 
         Budgets: the records' bytes (MAX_QUERY_RESULT_BYTES), their number
         (MAX_COLLECTED_RECORDS), and per responder the query's limit (an
-        honest node answers with at most that many), so one identity cannot
-        fill the budget alone. A full budget skips verification too."""
+        honest node answers with at most that many). When the budget is full,
+        it is shared max-min fairly: a record of a responder holding less
+        evicts the latest records of the responder holding the most bytes,
+        so early floods (from one identity or many) cannot lock out a later
+        honest answer; it gets at least an equal share of the budget."""
         for raw in hits.records:
             key = hashlib.sha256(raw).digest()  # the record id, for real records
             best = own.hits.get(key)
@@ -867,18 +873,56 @@ class QueryRouter:
                 if hits.hops < best.hops:
                     own.hits[key] = VerifiedHit(best.record, hits.hops, hits.responder)
                 continue
-            count = own.per_responder.get(hits.responder, 0)
-            if (len(own.hits) >= MAX_COLLECTED_RECORDS or own.held_bytes + len(raw) > self._result_bytes
-                    or count >= own.query.limit):
+            mine = own.added.get(hits.responder, [])
+            victims = None if len(mine) >= own.query.limit else self._room(own, hits.responder, len(raw))
+            if victims is None:  # dropped unverified: verifying costs CPU
                 self._drop("records_over_budget", "a record over the query's result budget")
                 continue
-            record = self._check(own.query, raw)
-            if record is None:
+            record = self._check(own.query, raw)  # only a record that would be kept
+            if record is None:  # and junk evicts nothing
                 self._drop("records_invalid", "a record of an answer failed to verify or match")
                 continue
-            own.per_responder[hits.responder] = count + 1
+            for richest, victim in victims:
+                evicted = own.hits.pop(victim)
+                own.added[richest].remove(victim)
+                own.held_bytes -= len(evicted.record.raw)
+                own.added_bytes[richest] -= len(evicted.record.raw)
+                if not own.added[richest]:
+                    del own.added[richest], own.added_bytes[richest]
+                self._drop("records_over_budget", "a record evicted for a fair share of the budget")
+            own.added.setdefault(hits.responder, []).append(key)
+            own.added_bytes[hits.responder] = own.added_bytes.get(hits.responder, 0) + len(raw)
             own.held_bytes += len(raw)
             own.hits[key] = VerifiedHit(record, hits.hops, hits.responder)
+
+    def _room(self, own: _Own, responder: bytes, size: int) -> list[tuple[bytes, bytes]] | None:
+        """The records to evict so that a record of ``size`` bytes from
+        ``responder`` fits (an empty list when it fits as is), or None when
+        it does not fit: only responders holding more bytes than ``responder``
+        would with it give way, their latest records first."""
+        if size > self._result_bytes:
+            return None
+        held, count = own.held_bytes, len(own.hits)
+        if count < MAX_COLLECTED_RECORDS and held + size <= self._result_bytes:
+            return []
+        mine = own.added_bytes.get(responder, 0) + size
+        bytes_of = dict(own.added_bytes)
+        left = {r: len(keys) for r, keys in own.added.items()}
+        victims: list[tuple[bytes, bytes]] = []
+        while count >= MAX_COLLECTED_RECORDS or held + size > self._result_bytes:
+            richest = max(bytes_of, key=lambda r: (bytes_of[r], r), default=None)
+            if richest is None or richest == responder or bytes_of[richest] <= mine:
+                return None
+            left[richest] -= 1
+            victim = own.added[richest][left[richest]]
+            victim_size = len(own.hits[victim].record.raw)
+            victims.append((richest, victim))
+            held -= victim_size
+            count -= 1
+            bytes_of[richest] -= victim_size
+            if not left[richest]:
+                del bytes_of[richest]
+        return victims
 
 
 def _forwarded(query: Query) -> Query:

@@ -892,3 +892,30 @@ def test_a_full_budget_is_counted_and_skips_verification() -> None:
     assert [h.record.raw[:1] for h in r.results(qid)] == [b"a", b"c"]
     assert checked == [b"a" * 600, b"c" * 300]
     assert r.stats.records_over_budget == 1
+
+
+def test_a_late_honest_answer_gets_a_fair_share_of_a_flooded_budget() -> None:
+    r, qid = _asker(check=fake_check, result_bytes=10_000)
+    for sybil in range(10, 20):  # ten identities fill the budget first
+        r.receive_hits(node_id(1), signed_hits(sybil, qid, 1, (bytes([sybil]) * 1000,)), 0.1)
+    assert sum(len(h.record.raw) for h in r.results(qid)) == 10_000
+    # junk from a newcomer is checked first and evicts nothing
+    r2_check_calls = r.stats.records_over_budget
+    honest = b"honest" * 50
+    r.receive_hits(node_id(1), signed_hits(30, qid, 2, (honest,)), 0.2)
+    held = r.results(qid)
+    assert honest in {h.record.raw for h in held}
+    assert sum(len(h.record.raw) for h in held) <= 10_000
+    assert r.stats.records_over_budget == r2_check_calls + 1  # one sybil record gave way
+
+
+def test_junk_from_a_newcomer_evicts_nothing() -> None:
+    r, qid = _asker(result_bytes=3 * 2000)  # the real check: garbage fails it
+    recs = tuple(_memory(ALICE, n, 1500).raw for n in range(3))
+    for i, raw in enumerate(recs):
+        r.receive_hits(node_id(1), signed_hits(10 + i, qid, 1, (raw,)), 0.1)
+    before = [h.record.id for h in r.results(qid)]
+    assert len(before) == 3
+    r.receive_hits(node_id(1), signed_hits(40, qid, 1, (b"\x01" * 500,)), 0.2)
+    assert [h.record.id for h in r.results(qid)] == before
+    assert r.stats.records_invalid == 1 and r.stats.records_over_budget == 0
