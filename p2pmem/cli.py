@@ -544,7 +544,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         if stream is not sys.stdin:
             stream.close()
     with _open(args) as agent:
-        result = agent.store.ingest_raw(raws)
+        result = agent.store.ingest_raw(raws, wall_ms=wall_ms())
         for position, reason in result.rejected:
             rejected.append((numbers[position], reason))
         _notify(agent, result.added)

@@ -26,7 +26,7 @@ from p2pmem.identity import Identity, short_id
 from p2pmem.noise import HandshakeComplete, MessageReceived, ProtocolError, SecureChannel
 from p2pmem.query import QueryError, QueryRouter, VerifiedHit
 from p2pmem.reconcile import ItemIndex, ReconcileError, Reconciler
-from p2pmem.record import Record
+from p2pmem.record import Record, admission_error
 from p2pmem.scope import Interest, shared
 from p2pmem.store import Store
 
@@ -566,9 +566,10 @@ class NodeCore:
                 raise wire.WireError(f"peer sent an invalid record: {item}")
             if not self._interest.wants(item.kind, item.author, item.visibility):
                 continue  # out of our scope: not an error, just not kept
-            if not self.clock.observe(item.ts, wall_ms, limits.MAX_FUTURE_SKEW_MS):
+            if admission_error(item, wall_ms) is not None:  # the same check as `import`
                 self.stats.records_rejected += 1
                 continue
+            self.clock.observe(item.ts, wall_ms, limits.MAX_FUTURE_SKEW_MS)
             accepted.append(item)
         result = self.store.ingest(accepted)
         session.received_records += len(raws)
