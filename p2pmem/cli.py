@@ -650,7 +650,10 @@ def cmd_inbox(args: argparse.Namespace) -> int:
             if isinstance(rec.body, dict)
         }
     if args.maildir is not None:
-        written = write_maildir(args.maildir, opened, names=names)  # type: ignore[arg-type]
+        try:
+            written = write_maildir(args.maildir, opened, names=names)  # type: ignore[arg-type]
+        except OSError as exc:  # e.g. a read-only or full disk, inside an existing Maildir
+            raise P2pmemError(f"cannot write the Maildir {args.maildir}: {exc.strerror or exc}") from None
         print(f"wrote {written} new mails to {args.maildir}", file=sys.stderr)
     messages = [m.to_json() for m in opened]  # type: ignore[attr-defined]
     return _show_list(args, messages, "no messages", (

@@ -336,3 +336,23 @@ def test_import_refuses_a_timestamp_far_ahead_as_a_peer_would(tmp_path: Path, ho
     assert [e.split(":")[1].strip() for e in proc.stderr.strip().splitlines()] == ["line 1", "line 2"]
     found = as_json(p2pmem("recall", "skewclock", "--json", home=home))
     assert [m["id"] for m in found] == [near.id.hex()]
+
+
+def test_maildir_errors_are_one_line(tmp_path: Path, home: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    for target, words in ((a_file, "not a directory"), (tmp_path / "missing" / "box", "does not exist")):
+        proc = p2pmem("inbox", "--maildir", str(target), home=home, expect=1)
+        assert words in _one_line(proc)
+    assert not (tmp_path / "missing").exists()
+    proc = p2pmem("inbox", "--maildir", str(tmp_path / "box"), home=home)
+    assert (tmp_path / "box" / "new").is_dir()
+
+
+def test_update_and_forget_of_an_unknown_id_exit_1_a_malformed_one_2(home: Path) -> None:
+    for args in (("update", "0123456789abcdef", "new text"), ("forget", "0123456789abcdef")):
+        proc = p2pmem(*args, home=home, expect=1)
+        assert "no record" in _one_line(proc)
+    for args in (("update", "zz", "new text"), ("forget", "0123")):
+        proc = p2pmem(*args, home=home, expect=2)
+        assert "not a record id" in _one_line(proc)
