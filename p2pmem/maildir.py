@@ -115,10 +115,7 @@ def write_maildir(
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise P2pmemError(f"cannot write a Maildir at {directory}: it exists and is not a directory")
-    if not directory.exists() and not directory.absolute().parent.is_dir():
-        raise P2pmemError(f"cannot write a Maildir at {directory}: "
-                          f"its parent directory {directory.absolute().parent} does not exist")
-    try:
+    try:  # missing parents are created (Mail/p2pmem); one that cannot be is an error
         for sub in ("", "cur", "new", "tmp"):
             os.makedirs(directory / sub, mode=0o700, exist_ok=True)
     except OSError as exc:
