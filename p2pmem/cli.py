@@ -605,6 +605,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         stats = status["stats"]
         print(f"traffic:    {stats['records_in']} records in, {stats['records_out']} out, "
               f"{stats['bytes_in']} bytes in, {stats['bytes_out']} out")
+        queries = status.get("queries", {})
+        if queries:
+            print(f"queries:    {queries.get('started', 0)} asked, {len(queries.get('in_flight', []))} in flight, "
+                  f"{queries.get('received', 0)} received; answers dropped: "
+                  f"{queries.get('hits_forged', 0)} forged, {queries.get('records_invalid', 0)} invalid records, "
+                  f"{queries.get('records_over_budget', 0)} over budget")
     return 0
 
 

@@ -106,6 +106,7 @@ def test_every_bad_request_gets_a_one_line_error_and_the_node_survives(served) -
     status = cli_json(home, "status")
     assert status["local"]["control_refused"] >= len(BAD)
     assert "started" in status["queries"] and status["queries"]["in_flight"] == []
+    assert "in flight" in run_cli(home, "status").stdout
 
 
 def test_a_silent_client_does_not_block_others(served) -> None:
