@@ -9,7 +9,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	# -qq: errors only; setuptools otherwise prints an informational note
+	# about editable installs on every build (the metadata itself is clean).
+	$(BIN)/pip install -qq -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

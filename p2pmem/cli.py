@@ -597,7 +597,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         if stream is not sys.stdin:
             stream.close()
     with _open(args) as agent:
-        result = agent.store.ingest_raw(raws)
+        result = agent.store.ingest_raw(raws, wall_ms=wall_ms())
         for position, reason in result.rejected:
             rejected.append((numbers[position], reason))
         _notify(agent, result.added)
@@ -658,6 +658,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         stats = status["stats"]
         print(f"traffic:    {stats['records_in']} records in, {stats['records_out']} out, "
               f"{stats['bytes_in']} bytes in, {stats['bytes_out']} out")
+        queries = status.get("queries", {})
+        if queries:
+            print(f"queries:    {queries.get('started', 0)} asked, {len(queries.get('in_flight', []))} in flight, "
+                  f"{queries.get('received', 0)} received; answers dropped: "
+                  f"{queries.get('hits_forged', 0)} forged, {queries.get('records_invalid', 0)} invalid records, "
+                  f"{queries.get('records_over_budget', 0)} over budget")
     return 0
 
 
@@ -703,7 +709,10 @@ def cmd_inbox(args: argparse.Namespace) -> int:
             if isinstance(rec.body, dict)
         }
     if args.maildir is not None:
-        written = write_maildir(args.maildir, opened, names=names)  # type: ignore[arg-type]
+        try:
+            written = write_maildir(args.maildir, opened, names=names)  # type: ignore[arg-type]
+        except OSError as exc:  # e.g. a read-only or full disk, inside an existing Maildir
+            raise P2pmemError(f"cannot write the Maildir {args.maildir}: {exc.strerror or exc}") from None
         print(f"wrote {written} new mails to {args.maildir}", file=sys.stderr)
     messages = [m.to_json() for m in opened]  # type: ignore[attr-defined]
     return _show_list(args, messages, "no messages", (

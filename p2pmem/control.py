@@ -5,6 +5,11 @@ one JSON request line per connection, one JSON reply line. The socket is
 created with mode 0600 in a home that is 0700, so only the agent's own user
 reaches it. When the home's path is too long for a Unix socket address, the
 socket lives in the temporary directory and the home holds a symlink to it.
+
+A local client is trusted with the agent's data but not with the node's life:
+every request is checked (size, nesting depth before any JSON parsing, then
+each field's type and range) and a bad one gets a one-line error reply. No
+request, however malformed, ends the node.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import tempfile
@@ -52,6 +58,7 @@ class ControlServer:
         self.path = home / CONTROL_SOCKET
         self.target = _socket_target(home)
         self._owned = False  # cleanup never removes another node's live socket
+        self._clients = 0
 
     def check_free(self) -> None:
         """Refuse to serve a home that a live node already serves."""
@@ -93,23 +100,35 @@ class ControlServer:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         async with stream:
-            try:
-                with trio.fail_after(CLIENT_TIMEOUT_S):
-                    line = await _read_line(stream)
-                request = json.loads(line)
-                if not isinstance(request, dict):
-                    raise UsageError("a request is a JSON object")
-                reply = await self._dispatch(request)
-                reply = {"ok": True, **reply}
-            except (P2pmemError, ValueError, TypeError, trio.TooSlowError) as exc:
-                reply = {"ok": False, "error": str(exc) or type(exc).__name__}
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            if self._clients >= limits.MAX_CONTROL_CLIENTS:
+                reply: dict[str, Any] = {"ok": False, "error": "the node is busy (too many control clients)"}
+                self.node.count("control_busy")
+            else:
+                self._clients += 1
+                try:
+                    reply = await self._serve_one(stream)
+                finally:
+                    self._clients -= 1
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError), \
+                    trio.fail_after(CLIENT_TIMEOUT_S):
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
 
-    async def _dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
-        from p2pmem.identity import parse_agent_id
+    async def _serve_one(self, stream: trio.SocketStream) -> dict[str, Any]:
+        """One request, one reply; never raises but for cancellation."""
+        try:
+            with trio.fail_after(CLIENT_TIMEOUT_S):
+                line = await _read_line(stream)
+            request = parse_request(line)
+            return {"ok": True, **await self._dispatch(request)}
+        except (P2pmemError, trio.TooSlowError) as exc:
+            self.node.count("control_refused")
+            return {"ok": False, "error": _one_line(str(exc) or type(exc).__name__)}
+        except Exception as exc:  # a bug, not the client's fault: log it, keep serving
+            log.exception("control request failed")
+            return {"ok": False, "error": _one_line(f"internal error: {type(exc).__name__}: {exc}")}
 
-        op = request.get("op")
+    async def _dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request["op"]
         node = self.node
         if op == "ping":
             return {}
@@ -121,22 +140,129 @@ class ControlServer:
             return {"status": status}
         if op == "peers":
             return {"peers": node.peers_list()}
-        if op in ("ask", "ask_graph"):
-            options: dict[str, Any] = {
-                "ttl": int(request.get("ttl", limits.DEFAULT_TTL)),
-                "since": request.get("since"),
-                "until": request.get("until"),
-                "topics": list(request.get("topics", [])),
-                "limit": int(request.get("limit", 10)),
-            }
-            if request.get("agent"):
-                options["target"] = parse_agent_id(request["agent"])
-            ask = node.ask_graph if op == "ask_graph" else node.ask
-            results = await ask(
-                str(request.get("text", "")), timeout=float(request.get("query_timeout", 3.0)), **options
-            )
-            return {"results": results}
-        raise UsageError(f"unknown control operation {op!r}")
+        assert op in ("ask", "ask_graph")
+        options = ask_options(request)
+        text = options.pop("text")
+        timeout = options.pop("timeout")
+        ask = node.ask_graph if op == "ask_graph" else node.ask
+        results = await ask(text, timeout=timeout, **options)
+        return {"results": results}
+
+
+# --- request validation -----------------------------------------------------
+
+# The fields each operation accepts; anything else is refused, so a typo in a
+# client is an error instead of a silently ignored option.
+_FIELDS: dict[str, frozenset[str]] = {
+    "ping": frozenset(),
+    "notify": frozenset(),
+    "status": frozenset(),
+    "peers": frozenset(),
+    "ask": frozenset({"text", "ttl", "query_timeout", "since", "until", "topics", "limit", "agent"}),
+    "ask_graph": frozenset({"text", "ttl", "query_timeout", "since", "until", "topics", "limit", "agent"}),
+}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:300]
+
+
+def check_depth(data: bytes, max_depth: int = limits.MAX_CONTROL_DEPTH) -> None:
+    """Refuse JSON nested deeper than ``max_depth`` before parsing it, so
+    the recursive parser never sees a document that could exhaust the stack.
+    Brackets inside strings do not count; escapes inside strings are skipped."""
+    depth = 0
+    in_string = False
+    escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > max_depth:
+                raise UsageError(f"control request nested deeper than {max_depth} levels")
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+
+
+def parse_request(line: bytes) -> dict[str, Any]:
+    """A control request line as a checked dict with a known ``op``; raises
+    :class:`UsageError` with a one-line reason for anything else."""
+    if len(line) > limits.MAX_CONTROL_REQUEST:
+        raise UsageError("control request too large")
+    check_depth(line)
+    try:
+        request = json.loads(line)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise UsageError(f"control request is not JSON: {exc}") from None
+    if type(request) is not dict:
+        raise UsageError("a control request is a JSON object")
+    op = request.get("op")
+    if type(op) is not str or op not in _FIELDS:
+        raise UsageError(f"unknown control operation {str(op)[:40]!r}")
+    if unknown := set(request) - {"op"} - _FIELDS[op]:
+        raise UsageError(f"unknown field(s) for {op}: {', '.join(sorted(unknown))[:200]}")
+    return request
+
+
+def _int_field(request: dict[str, Any], name: str, default: int | None, low: int, high: int) -> int | None:
+    value = request.get(name)
+    if value is None:
+        return default
+    if type(value) is not int or not low <= value <= high:
+        raise UsageError(f"{name!r} must be an integer from {low} to {high}")
+    return value
+
+
+def ask_options(request: dict[str, Any]) -> dict[str, Any]:
+    """The checked arguments of an ``ask`` request for :meth:`Node.ask`."""
+    from p2pmem.identity import parse_agent_id
+
+    text = request.get("text", "")
+    if type(text) is not str:
+        raise UsageError("'text' must be a string")
+    if len(text.encode("utf-8", "surrogatepass")) > limits.MAX_QUERY_TEXT:
+        raise UsageError(f"'text' is over the limit of {limits.MAX_QUERY_TEXT} bytes")
+    timeout = request.get("query_timeout", 3.0)
+    if type(timeout) not in (int, float) or not math.isfinite(timeout) \
+            or not 0 < timeout <= limits.MAX_QUERY_TIMEOUT_S:
+        raise UsageError(f"'query_timeout' must be a number of seconds above 0, at most "
+                         f"{limits.MAX_QUERY_TIMEOUT_S:g}")
+    topics = request.get("topics") or []
+    if type(topics) is not list or len(topics) > limits.MAX_TOPICS:
+        raise UsageError(f"'topics' must be a list of at most {limits.MAX_TOPICS} strings")
+    for topic in topics:
+        if type(topic) is not str or not topic or len(topic.encode("utf-8", "surrogatepass")) > limits.MAX_TOPIC:
+            raise UsageError(f"each topic must be a non-empty string of at most {limits.MAX_TOPIC} bytes")
+    since = _int_field(request, "since", None, 0, _MAX_MS)
+    until = _int_field(request, "until", None, 0, _MAX_MS)
+    if since is not None and until is not None and since > until:
+        raise UsageError("'since' is after 'until'")
+    options: dict[str, Any] = {
+        "text": text,
+        "timeout": float(timeout),
+        "ttl": _int_field(request, "ttl", limits.DEFAULT_TTL, 1, limits.MAX_TTL),
+        "since": since,
+        "until": until,
+        "topics": topics,
+        "limit": _int_field(request, "limit", 10, 1, limits.MAX_RECALL_LIMIT),
+    }
+    agent = request.get("agent")
+    if agent is not None:
+        if type(agent) is not str:
+            raise UsageError("'agent' must be an agent id string")
+        options["target"] = parse_agent_id(agent)
+    return options
+
+
+_MAX_MS = (1 << 63) - 1
 
 
 async def _read_line(stream: trio.SocketStream) -> bytes:
@@ -148,7 +274,7 @@ async def _read_line(stream: trio.SocketStream) -> bytes:
         buf += data
         if len(buf) > limits.MAX_CONTROL_REQUEST:
             raise UsageError("control request too large")
-    return bytes(buf)
+    return bytes(buf).split(b"\n", 1)[0]
 
 
 def _request_sync(home: Path, request: dict[str, Any], timeout: float) -> dict[str, Any]:

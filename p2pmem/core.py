@@ -24,9 +24,9 @@ from p2pmem.clock import HybridClock
 from p2pmem.errors import P2pmemError
 from p2pmem.identity import Identity, short_id
 from p2pmem.noise import HandshakeComplete, MessageReceived, ProtocolError, SecureChannel
-from p2pmem.query import QueryError, QueryRouter, VerifiedHit, verify_hits
+from p2pmem.query import QueryError, QueryRouter, VerifiedHit
 from p2pmem.reconcile import ItemIndex, ReconcileError, Reconciler
-from p2pmem.record import Record
+from p2pmem.record import Record, admission_error
 from p2pmem.scope import Interest, shared
 from p2pmem.store import Store
 
@@ -158,7 +158,7 @@ class NodeCore:
         self.listen_addresses = tuple(listen_addresses)
         self.replicate_all = replicate_all
         self.clock = HybridClock(store.last_ts())
-        self.router = QueryRouter(self.key, random.Random(rng.getrandbits(64)))
+        self.router = QueryRouter(self.key, random.Random(rng.getrandbits(64)), sign=identity.sign)
         self.sessions: dict[ConnId, Session] = {}
         self.by_agent: dict[bytes, ConnId] = {}
         self.addresses: dict[str, _Address] = {}
@@ -323,8 +323,7 @@ class NodeCore:
 
     def query_results(self, qid: bytes) -> list[VerifiedHit]:
         """Verified, de-duplicated hits of one of our queries so far."""
-        query = self.router.query(qid)
-        return verify_hits(query, self.router.results(qid))
+        return self.router.results(qid)  # verified by the router as they arrived
 
     def finish_query(self, qid: bytes) -> None:
         self.router.finish(qid)
@@ -567,9 +566,10 @@ class NodeCore:
                 raise wire.WireError(f"peer sent an invalid record: {item}")
             if not self._interest.wants(item.kind, item.author, item.visibility):
                 continue  # out of our scope: not an error, just not kept
-            if not self.clock.observe(item.ts, wall_ms, limits.MAX_FUTURE_SKEW_MS):
+            if admission_error(item, wall_ms) is not None:  # the same check as `import`
                 self.stats.records_rejected += 1
                 continue
+            self.clock.observe(item.ts, wall_ms, limits.MAX_FUTURE_SKEW_MS)
             accepted.append(item)
         result = self.store.ingest(accepted)
         session.received_records += len(raws)

@@ -9,6 +9,7 @@ platform's user data directory) holding ``identity.key`` (mode 0600),
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,7 +135,11 @@ class Agent:
         try:
             record_id = self.store.resolve_prefix(id_text)
         except StoreError as exc:
-            raise UsageError(str(exc)) from None
+            # A malformed id is a usage error (exit 2); a well-formed one that
+            # matches nothing, or more than one record, is not (exit 1).
+            if not re.fullmatch(r"[0-9a-f]{8,64}", id_text.strip().lower()):
+                raise UsageError(str(exc)) from None
+            raise
         record = self.store.get(record_id)
         if record is None or record.kind != "memory":
             raise StoreError(f"{id_text} is not a memory in this store")

@@ -53,6 +53,22 @@ SEEN_QUERY_CACHE = 10_000
 QUERY_RATE_PER_PEER = 20.0  # queries per second, token bucket
 QUERY_BURST_PER_PEER = 40
 MAX_QUERY_TIMEOUT_S = 60.0
+# Bytes of verified records the asker holds for one query while it waits. An
+# answer returns at most MAX_RECALL_LIMIT memories and usually 10; 8 MiB holds
+# thousands of typical memories (~1 KiB) or 64 of the largest records to rank,
+# and caps what hostile answers can make the asker hold per query (it was
+# 800 x 128 KiB = 100 MiB). Records past it are dropped unverified and counted
+# in status (queries.records_over_budget).
+MAX_QUERY_RESULT_BYTES = 8 * 1024 * 1024
 
 # --- control socket ------------------------------------------------------
-MAX_CONTROL_REQUEST = 4 * MAX_RECORD
+MAX_CONTROL_REQUEST = 4 * MAX_RECORD  # one request line; the largest real one is an ask (<2 KiB)
+# Requests are flat (an object holding a list of topics: depth 2); the depth
+# is checked before json.loads, whose recursion a deeply nested line (100,000
+# brackets fit in the size above) would otherwise drive into RecursionError.
+MAX_CONTROL_DEPTH = 8
+# Control connections served at once. Each may hold an `ask` with its result
+# budget (MAX_QUERY_RESULT_BYTES) for up to MAX_QUERY_TIMEOUT_S, so this bounds
+# what local clients can make the node hold: 32 x 8 MiB. More wait-free get a
+# "busy" error; the CLI and an MCP server use one connection per request.
+MAX_CONTROL_CLIENTS = 32

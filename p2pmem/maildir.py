@@ -25,6 +25,7 @@ from email.parser import BytesHeaderParser
 from email.utils import format_datetime
 from pathlib import Path
 
+from p2pmem.errors import P2pmemError
 from p2pmem.identity import agent_id, short_id
 from p2pmem.sealed import OpenedMessage
 
@@ -112,8 +113,13 @@ def write_maildir(
     ``new`` (unread), with the file time set to the message time so clients
     that sort by arrival show them in order."""
     directory = Path(directory)
-    for sub in ("", "cur", "new", "tmp"):
-        os.makedirs(directory / sub, mode=0o700, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise P2pmemError(f"cannot write a Maildir at {directory}: it exists and is not a directory")
+    try:  # missing parents are created (Mail/p2pmem); one that cannot be is an error
+        for sub in ("", "cur", "new", "tmp"):
+            os.makedirs(directory / sub, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise P2pmemError(f"cannot write a Maildir at {directory}: {exc.strerror or exc}") from None
     box = mailbox.Maildir(directory, factory=None, create=False)
     known = _known_ids(box)
     written = 0

@@ -10,6 +10,7 @@ through which the other commands of the home reach the running node.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -101,6 +102,8 @@ class Node:
         self._wakeup = trio.Event()
         self._last_data_version = -1
         self._stopping = False
+        # Local defences that bit (control requests refused, ...), for status.
+        self.local_stats: dict[str, int] = {}
 
     # -- lifecycle -------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -317,6 +320,9 @@ class Node:
             self._apply(wake=False)
 
     # -- control requests ------------------------------------------------------
+    def count(self, what: str) -> None:
+        self.local_stats[what] = self.local_stats.get(what, 0) + 1
+
     def status(self) -> dict[str, Any]:
         assert self.core is not None
         from p2pmem.identity import agent_id
@@ -325,6 +331,13 @@ class Node:
         out["id"] = agent_id(self.agent.key)
         out["pid"] = os.getpid()
         out["uptime_s"] = round(wall() - self.core.started, 1)
+        # QueryStats is a slots dataclass (no __dict__): read its fields.
+        router = self.core.router
+        out["queries"] = {
+            **dataclasses.asdict(router.stats),
+            "in_flight": router.in_flight(wall()),
+        }
+        out["local"] = dict(sorted(self.local_stats.items()))
         return out
 
     def peers_list(self) -> list[dict[str, Any]]:

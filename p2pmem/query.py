@@ -20,9 +20,17 @@ exceed a wire message) per answering node per link of its path; a relay passes
 at most :data:`MAX_RELAYED_RECORDS` records per query, so a responder cannot
 amplify through it.
 
-Trust. Nothing here trusts a peer: ``hops`` and ``responder`` are claims of
-whoever answered, and records are opaque bytes until the asker runs
-:func:`verify_hits`, which checks every signature and every filter again.
+Trust. Nothing here trusts a peer. The answering node signs each hits
+message with its identity key over (query id, hops, responder, the ids of the
+records), and relays pass it on unchanged; the asker checks that signature
+against the claimed responder as the message arrives, so ``via`` (the
+responder) is the authenticated identity of the node that answered: a relay
+can drop an answer but cannot forge, alter or re-attribute one. ``hops`` is
+the responder's own claim. The asker also decodes and verifies every record
+and checks the query's filters again on arrival, drops what fails at once, and
+holds what passes within a per-query byte budget
+(:data:`p2pmem.limits.MAX_QUERY_RESULT_BYTES`), so junk answers cost it CPU
+for one check each and no memory.
 
 Wire format (RFC 8949 deterministic CBOR, maps with small unsigned keys; a
 decoder rejects any bytes that :func:`encode_query` / :func:`encode_hits` would
@@ -51,7 +59,17 @@ not have produced, so each message has exactly one encoding)::
       2: bstr .size 32,            ; responder, agent key of the answering node
       3: [* bstr],                 ; signed records (COSE_Sign1 bytes),
                                    ;   1..MAX_QUERY_HITS, each <= MAX_RECORD
+      4: bstr .size 64,            ; responder's Ed25519 signature over
+                                   ;   hits-to-sign (see below)
     }
+
+    hits-to-sign = [                ; deterministic CBOR, never sent itself
+      "p2pmem/query-hits/1",        ; domain separation
+      bstr .size 16,               ; qid
+      uint,                        ; hops
+      bstr .size 32,               ; responder
+      [* bstr .size 32],           ; SHA-256 of each record, in order
+    ]
 
 A query carries a relative ``timeout_ms``, never an absolute deadline: clocks
 differ between nodes, so each node computes its own deadline as
@@ -71,6 +89,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import cbor2
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from p2pmem import limits
 from p2pmem.errors import P2pmemError, RecordError
@@ -87,6 +107,7 @@ __all__ = [
     "QueryRouter",
     "QueryStats",
     "VerifiedHit",
+    "check_hit",
     "decode_hits",
     "decode_query",
     "encode_hits",
@@ -101,16 +122,22 @@ log = logging.getLogger(__name__)
 Peer = Hashable
 Kind = Literal["query", "hits"]
 Answer = Callable[["Query"], Sequence[bytes]]
+Sign = Callable[[bytes], bytes]
+# Decodes, verifies and filter-checks one record of a hit; None drops it.
+Check = Callable[["Query", bytes], Any]
 
 DEFAULT_QUERY_TIMEOUT_S = 5.0
 MAX_QUERY_AUTHORS = 16
 QID_SIZE = 16
 KEY_SIZE = 32
+SIG_SIZE = 64
+HITS_DOMAIN = "p2pmem/query-hits/1"
 # Records a relay passes back for one query: enough for every node within reach
 # to fill a few answers, small enough that one query cannot make a relay carry
 # an unbounded volume (amplification).
 MAX_RELAYED_RECORDS = limits.MAX_QUERY_HITS * 8
-# Distinct records the asker keeps for one of its own queries, for the same reason.
+# Distinct records the asker keeps for one of its own queries, for the same
+# reason; their bytes are bounded too, by limits.MAX_QUERY_RESULT_BYTES.
 MAX_COLLECTED_RECORDS = limits.MAX_QUERY_HITS * 8
 # How long the results of a finished own query stay readable before
 # handle_timer drops them, in case the node never calls finish().
@@ -119,7 +146,7 @@ RESULT_LINGER_S = 30.0
 MAX_QUERY_MESSAGE = 4096
 # One hits message must fit one wire message; bigger answers are split.
 MAX_HITS_MESSAGE = limits.MAX_MESSAGE
-_HITS_OVERHEAD = 128  # map head, qid, hops, responder, array head, with margin
+_HITS_OVERHEAD = 256  # map head, qid, hops, responder, signature, array head, with margin
 _RECORD_HEAD = 5  # the longest byte-string head a record <= 128 KiB needs
 _MAX_DROP_REASONS = 64
 
@@ -131,8 +158,8 @@ _Q_REQUIRED = frozenset(
 )
 _Q_OPTIONAL = frozenset((Q_SINCE, Q_UNTIL, Q_TARGET))
 # QueryHits map keys.
-H_QID, H_HOPS, H_RESPONDER, H_RECORDS = 0, 1, 2, 3
-_H_KEYS = frozenset((H_QID, H_HOPS, H_RESPONDER, H_RECORDS))
+H_QID, H_HOPS, H_RESPONDER, H_RECORDS, H_SIGNATURE = 0, 1, 2, 3, 4
+_H_KEYS = frozenset((H_QID, H_HOPS, H_RESPONDER, H_RECORDS, H_SIGNATURE))
 
 _MAX_UINT = (1 << 64) - 1
 _MAX_TIMEOUT_MS = int(limits.MAX_QUERY_TIMEOUT_S * 1000)
@@ -172,17 +199,39 @@ class Query:
 
 @dataclass(frozen=True, slots=True)
 class QueryHits:
-    """An answer travelling back to the asker along the query's reverse path."""
+    """An answer travelling back to the asker along the query's reverse path,
+    signed by its responder (see :func:`sign_hits`)."""
 
     qid: bytes
     hops: int
     responder: bytes
     records: tuple[bytes, ...]
+    signature: bytes = bytes(SIG_SIZE)
+
+    def to_sign(self) -> bytes:
+        """The bytes the responder signs: every field but the signature, the
+        records by their SHA-256, under a domain tag of their own."""
+        return cbor2.dumps(
+            [HITS_DOMAIN, self.qid, self.hops, self.responder,
+             [hashlib.sha256(raw).digest() for raw in self.records]],
+            canonical=True,
+        )
+
+    def signed(self, sign: Sign) -> QueryHits:
+        return QueryHits(self.qid, self.hops, self.responder, self.records, sign(self.to_sign()))
+
+    def verify(self) -> bool:
+        """Whether the responder's key signed this answer as it stands."""
+        try:
+            Ed25519PublicKey.from_public_bytes(self.responder).verify(self.signature, self.to_sign())
+        except (InvalidSignature, ValueError):
+            return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)
 class Hit:
-    """One record collected for an own query, with its unverified provenance."""
+    """A record and its provenance, not yet verified (input of :func:`verify_hits`)."""
 
     raw: bytes
     hops: int
@@ -191,7 +240,8 @@ class Hit:
 
 @dataclass(frozen=True, slots=True)
 class VerifiedHit:
-    """A hit whose record was decoded, signature-checked and filter-checked."""
+    """A hit whose record was decoded, signature-checked and filter-checked;
+    ``responder`` signed the answer that carried it (it is the ``via``)."""
 
     record: Record
     hops: int
@@ -268,6 +318,7 @@ def _check_hits(h: QueryHits) -> None:
     _check_bytes(h.qid, "query id", QID_SIZE)
     _check_uint(h.hops, "hops", 1, limits.MAX_TTL)
     _check_bytes(h.responder, "responder", KEY_SIZE)
+    _check_bytes(h.signature, "signature", SIG_SIZE)
     if type(h.records) is not tuple or not 1 <= len(h.records) <= limits.MAX_QUERY_HITS:
         raise _fail(f"hits must carry 1 to {limits.MAX_QUERY_HITS} records")
     for raw in h.records:
@@ -307,7 +358,8 @@ def encode_hits(h: QueryHits) -> bytes:
     """The one encoding of a hits message; raises :class:`QueryError` if invalid."""
     _check_hits(h)
     return cbor2.dumps(
-        {H_QID: h.qid, H_HOPS: h.hops, H_RESPONDER: h.responder, H_RECORDS: list(h.records)},
+        {H_QID: h.qid, H_HOPS: h.hops, H_RESPONDER: h.responder, H_RECORDS: list(h.records),
+         H_SIGNATURE: h.signature},
         canonical=True,
     )
 
@@ -379,7 +431,7 @@ def decode_hits(data: bytes) -> QueryHits:
     """Decode and check a hits message; raises only :class:`QueryError`."""
     obj = _load_map(data, "hits", MAX_HITS_MESSAGE)
     if set(obj) != _H_KEYS:
-        raise _fail("hits must have exactly the fields 0, 1, 2, 3")
+        raise _fail("hits must have exactly the fields 0, 1, 2, 3, 4")
     if type(obj[H_RECORDS]) is not list:
         raise _fail("hits records must be an array")
     h = QueryHits(
@@ -387,26 +439,27 @@ def decode_hits(data: bytes) -> QueryHits:
         hops=obj[H_HOPS],
         responder=obj[H_RESPONDER],
         records=tuple(obj[H_RECORDS]),
+        signature=obj[H_SIGNATURE],
     )
     _check_hits(h)
     _require_canonical(data, encode_hits(h), "hits")
     return h
 
 
-def _pack_hits(qid: bytes, hops: int, responder: bytes, records: Sequence[bytes]) -> list[bytes]:
-    """Split an answer into hits messages that each fit one wire message."""
+def _pack_hits(qid: bytes, hops: int, responder: bytes, records: Sequence[bytes], sign: Sign) -> list[bytes]:
+    """Split an answer into signed hits messages that each fit one wire message."""
     out: list[bytes] = []
     chunk: list[bytes] = []
     size = _HITS_OVERHEAD
     for raw in records:
         cost = len(raw) + _RECORD_HEAD
         if chunk and (size + cost > MAX_HITS_MESSAGE or len(chunk) >= limits.MAX_QUERY_HITS):
-            out.append(encode_hits(QueryHits(qid, hops, responder, tuple(chunk))))
+            out.append(encode_hits(QueryHits(qid, hops, responder, tuple(chunk)).signed(sign)))
             chunk, size = [], _HITS_OVERHEAD
         chunk.append(raw)
         size += cost
     if chunk:
-        out.append(encode_hits(QueryHits(qid, hops, responder, tuple(chunk))))
+        out.append(encode_hits(QueryHits(qid, hops, responder, tuple(chunk)).signed(sign)))
     return out
 
 
@@ -429,6 +482,9 @@ class QueryStats:
     hits_delivered: int = 0  # hits messages merged into an own query
     hits_relayed: int = 0
     hits_dropped: int = 0  # unknown, expired, late, over budget, or bogus hops
+    hits_forged: int = 0  # own-query answers whose responder signature failed
+    records_invalid: int = 0  # records of own-query answers that failed to verify or match
+    records_over_budget: int = 0  # valid records dropped: the query's byte, count or per-responder budget was full
 
 
 @dataclass(slots=True)
@@ -443,7 +499,12 @@ class _Seen:
 class _Own:
     query: Query
     deadline: float
-    hits: dict[bytes, Hit] = field(default_factory=dict)  # record hash -> best hit
+    hits: dict[bytes, VerifiedHit] = field(default_factory=dict)  # record hash -> best hit
+    held_bytes: int = 0  # encoded size of the records in hits
+    # The records each responder added (hashes, in order) and their bytes: the
+    # budget is shared fairly among responders (see QueryRouter._collect).
+    added: dict[bytes, list[bytes]] = field(default_factory=dict)
+    added_bytes: dict[bytes, int] = field(default_factory=dict)
     notified: bool = False
 
 
@@ -469,11 +530,22 @@ class QueryRouter:
         seen_capacity: int = limits.SEEN_QUERY_CACHE,
         rate: float = limits.QUERY_RATE_PER_PEER,
         burst: float = limits.QUERY_BURST_PER_PEER,
+        sign: Sign | None = None,
+        check: Check | None = None,
+        result_bytes: int = limits.MAX_QUERY_RESULT_BYTES,
     ) -> None:
+        """``sign`` signs this node's answers with the key of ``local_id``;
+        a router without it relays and asks but never answers. ``check``
+        turns a raw record of an answer into a verified record, or None to
+        drop it (default :func:`check_hit`: decode, verify, match the
+        filters). ``result_bytes`` is the byte budget of one own query."""
         _check_bytes(local_id, "local id", KEY_SIZE)
         if seen_capacity < 1 or rate < 0 or burst < 1:
             raise ValueError("seen_capacity and burst must be >= 1 and rate >= 0")
         self.local_id = local_id
+        self._sign = sign
+        self._check: Check = check or check_hit
+        self._result_bytes = result_bytes
         self._rng = rng
         self._seen_capacity = seen_capacity
         self._rate = float(rate)
@@ -544,9 +616,9 @@ class QueryRouter:
             self.stats.forwarded += 1
         return query.qid
 
-    def results(self, qid: bytes) -> list[Hit]:
-        """The distinct records collected so far for an own query, in arrival
-        order, each with the lowest hops it was reported at."""
+    def results(self, qid: bytes) -> list[VerifiedHit]:
+        """The distinct verified records collected so far for an own query,
+        in arrival order, each with the lowest hops it was reported at."""
         own = self._own.get(qid)
         if own is None:
             raise _fail("unknown or finished query")
@@ -558,6 +630,14 @@ class QueryRouter:
         if own is None:
             raise _fail("unknown or finished query")
         return own.query
+
+    def in_flight(self, now: float) -> list[dict[str, Any]]:
+        """The own queries still collecting answers, for status."""
+        return [
+            {"qid": qid.hex(), "text": own.query.text[:80], "records": len(own.hits),
+             "bytes": own.held_bytes, "remaining_s": round(own.deadline - now, 1)}
+            for qid, own in self._own.items() if now < own.deadline
+        ]
 
     def is_done(self, qid: bytes, now: float) -> bool:
         """True once the query's deadline has passed (or it is gone): no more
@@ -606,10 +686,11 @@ class QueryRouter:
         timeout = query.timeout_ms / 1000
         self._remember(query.qid, peer, now + timeout)
 
-        records = self._answer_records(query, answer)
+        records = self._answer_records(query, answer) if self._sign is not None else []
         if records:
+            assert self._sign is not None
             self.stats.answered += 1
-            for msg in _pack_hits(query.qid, query.hops, self.local_id, records):
+            for msg in _pack_hits(query.qid, query.hops, self.local_id, records, self._sign):
                 self._outbox.append((peer, "hits", msg))
 
         if query.ttl - 1 >= 1:
@@ -636,6 +717,8 @@ class QueryRouter:
                 self._drop("hits_dropped", "hits after the query's deadline")
             elif hits.hops > own.query.ttl:
                 self._drop("hits_dropped", "hits claim more hops than the query's ttl")
+            elif not hits.verify():
+                self._drop("hits_forged", f"hits via {peer!r:.40}: the responder's signature fails")
             else:
                 self._collect(own, hits)
                 self.stats.hits_delivered += 1
@@ -772,15 +855,74 @@ class QueryRouter:
         return out
 
     def _collect(self, own: _Own, hits: QueryHits) -> None:
+        """Verify each record of an authenticated answer now and keep the
+        good ones within the query's budgets; nothing unverified is held.
+
+        Budgets: the records' bytes (MAX_QUERY_RESULT_BYTES), their number
+        (MAX_COLLECTED_RECORDS), and per responder the query's limit (an
+        honest node answers with at most that many). When the budget is full,
+        it is shared max-min fairly: a record of a responder holding less
+        evicts the latest records of the responder holding the most bytes,
+        so early floods (from one identity or many) cannot lock out a later
+        honest answer; it gets at least an equal share of the budget."""
         for raw in hits.records:
             key = hashlib.sha256(raw).digest()  # the record id, for real records
             best = own.hits.get(key)
-            if best is None:
-                if len(own.hits) >= MAX_COLLECTED_RECORDS:
-                    continue
-                own.hits[key] = Hit(raw, hits.hops, hits.responder)
-            elif hits.hops < best.hops:
-                own.hits[key] = Hit(raw, hits.hops, hits.responder)
+            if best is not None:
+                # the same bytes were verified already; keep the shortest path
+                if hits.hops < best.hops:
+                    own.hits[key] = VerifiedHit(best.record, hits.hops, hits.responder)
+                continue
+            mine = own.added.get(hits.responder, [])
+            victims = None if len(mine) >= own.query.limit else self._room(own, hits.responder, len(raw))
+            if victims is None:  # dropped unverified: verifying costs CPU
+                self._drop("records_over_budget", "a record over the query's result budget")
+                continue
+            record = self._check(own.query, raw)  # only a record that would be kept
+            if record is None:  # and junk evicts nothing
+                self._drop("records_invalid", "a record of an answer failed to verify or match")
+                continue
+            for richest, victim in victims:
+                evicted = own.hits.pop(victim)
+                own.added[richest].remove(victim)
+                own.held_bytes -= len(evicted.record.raw)
+                own.added_bytes[richest] -= len(evicted.record.raw)
+                if not own.added[richest]:
+                    del own.added[richest], own.added_bytes[richest]
+                self._drop("records_over_budget", "a record evicted for a fair share of the budget")
+            own.added.setdefault(hits.responder, []).append(key)
+            own.added_bytes[hits.responder] = own.added_bytes.get(hits.responder, 0) + len(raw)
+            own.held_bytes += len(raw)
+            own.hits[key] = VerifiedHit(record, hits.hops, hits.responder)
+
+    def _room(self, own: _Own, responder: bytes, size: int) -> list[tuple[bytes, bytes]] | None:
+        """The records to evict so that a record of ``size`` bytes from
+        ``responder`` fits (an empty list when it fits as is), or None when
+        it does not fit: only responders holding more bytes than ``responder``
+        would with it give way, their latest records first."""
+        if size > self._result_bytes:
+            return None
+        held, count = own.held_bytes, len(own.hits)
+        if count < MAX_COLLECTED_RECORDS and held + size <= self._result_bytes:
+            return []
+        mine = own.added_bytes.get(responder, 0) + size
+        bytes_of = dict(own.added_bytes)
+        left = {r: len(keys) for r, keys in own.added.items()}
+        victims: list[tuple[bytes, bytes]] = []
+        while count >= MAX_COLLECTED_RECORDS or held + size > self._result_bytes:
+            richest = max(bytes_of, key=lambda r: (bytes_of[r], r), default=None)
+            if richest is None or richest == responder or bytes_of[richest] <= mine:
+                return None
+            left[richest] -= 1
+            victim = own.added[richest][left[richest]]
+            victim_size = len(own.hits[victim].record.raw)
+            victims.append((richest, victim))
+            held -= victim_size
+            count -= 1
+            bytes_of[richest] -= victim_size
+            if not left[richest]:
+                del bytes_of[richest]
+        return victims
 
 
 def _forwarded(query: Query) -> Query:
@@ -824,6 +966,15 @@ def hit_matches(query: Query, record: Record) -> bool:
     if query.authors and record.author not in query.authors:
         return False
     return query.target is None or record.author == query.target
+
+
+def check_hit(query: Query, raw: bytes) -> Record | None:
+    """The record of a hit if it decodes, verifies and answers ``query``."""
+    try:
+        record = decode_record(raw)
+    except RecordError:
+        return None
+    return record if hit_matches(query, record) else None
 
 
 def verify_hits(query: Query, hits: Iterable[Hit]) -> list[VerifiedHit]:

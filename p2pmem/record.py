@@ -395,6 +395,22 @@ def _public_key(author: bytes) -> Ed25519PublicKey:
     return key
 
 
+def admission_error(record: Record, wall_ms: int) -> str | None:
+    """Why a verified record arriving from outside this node (a peer, an
+    imported file) is refused at this moment, or None to admit it.
+
+    :func:`decode_record` checks what the bytes alone decide; this adds what
+    depends on the local clock, for every edge alike: a timestamp further
+    ahead of our wall clock than MAX_FUTURE_SKEW_MS. Such a record would sort
+    first in every newest-first listing until that date, and drag the
+    hybrid clock of every node that took it into the future."""
+    ahead = physical_ms(record.ts) - wall_ms
+    if ahead > limits.MAX_FUTURE_SKEW_MS:
+        return (f"timestamp is {ahead / 60_000:,.0f} minutes ahead of this node's clock "
+                f"(at most {limits.MAX_FUTURE_SKEW_MS // 60_000} allowed)")
+    return None
+
+
 def decode_record(raw: bytes, *, verify: bool = True) -> Record:
     """Decode and verify a record, or raise :class:`RecordError` with a reason.
 

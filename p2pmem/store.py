@@ -27,7 +27,7 @@ from p2pmem import limits
 from p2pmem.errors import RecordError, StoreError
 from p2pmem.graph import tables as graph_tables
 from p2pmem.graph.records import GRAPH_KINDS
-from p2pmem.record import Record, decode_record, load_stored
+from p2pmem.record import Record, admission_error, decode_record, load_stored
 from p2pmem.retrieval.documents import Entry, IndexDoc, make_doc
 from p2pmem.retrieval.engine import Ranked, SearchEngine, SearchRequest
 from p2pmem.retrieval.lexical import Filters
@@ -234,9 +234,13 @@ class Store:
             pool = _verifier_pool(self._verify_workers)
             list(pool.map(_check_part, [[]] * self._verify_workers))
 
-    def ingest_raw(self, raws: Sequence[bytes]) -> IngestResult:
+    def ingest_raw(self, raws: Sequence[bytes], *, wall_ms: int | None = None) -> IngestResult:
         """Verify and store signed records from an untrusted source, in one
-        transaction, storing each verified chunk while later ones verify."""
+        transaction, storing each verified chunk while later ones verify.
+
+        With ``wall_ms`` (the caller's clock; every untrusted edge passes
+        it), a record is also refused for what a peer's would be:
+        :func:`p2pmem.record.admission_error`."""
         result = IngestResult()
         position = 0
         with self._lock, self._transaction() as db:
@@ -245,6 +249,8 @@ class Store:
                 for item in part:
                     if isinstance(item, RecordError):
                         result.rejected.append((position, str(item)))
+                    elif wall_ms is not None and (reason := admission_error(item, wall_ms)):
+                        result.rejected.append((position, reason))
                     else:
                         good.append(item)
                     position += 1

@@ -294,13 +294,16 @@ def test_other_errors_exit_1_with_one_line(tmp_path: Path, home: Path) -> None:
 
 
 def test_imported_records_with_extreme_times_display(tmp_path: Path, home: Path) -> None:
-    """A peer's record may carry any 64-bit `at` and a timestamp far ahead:
-    recall shows it rather than failing."""
+    """A peer's record may carry any 64-bit `at` (when the remembered thing
+    happened): recall shows it rather than failing. (Its timestamp, when it
+    was recorded, may not be far ahead: see the next test.)"""
+    import time
+
     from p2pmem.clock import from_ms
     from p2pmem.output import export_line
     from p2pmem.record import sign_record
 
-    record = sign_record(identity(4), "memory", from_ms(2**47 - 1), "a memory from the far future",
+    record = sign_record(identity(4), "memory", from_ms(int(time.time() * 1000)), "a memory from the far future",
                          at=2**63 - 1)
     line = tmp_path / "future.jsonl"
     line.write_text(export_line(record) + "\n")
@@ -308,3 +311,55 @@ def test_imported_records_with_extreme_times_display(tmp_path: Path, home: Path)
     found = as_json(p2pmem("recall", "far future", "--json", home=home))
     assert [(m["id"], m["at"]) for m in found] == [(record.id.hex(), "9999-12-31T23:59:59.999Z")]
     assert "far future" in p2pmem("recall", "far future", home=home).stdout
+
+
+def test_import_refuses_a_timestamp_far_ahead_as_a_peer_would(tmp_path: Path, home: Path) -> None:
+    """A validly signed record dated 2100 would top every newest-first listing
+    until then: `import` refuses it as the network path does (clock skew)."""
+    import time
+
+    from p2pmem import limits
+    from p2pmem.clock import from_ms
+    from p2pmem.output import export_line
+    from p2pmem.record import sign_record
+
+    now_ms = int(time.time() * 1000)
+    year_2100 = sign_record(identity(5), "memory", from_ms(4_102_444_800_000), "skewclock from 2100")
+    too_far = sign_record(identity(5), "memory", from_ms(now_ms + limits.MAX_FUTURE_SKEW_MS + 120_000),
+                          "skewclock just too far ahead")
+    near = sign_record(identity(5), "memory", from_ms(now_ms + 60_000), "skewclock a minute ahead")
+    source = tmp_path / "skew.jsonl"
+    source.write_text("".join(export_line(r) + "\n" for r in (year_2100, too_far, near)))
+    proc = p2pmem("import", str(source), "--json", home=home, expect=1)
+    summary = json.loads(proc.stdout)
+    assert summary["imported"] == 1
+    assert [r["line"] for r in summary["rejected"]] == [1, 2]
+    assert all("ahead" in r["reason"] for r in summary["rejected"])
+    assert [e.split(":")[1].strip() for e in proc.stderr.strip().splitlines()] == ["line 1", "line 2"]
+    found = as_json(p2pmem("recall", "skewclock", "--json", home=home))
+    assert [m["id"] for m in found] == [near.id.hex()]
+
+
+def test_maildir_errors_are_one_line(tmp_path: Path, home: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    for target, words in ((a_file, "not a directory"), (a_file / "box", "Not a directory")):
+        proc = p2pmem("inbox", "--maildir", str(target), home=home, expect=1)
+        assert words in _one_line(proc)
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        proc = p2pmem("inbox", "--maildir", str(locked / "missing" / "box"), home=home, expect=1)
+        assert "Permission denied" in _one_line(proc)
+    # a missing parent that can be created is created, as for Mail/p2pmem
+    p2pmem("inbox", "--maildir", str(tmp_path / "Mail" / "p2pmem"), home=home)
+    assert (tmp_path / "Mail" / "p2pmem" / "new").is_dir()
+
+
+def test_update_and_forget_of_an_unknown_id_exit_1_a_malformed_one_2(home: Path) -> None:
+    for args in (("update", "0123456789abcdef", "new text"), ("forget", "0123456789abcdef")):
+        proc = p2pmem(*args, home=home, expect=1)
+        assert "no record" in _one_line(proc)
+    for args in (("update", "zz", "new text"), ("forget", "0123")):
+        proc = p2pmem(*args, home=home, expect=2)
+        assert "not a record id" in _one_line(proc)

@@ -2,8 +2,10 @@
 
 A tiny in-memory network simulator drives many QueryRouters: random connected
 graphs, messages delivered in FIFO (breadth-first) order or in an order chosen
-by hypothesis, and opaque fake records per node. Real signed records appear
-only in the verify_hits tests, where signatures matter.
+by hypothesis, and opaque fake records per node (the routers of the simulator
+accept any bytes as a record, see ``fake_check``; answers are really signed).
+Real signed records appear in the verify_hits and budget tests, where record
+signatures matter.
 """
 
 from __future__ import annotations
@@ -49,8 +51,32 @@ from p2pmem.record import sign_record
 BIG_BURST = 10_000  # the flooding laws are about routing, not rate limits
 
 
+_IDS = [Identity.from_seeds(bytes([i + 1]) * 32, bytes([i + 1]) * 32) for i in range(128)]
+
+
 def node_id(i: int) -> bytes:
-    return (i + 1).to_bytes(4, "big") * 8
+    return _IDS[i].public_key
+
+
+@dataclass(frozen=True)
+class FakeRecord:
+    raw: bytes
+
+
+def fake_check(_q: Query, raw: bytes) -> FakeRecord:
+    """Routing tests use opaque bytes as records: accept them all."""
+    return FakeRecord(raw)
+
+
+def make_router(i: int, **kw) -> QueryRouter:
+    """The router of node ``i``, signing its answers with node ``i``'s key."""
+    kw.setdefault("check", fake_check)
+    return QueryRouter(node_id(i), random.Random(i), sign=_IDS[i].sign, **kw)
+
+
+def signed_hits(i: int, qid: bytes, hops: int, records: tuple[bytes, ...]) -> bytes:
+    """A hits message answered (and signed) by node ``i``."""
+    return encode_hits(QueryHits(qid, hops, node_id(i), records).signed(_IDS[i].sign))
 
 
 def no_records(_q: Query) -> list[bytes]:
@@ -89,7 +115,7 @@ class Network:
 
     def __post_init__(self) -> None:
         self.routers = [
-            QueryRouter(node_id(i), random.Random(i), burst=BIG_BURST) for i in range(self.n)
+            make_router(i, burst=BIG_BURST) for i in range(self.n)
         ]
         self.adj = [[] for _ in range(self.n)]
         for a, b in self.edges:
@@ -206,7 +232,7 @@ def check_flood_laws(net: Network, asked: list[tuple[int, int, bytes]], fifo: bo
 
         # (3) every record held by a reached node comes back exactly once.
         results = net.routers[asker].results(qid)
-        raws = [h.raw for h in results]
+        raws = [h.record.raw for h in results]
         assert len(raws) == len(set(raws))
         assert set(raws) == set().union(*(net.holdings[v] for v in reached))
         if fifo:
@@ -217,10 +243,10 @@ def check_flood_laws(net: Network, asked: list[tuple[int, int, bytes]], fifo: bo
         for h in results:
             responder = net.index[h.responder]
             assert responder in reached
-            assert h.raw in net.holdings[responder]
+            assert h.record.raw in net.holdings[responder]
             assert h.hops == net.first_depth[(responder, qid)]
             assert h.hops == min(
-                net.first_depth[(v, qid)] for v in reached if h.raw in net.holdings[v]
+                net.first_depth[(v, qid)] for v in reached if h.record.raw in net.holdings[v]
             )
             if fifo:
                 assert h.hops == dist[responder]
@@ -249,7 +275,7 @@ def test_ttl_one_reaches_neighbours_only() -> None:
     net = Network(3, [(0, 1), (1, 2)], [frozenset(), frozenset({b"a"}), frozenset({b"b"})])
     qid = net.ask(0, 1)
     net.run()
-    assert [(h.raw, h.hops) for h in net.routers[0].results(qid)] == [(b"a", 1)]
+    assert [(h.record.raw, h.hops) for h in net.routers[0].results(qid)] == [(b"a", 1)]
     assert net.routers[1].stats.forwarded == 0
     assert net.routers[2].stats.received == 0
 
@@ -442,11 +468,13 @@ def incoming(
 
 def test_answer_forward_and_reverse_path() -> None:
     me, up, down = node_id(0), node_id(1), node_id(2)
-    r = QueryRouter(me, random.Random(0))
+    r = make_router(0)
     r.receive_query(up, incoming(b"q" * 16, ttl=3, hops=2), 0.0, [up, down], lambda q: [b"rec"])
     out = r.take_outbox()
     assert [(p, k) for p, k, _ in out] == [(up, "hits"), (down, "query")]
-    assert decode_hits(out[0][2]) == QueryHits(b"q" * 16, 2, me, (b"rec",))
+    answer = decode_hits(out[0][2])
+    assert (answer.qid, answer.hops, answer.responder, answer.records) == (b"q" * 16, 2, me, (b"rec",))
+    assert answer.verify()
     fwd = decode_query(out[1][2])
     assert (fwd.ttl, fwd.hops) == (2, 3)
     # hits from downstream go back upstream unchanged, while the query lives
@@ -461,7 +489,7 @@ def test_answer_forward_and_reverse_path() -> None:
 
 
 def test_answer_is_cut_to_limit_and_split_into_wire_sized_messages() -> None:
-    r = QueryRouter(node_id(0), random.Random(0))
+    r = make_router(0)
     big = [bytes([i]) * (120 * 1024) for i in range(30)]
     r.receive_query(
         node_id(1), incoming(b"q" * 16, ttl=1, limit=20), 0.0, [node_id(1)], lambda q: big
@@ -470,6 +498,7 @@ def test_answer_is_cut_to_limit_and_split_into_wire_sized_messages() -> None:
     assert len(msgs) > 1
     assert all(len(encode_hits(m)) <= MAX_HITS_MESSAGE for m in msgs)
     assert [raw for m in msgs for raw in m.records] == big[:20]
+    assert all(m.verify() for m in msgs)
 
 
 def test_relay_volume_per_query_is_bounded() -> None:
@@ -486,15 +515,17 @@ def test_relay_volume_per_query_is_bounded() -> None:
 
 
 def test_own_query_collects_lowest_hops_until_its_deadline() -> None:
-    r = QueryRouter(node_id(0), random.Random(0))
+    r = make_router(0)
     qid = r.start_query("x", ttl=3, timeout=2.0, now=10.0, neighbours=[node_id(1)])
     r.take_outbox()
-    r.receive_hits(node_id(1), encode_hits(QueryHits(qid, 3, node_id(3), (b"a", b"b"))), 10.5)
-    r.receive_hits(node_id(1), encode_hits(QueryHits(qid, 1, node_id(1), (b"a",))), 11.0)
-    r.receive_hits(node_id(1), encode_hits(QueryHits(qid, 2, node_id(2), (b"a",))), 11.0)
-    r.receive_hits(node_id(1), encode_hits(QueryHits(qid, 4, node_id(4), (b"c",))), 11.0)  # > ttl
-    r.receive_hits(node_id(1), encode_hits(QueryHits(qid, 1, node_id(1), (b"d",))), 12.0)  # late
-    assert r.results(qid) == [Hit(b"a", 1, node_id(1)), Hit(b"b", 3, node_id(3))]
+    r.receive_hits(node_id(1), signed_hits(3, qid, 3, (b"a", b"b")), 10.5)
+    r.receive_hits(node_id(1), signed_hits(1, qid, 1, (b"a",)), 11.0)
+    r.receive_hits(node_id(1), signed_hits(2, qid, 2, (b"a",)), 11.0)
+    r.receive_hits(node_id(1), signed_hits(4, qid, 4, (b"c",)), 11.0)  # > ttl
+    r.receive_hits(node_id(1), signed_hits(1, qid, 1, (b"d",)), 12.0)  # late
+    assert r.results(qid) == [
+        VerifiedHit(FakeRecord(b"a"), 1, node_id(1)), VerifiedHit(FakeRecord(b"b"), 3, node_id(3))
+    ]
     assert not r.is_done(qid, 11.9) and r.is_done(qid, 12.0)
     assert r.next_deadline() == 12.0
     assert r.handle_timer(12.0) == [qid]
@@ -765,3 +796,126 @@ def test_rank_hits_prefers_overlap_then_fewer_hops() -> None:
 
     a, b, c = vh("the cat sat on the mat", 3), vh("a dog", 1), vh("cat and mat", 2)
     assert rank_hits("Cat mat", [b, a, c]) == [c, a, b]
+
+
+# --- (9) the asker authenticates who answered and bounds what it holds -----------------
+
+
+def _asker(**kw) -> tuple[QueryRouter, bytes]:
+    """Node 0 asking through neighbour 1, with the real record check."""
+    r = QueryRouter(node_id(0), random.Random(0), sign=_IDS[0].sign, **kw)
+    qid = r.start_query("things", ttl=4, timeout=5.0, now=0.0, neighbours=[node_id(1)])
+    r.take_outbox()
+    return r, qid
+
+
+def _memory(who: Identity, n: int, size: int = 0):
+    return sign_record(who, "memory", from_ms(BASE_MS + n), f"memory {n} about things " + "x" * size)
+
+
+def test_a_relay_cannot_claim_another_agent_answered() -> None:
+    r, qid = _asker()
+    rec = _memory(ALICE, 1)
+    relay = 1  # the asker's neighbour, relaying what it pretends node 7 said
+    # signed by the relay but claiming node 7 answered
+    forged = QueryHits(qid, 2, node_id(7), (rec.raw,)).signed(_IDS[relay].sign)
+    r.receive_hits(node_id(relay), encode_hits(forged), 0.1)
+    # node 7's real answer, altered by the relay (hops, records, or re-attributed)
+    real = QueryHits(qid, 2, node_id(7), (rec.raw,)).signed(_IDS[7].sign)
+    for altered in (
+        QueryHits(qid, 1, node_id(7), real.records, real.signature),
+        QueryHits(qid, 2, node_id(7), (_memory(BOB, 2).raw,), real.signature),
+        QueryHits(qid, 2, node_id(relay), real.records, real.signature),
+        QueryHits(b"o" * 16, 2, node_id(7), real.records, real.signature),
+    ):
+        r.receive_hits(node_id(relay), encode_hits(altered), 0.1)
+    assert r.results(qid) == []
+    assert r.stats.hits_forged == 4 and r.stats.hits_dropped == 1  # the other qid is unknown
+    # the real answer, relayed unchanged, is kept with its true responder
+    r.receive_hits(node_id(relay), encode_hits(real), 0.2)
+    assert [(h.record.id, h.hops, h.responder) for h in r.results(qid)] == [(rec.id, 2, node_id(7))]
+
+
+def test_junk_records_are_dropped_on_arrival_and_never_held() -> None:
+    r, qid = _asker()
+    good = _memory(ALICE, 1)
+    tampered = bytearray(_memory(ALICE, 2).raw)
+    tampered[-1] ^= 1
+    private = sign_record(ALICE, "memory", from_ms(BASE_MS + 3), "private things", visibility="private")
+    junk = (b"\x00" * limits.MAX_RECORD, bytes(tampered), private.raw, b"garbage")
+    r.receive_hits(node_id(1), signed_hits(5, qid, 2, (*junk, good.raw)), 0.1)
+    assert [h.record.id for h in r.results(qid)] == [good.id]
+    assert r.stats.records_invalid == len(junk)
+    (entry,) = r.in_flight(0.1)
+    assert entry["bytes"] == len(good.raw) and entry["records"] == 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(2, 9), st.lists(st.integers(0, 3000), min_size=1, max_size=6)),
+        min_size=1, max_size=12,
+    ),
+    st.integers(1, 6),
+)
+def test_held_records_stay_within_the_byte_and_responder_budgets(answers, limit_kib) -> None:
+    budget = limit_kib * 2048
+    r = QueryRouter(node_id(0), random.Random(0), sign=_IDS[0].sign, result_bytes=budget)
+    qid = r.start_query("things", ttl=4, timeout=5.0, now=0.0, limit=4, neighbours=[node_id(1)])
+    r.take_outbox()
+    n = 0
+    offered = 0
+    for responder, sizes in answers:
+        records = []
+        for size in sizes:
+            n += 1
+            records.append(_memory(ALICE, n, size).raw)
+        offered += len(records)
+        r.receive_hits(node_id(1), signed_hits(responder, qid, 2, tuple(records)), 0.1)
+        held = r.results(qid)
+        assert sum(len(h.record.raw) for h in held) <= budget
+        assert Counter(h.responder for h in held).most_common(1)[0][1] <= 4 if held else True
+    held = r.results(qid)
+    assert len(held) + r.stats.records_over_budget == offered
+    assert r.stats.records_invalid == 0
+
+
+def test_a_full_budget_is_counted_and_skips_verification() -> None:
+    checked: list[bytes] = []
+
+    def counting_check(q: Query, raw: bytes):
+        checked.append(raw)
+        return FakeRecord(raw)
+
+    r, qid = _asker(check=counting_check, result_bytes=1000)
+    r.receive_hits(node_id(1), signed_hits(3, qid, 1, (b"a" * 600, b"b" * 600, b"c" * 300)), 0.1)
+    assert [h.record.raw[:1] for h in r.results(qid)] == [b"a", b"c"]
+    assert checked == [b"a" * 600, b"c" * 300]
+    assert r.stats.records_over_budget == 1
+
+
+def test_a_late_honest_answer_gets_a_fair_share_of_a_flooded_budget() -> None:
+    r, qid = _asker(check=fake_check, result_bytes=10_000)
+    for sybil in range(10, 20):  # ten identities fill the budget first
+        r.receive_hits(node_id(1), signed_hits(sybil, qid, 1, (bytes([sybil]) * 1000,)), 0.1)
+    assert sum(len(h.record.raw) for h in r.results(qid)) == 10_000
+    # junk from a newcomer is checked first and evicts nothing
+    r2_check_calls = r.stats.records_over_budget
+    honest = b"honest" * 50
+    r.receive_hits(node_id(1), signed_hits(30, qid, 2, (honest,)), 0.2)
+    held = r.results(qid)
+    assert honest in {h.record.raw for h in held}
+    assert sum(len(h.record.raw) for h in held) <= 10_000
+    assert r.stats.records_over_budget == r2_check_calls + 1  # one sybil record gave way
+
+
+def test_junk_from_a_newcomer_evicts_nothing() -> None:
+    r, qid = _asker(result_bytes=3 * 2000)  # the real check: garbage fails it
+    recs = tuple(_memory(ALICE, n, 1500).raw for n in range(3))
+    for i, raw in enumerate(recs):
+        r.receive_hits(node_id(1), signed_hits(10 + i, qid, 1, (raw,)), 0.1)
+    before = [h.record.id for h in r.results(qid)]
+    assert len(before) == 3
+    r.receive_hits(node_id(1), signed_hits(40, qid, 1, (b"\x01" * 500,)), 0.2)
+    assert [h.record.id for h in r.results(qid)] == before
+    assert r.stats.records_invalid == 1 and r.stats.records_over_budget == 0
