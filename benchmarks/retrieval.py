@@ -12,12 +12,13 @@ The baseline in the same run is the dataset README's: SQLite FTS5
 OR-ed and nothing else. Goal (docs/performance.md): R@10 >= 1.2 x the
 baseline overall and no category below the baseline.
 
-Usage: python benchmarks/retrieval.py [PATH-TO-locomo-json]
+Usage: python benchmarks/retrieval.py [PATH-TO-locomo-json] [--model FOLDER]
 (default: ../shared/datasets/locomo-dev/locomo-dev.json beside the repository)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sqlite3
@@ -113,10 +114,11 @@ def fts5_baseline(conv: Conversation) -> list[list[str]]:
     return out
 
 
-def p2pmem_recall(conv: Conversation, home: Path, explain: bool = False) -> tuple[list[list[str]], float]:
+def p2pmem_recall(conv: Conversation, home: Path, model: Path | None = None) -> tuple[list[list[str]], float]:
     identity = Identity.generate()
     identity.save(home)
     store = Store(home / DB_FILE)
+    store.search.model_path = model
     agent = Agent(home, identity, store)
     dia_of: dict[bytes, str] = {}
     records = []
@@ -125,6 +127,8 @@ def p2pmem_recall(conv: Conversation, home: Path, explain: bool = False) -> tupl
         dia_of[record.id] = dia
         records.append(record)
     store.ingest(records)
+    if model is not None:
+        store.search.rebuild()  # embeds every memory before the questions
     now = max(t[3] for t in conv.turns) + DAY_MS
     agent.recall("warm up", now_ms=now)
     out, started = [], time.perf_counter()
@@ -137,7 +141,11 @@ def p2pmem_recall(conv: Conversation, home: Path, explain: bool = False) -> tupl
 
 
 def main() -> int:
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_DATA
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("data", nargs="?", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--model", type=Path, default=None, help="a local embedding model folder")
+    args = parser.parse_args()
+    path = args.data
     if not path.exists():
         print(f"retrieval benchmark: no dataset at {path}", file=sys.stderr)
         return 1
@@ -148,7 +156,7 @@ def main() -> int:
         for (_, category, evidence), ranked in zip(conv.questions, fts5_baseline(conv), strict=True):
             baseline.add(category, ranked, evidence)
         with tempfile.TemporaryDirectory() as tmp:
-            results, elapsed = p2pmem_recall(conv, Path(tmp))
+            results, elapsed = p2pmem_recall(conv, Path(tmp), args.model)
         seconds += elapsed
         questions += len(conv.questions)
         for (_, category, evidence), ranked in zip(conv.questions, results, strict=True):
@@ -157,7 +165,7 @@ def main() -> int:
     print(f"retrieval benchmark: {path.name}, {len(conversations)} conversations, {memories} memories, "
           f"{questions} questions (categories 1-4)")
     print(baseline.line("FTS5 BM25"))
-    print(ours.line("p2pmem"))
+    print(ours.line("p2pmem" if args.model is None else "p2pmem+sem"))
     ratio = ours.r10() / baseline.r10()
     worst = min(ours.r10(c) - baseline.r10(c) for c in CATEGORIES)
     print(f"ratio R@10 p2pmem/FTS5: {ratio:.2f} (goal >= 1.2); smallest category margin {worst:+.3f} (goal >= 0)")

@@ -118,9 +118,8 @@ class SemanticIndex:
         self._save(high)
 
     # -- searching -------------------------------------------------------------
-    def search(self, text: str, k: int, allowed: set[int] | None) -> list[int]:
-        """Rowids of the ``k`` memories nearest ``text`` in meaning."""
+    def search(self, text: str, k: int, allowed: set[int] | None) -> list[tuple[int, float]]:
+        """(rowid, cosine) of the ``k`` memories nearest ``text`` in meaning."""
         self.catch_up(limit=INLINE_BACKLOG)
         query = self.embedder.embed([text])[0]
-        hits = self.vectors.search(query, k, (lambda key: key in allowed) if allowed is not None else None)
-        return [key for key, _ in hits]
+        return self.vectors.search(query, k, (lambda key: key in allowed) if allowed is not None else None)
