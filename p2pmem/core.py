@@ -29,7 +29,7 @@ from p2pmem.noise import HandshakeComplete, MessageReceived, ProtocolError, Secu
 from p2pmem.query import QueryError, QueryRouter, VerifiedHit, verify_hits
 from p2pmem.reconcile import ItemIndex, ReconcileError, Reconciler
 from p2pmem.record import Record
-from p2pmem.scope import Interest, shared
+from p2pmem.scope import AUTHOR_SCOPED, EVERYWHERE, Interest, shared
 from p2pmem.store import Store
 
 log = logging.getLogger("p2pmem.core")
@@ -257,6 +257,11 @@ class NodeCore:
         self._actions: list[Action] = []
         self._seen_rowid = store.max_rowid()
         self._indexes: dict[Interest, ItemIndex] = {}
+        # Keys ((ts, id) as 40 bytes) of every record that can travel, kept
+        # in memory so a peer's new interest builds its index from them
+        # without scanning the store (issue #11, CPU amplification).
+        self._everywhere_keys: list[bytes] | None = None
+        self._public_keys: dict[bytes, list[bytes]] = {}
         self._interest = self._compute_interest()
         self._pending_answers: dict[bytes, list[VerifiedHit]] = {}
         for address in bootstrap:
@@ -747,19 +752,45 @@ class NodeCore:
             if session.initiator:
                 self._start_sync(session, now)
 
+    def _catalogue(self) -> tuple[list[bytes], dict[bytes, list[bytes]]]:
+        """The keys of every record that travels, by scope class: read from
+        the store once, then kept up to date by :meth:`_index_record`."""
+        if self._everywhere_keys is None:
+            everywhere: list[bytes] = []
+            public: dict[bytes, list[bytes]] = {}
+            for ts, record_id, kind, author, visibility in self.store.scan():
+                key = ts.to_bytes(8, "big") + record_id
+                if kind in EVERYWHERE:
+                    everywhere.append(key)
+                elif kind in AUTHOR_SCOPED and visibility == "public":
+                    public.setdefault(author, []).append(key)
+            self._everywhere_keys, self._public_keys = everywhere, public
+        return self._everywhere_keys, self._public_keys
+
     def _index_for(self, scope: Interest) -> ItemIndex:
         index = self._indexes.get(scope)
         if index is None:
-            index = ItemIndex()
-            for ts, record_id, kind, author, visibility in self.store.scan():
-                if scope.wants(kind, author, visibility):
-                    index.add(ts, record_id)
+            everywhere, public = self._catalogue()
+            keys = list(everywhere)
+            if scope.replicate_all:
+                for author_keys in public.values():
+                    keys.extend(author_keys)
+            else:
+                for author in scope.authors:
+                    keys.extend(public.get(author, ()))
+            index = ItemIndex.from_keys(keys)
             if len(self._indexes) >= 64:  # bounded cache: interests rarely differ much
                 self._indexes.pop(next(iter(self._indexes)))
             self._indexes[scope] = index
         return index
 
     def _index_record(self, record: Record) -> None:
+        if self._everywhere_keys is not None:
+            key = record.ts.to_bytes(8, "big") + record.id
+            if record.kind in EVERYWHERE:
+                self._everywhere_keys.append(key)
+            elif record.kind in AUTHOR_SCOPED and record.visibility == "public":
+                self._public_keys.setdefault(record.author, []).append(key)
         for scope, index in self._indexes.items():
             if scope.wants(record.kind, record.author, record.visibility) and (record.ts, record.id) not in index:
                 index.add(record.ts, record.id)

@@ -294,6 +294,15 @@ class ItemIndex:
         self._valid = 0
         self._pending: set[bytes] = set()
 
+    @classmethod
+    def from_keys(cls, keys: Iterable[bytes]) -> ItemIndex:
+        """An index of items given as 40-byte keys (``ts`` big-endian, then
+        the id), without re-encoding them: the core keeps its records' keys
+        and builds a peer's scope from them with no store scan."""
+        index = cls()
+        index._keys = sorted(set(keys))
+        return index
+
     # --- content -----------------------------------------------------------
 
     def add(self, ts: int, id_: bytes) -> bool:
