@@ -182,6 +182,7 @@ class Session:
     push_bucket: Bucket | None = None
     recon_bucket: Bucket | None = None
     interest_bucket: Bucket | None = None
+    backlog: deque[Any] = field(default_factory=deque)  # received events not handled yet
 
     @property
     def interest(self) -> Interest | None:
@@ -374,28 +375,52 @@ class NodeCore:
             self.stats.protocol_errors += 1
             self._close(session, f"protocol error: {exc}", now)
             return
+        while (event := session.channel.next_event()) is not None:
+            session.backlog.append(event)
         self._pump(session, now)
         self._flush(session)
 
     def _pump(self, session: Session, now: float) -> None:
-        """Handle the session's received messages until none is left or the
-        peer has used up its budget: messages not handled yet wait in the
-        channel (at most one read), and the shell stops reading the peer
-        (:meth:`readable`) until the pressure is relieved."""
+        """Handle the session's received messages until none is left, the
+        turn's work budget is spent (with flow control; limits.WORK_PER_TURN: the shell lets
+        other tasks run, then calls :meth:`resume`), or the peer has filled
+        its queues: then messages wait in the backlog (at most one read's
+        worth) and the shell stops reading the peer (:meth:`readable`) until
+        the pressure is relieved."""
+        work = 0
+        backlog = session.backlog
         try:
-            while not session.closed:
-                if self._pressured(session):
+            while backlog and not session.closed:
+                if (self.flow_control and work >= limits.WORK_PER_TURN) or self._pressured(session):
                     return
-                event = session.channel.next_event()
-                if event is None:
-                    return
+                event = backlog.popleft()
                 if isinstance(event, HandshakeComplete):
                     self._handshake_complete(session, event.remote_identity, now)
+                    work += limits.EXPENSIVE_MESSAGE_COST
                 elif isinstance(event, MessageReceived):
-                    self._dispatch(session, wire.decode(event.data), now)
+                    message = wire.decode(event.data)
+                    expensive = isinstance(message, wire.Recon | wire.Want | wire.Interest | wire.QueryMsg)
+                    work += limits.EXPENSIVE_MESSAGE_COST if expensive else 1
+                    self._dispatch(session, message, now)
         except (ProtocolError, wire.WireError, ReconcileError, QueryError) as exc:
             self.stats.protocol_errors += 1
             self._close(session, f"protocol error: {exc}", now)
+        if session.closed:
+            backlog.clear()
+
+    def has_backlog(self, conn: ConnId) -> bool:
+        """Whether received messages of ``conn`` wait to be handled and may
+        be now (the shell then yields once and calls :meth:`resume`)."""
+        session = self.sessions.get(conn)
+        return (session is not None and not session.closed and bool(session.backlog)
+                and self.readable(conn))
+
+    def resume(self, conn: ConnId, now: float) -> None:
+        """Handle the next turn of ``conn``'s backlog."""
+        session = self.sessions.get(conn)
+        if session is not None and not session.closed:
+            self._pump(session, now)
+            self._flush(session)
 
     def _pressured(self, session: Session) -> bool:
         if self.flow_control and session.queued >= limits.MAX_SEND_QUEUE:
@@ -806,7 +831,7 @@ class NodeCore:
             return
         session.next_recon_id += 1
         recon_id = session.next_recon_id
-        reconciler = Reconciler(self._index_for(self._scope_with(session)))
+        reconciler = Reconciler(self._index_for(self._scope_with(session)), max_reply=limits.RECON_REPLY_BYTES)
         session.recon[recon_id] = reconciler
         session.pushed[recon_id] = set()
         self.stats.syncs += 1
@@ -820,12 +845,14 @@ class NodeCore:
             if session.initiator:
                 return  # a late reply to a session we already ended
             if len(session.recon) >= 2:
+                self._bite("recon_concurrent")
                 raise wire.WireError("too many concurrent reconciliations")
             assert session.recon_bucket is not None
             if not session.recon_bucket.take(now):
                 self._bite("recon_rate")
                 raise wire.WireError("reconciliations started too often")
-            reconciler = Reconciler(self._index_for(self._scope_with(session)))
+            reconciler = Reconciler(self._index_for(self._scope_with(session)),
+                                    max_reply=limits.RECON_REPLY_BYTES)
             session.recon[message.session] = reconciler
             session.pushed[message.session] = set()
         reply = reconciler.receive(message.payload)
@@ -884,6 +911,8 @@ class NodeCore:
             if raws:
                 bucket.spend(now, sum(len(raw) for raw in raws))
                 self._send_records(session, raws, now)
+                if self.flow_control:
+                    return  # one batch per call: sent() asks for the next
 
     def _send_records(self, session: Session, raws: Sequence[bytes], now: float) -> None:
         batch: list[bytes] = []

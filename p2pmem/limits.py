@@ -132,3 +132,15 @@ DIALS_PER_S = 2.0
 DIALS_BURST = 8
 DIAL_LOGS_PER_S = 0.2
 DIAL_LOGS_BURST = 10
+
+# --- CPU per message ---------------------------------------------------------
+# Our reconciliation messages are cut at this size (a local choice: a long
+# answer continues in the next round), so one 7-byte "send me everything"
+# costs us ~2,000 ids of work, not max_message's ~16,000.
+RECON_REPLY_BYTES = 64 * 1024
+# Work done for one connection before the shell lets other tasks run: a cheap
+# message costs 1, one that makes us read the store or reconcile (Recon,
+# Want, Interest, Query) costs EXPENSIVE_MESSAGE_COST. What a read holds
+# beyond this waits (and the peer is not read meanwhile).
+WORK_PER_TURN = 16
+EXPENSIVE_MESSAGE_COST = 8

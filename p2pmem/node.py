@@ -290,10 +290,19 @@ class Node:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer, conn_id, conn, receive, nursery.cancel_scope)
                     while True:
-                        while not self.core.readable(conn_id):
-                            # backpressure: not read until the core has room again
-                            conn.resume = trio.Event()
-                            await conn.resume.wait()
+                        while True:
+                            if self.core.has_backlog(conn_id):
+                                # what the last read held, a turn at a time,
+                                # letting every other task run in between
+                                await trio.sleep(0)
+                                self.core.resume(conn_id, wall())
+                                self._apply()
+                            elif self.core.readable(conn_id):
+                                break
+                            else:
+                                # backpressure: not read until the core has room again
+                                conn.resume = trio.Event()
+                                await conn.resume.wait()
                         try:
                             data = await stream.receive_some(READ_SIZE)
                         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -114,6 +114,9 @@ class HostilePeers(RuleBasedStateMachine):
             return  # the shell does not read this peer now (backpressure)
         self.core.data_received(peer.conn, data, self.now)
         self._apply()
+        while self.core.has_backlog(peer.conn):  # the shell's turns
+            self.core.resume(peer.conn, self.now)
+            self._apply()
 
     def _send(self, peer: _Peer, message: wire.Message | bytes) -> None:
         if peer.conn in self.closed or not peer.ready:
@@ -237,6 +240,12 @@ class HostilePeers(RuleBasedStateMachine):
         assert len(pending) <= limits.MAX_PENDING_HANDSHAKES
         assert all(n <= limits.MAX_PENDING_PER_HOST for n in core._pending_hosts.values())
         assert len(core._host_buckets) <= 4 * limits.MAX_PENDING_HANDSHAKES + 3
+
+    @invariant()
+    def backlog_bounded(self) -> None:
+        # at most what one feed held: a test feed is one message, or a handshake
+        for session in self.core.sessions.values():
+            assert len(session.backlog) <= 2
 
     @invariant()
     def indexes_bounded(self) -> None:
