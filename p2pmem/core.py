@@ -85,6 +85,7 @@ class IngestJob:
 class IngestOutcome:
     added: list[Record] = field(default_factory=list)
     skipped_future: int = 0
+    evicted: int = 0  # records (new or old) removed by a quota (p2pmem/quota.py)
     error: str | None = None  # a record failed verification: the sender misbehaved
 
 
@@ -109,7 +110,9 @@ def run_ingest(
             outcome.skipped_future += 1
             continue
         accepted.append(item)
-    outcome.added = list(store.ingest(accepted).added)
+    result = store.ingest(accepted)  # applies the quotas of p2pmem/quota.py
+    outcome.added = list(result.added)
+    outcome.evicted = result.evicted
     return outcome
 
 
@@ -967,6 +970,8 @@ class NodeCore:
             self.stats.records_rejected += 1
             raise wire.WireError(f"peer sent an invalid record: {outcome.error}")
         self.stats.records_rejected += outcome.skipped_future
+        if outcome.evicted:
+            self._bite("quota_evicted", outcome.evicted)
         if session is not None:
             session.received_records += received
         added = outcome.added

@@ -144,3 +144,18 @@ RECON_REPLY_BYTES = 64 * 1024
 # beyond this waits (and the peer is not read meanwhile).
 WORK_PER_TURN = 16
 EXPENSIVE_MESSAGE_COST = 8
+
+# --- records that replicate everywhere (stranger quotas) ---------------------
+# Profiles, follows, endorsements and sealed messages go to every node, so
+# any identity (and identities are free) could fill every disk. Each author
+# may hold at most this many of each kind on any node; past it the oldest by
+# (ts, id) are evicted (p2pmem/quota.py). The rule depends only on the records,
+# never on who follows whom or on arrival order, so honest nodes keep the same
+# set and reconciliation does not carry evicted records back and forth.
+# A stranger thus costs each node at most ~80 KB (profiles) + 512 follows
+# (~90 KB) + 256 endorsements (~55 KB) + 256 KiB of messages: under 0.5 MB.
+MAX_PROFILES_PER_AUTHOR = 4  # last writer wins: older profiles say nothing; a few spare
+MAX_FOLLOWS_PER_AUTHOR = 512
+MAX_ENDORSEMENTS_PER_AUTHOR = 256
+MAX_MESSAGES_PER_SENDER = 16
+MAX_MESSAGE_BYTES_PER_SENDER = 256 * 1024

@@ -153,6 +153,14 @@ def stranger_records(kind: str, n: int, identity: Identity | None = None, *,
         elif kind == "endorse":
             out.append(sign_record(identity, "endorse", ts,
                                    {"target": os.urandom(32), "what": "agent"}))
+        elif kind == "message":
+            from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+            from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+            from p2pmem.sealed import seal_message
+
+            nobody = X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+            out.append(seal_message(identity, os.urandom(32), nobody, "z" * size, ts))
         else:
             raise ValueError(kind)
     return out

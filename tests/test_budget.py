@@ -16,7 +16,7 @@ import random
 from pathlib import Path
 
 import cbor2
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -276,3 +276,29 @@ def test_a_flood_fills_the_send_queue_up_to_its_limit_and_no_further():
     # pushes wait for the shell to write; then they resume
     machine.shell_writes(1.0)
     assert machine.core.readable(peer.conn)
+
+
+@given(st.randoms(use_true_random=False), st.lists(st.integers(0, 320), max_size=5))
+@settings(max_examples=10, deadline=None)
+def test_quotas_are_confluent_whatever_the_order_and_batches(rng, cuts):
+    """Two stores given a stranger's 300 endorsements (over the quota) in any
+    order and any batches keep the very same survivors: the newest."""
+    from p2pmem import quota
+
+    records = STRANGER_MANY
+    assert len(quota.kept(records)) == limits.MAX_ENDORSEMENTS_PER_AUTHOR
+    stores = []
+    for _ in range(2):
+        shuffled = list(records)
+        rng.shuffle(shuffled)
+        store = Store(Path(":memory:"), verify_workers=1)
+        bounds = sorted({c % (len(shuffled) + 1) for c in cuts} | {0, len(shuffled)})
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            store.ingest(shuffled[a:b])
+        stores.append(set(store.items()))
+    newest = sorted(records, key=lambda r: (r.ts, r.id))[-limits.MAX_ENDORSEMENTS_PER_AUTHOR:]
+    assert stores[0] == stores[1] == {(r.ts, r.id) for r in newest}
+
+
+STRANGER_MANY = [sign_record(STRANGER, "endorse", from_ms(BASE_MS + i % 37, i), {"target": bytes(32), "what": "agent"})
+                 for i in range(300)]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import time
 
-import pytest
 from hostile import (
     EMPTY_ID_LIST,
     Attacker,
@@ -26,7 +25,7 @@ from hostile import (
     timed_status,
     vm_hwm_mb,
 )
-from netutil import network_fixture, remember, remember_batch, wait_until
+from netutil import network_fixture, remember, remember_batch, run_cli, wait_until
 
 from p2pmem import limits, wire
 from p2pmem.identity import Identity
@@ -275,6 +274,67 @@ def test_many_identities_cannot_keep_a_newcomer_out(net):
     _bounded_and_stops(node)
 
 
-@pytest.mark.skip(reason="stranger quotas not built yet (issue #11 part 3)")
+# --- 3. strangers filling every disk ---------------------------------------------------
+
+
+def _author_bytes(store, author: bytes) -> tuple[int, int]:
+    return store._db.execute(
+        "SELECT count(*), coalesce(sum(length(raw)), 0) FROM records WHERE author = ?", (author,)
+    ).fetchone()
+
+
 def test_strangers_cannot_fill_the_disk(net):
-    pass
+    """20,000 endorsements and 300 sealed messages to nobody from a fresh
+    key, to a node that never followed it and relays to an honest peer: each
+    node keeps at most the stranger's quota (limits.MAX_ENDORSEMENTS_PER_AUTHOR,
+    MAX_MESSAGES_PER_SENDER), the same records on both, and recall with trust
+    stays fast."""
+    victim, honest = net.homes(2)
+    node = net.start(victim)
+    other = net.start(honest, "--peer", node.address)
+    net.wait_peers(node, 1)
+    stranger = Identity.generate()
+    endorsements = stranger_records("endorse", 20_000, stranger)
+    messages = stranger_records("message", 300, stranger, start_ms=int(time.time() * 1000) - 30_000, size=60_000)
+    with Attacker(node.address, identity=stranger) as attacker:
+        attacker.hello()
+        for message in records_messages(endorsements, per_message=250) + records_messages(messages, per_message=10):
+            attacker.queue(message)
+        attacker.flush()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            _, status = timed_status(victim)
+            if status["stats"]["records_in"] + status["limits"].get("quota_evicted", 0) >= 20_300 - 10:
+                break
+            time.sleep(0.2)
+        _status_fast(victim, rounds=2)
+    quota_bytes = limits.MAX_ENDORSEMENTS_PER_AUTHOR * 300 + limits.MAX_MESSAGE_BYTES_PER_SENDER
+
+    def by_kind(home) -> dict[str, tuple[int, int]]:
+        rows = net.store(home)._db.execute(
+            "SELECT kind, count(*), sum(length(raw)) FROM records WHERE author = ? GROUP BY kind",
+            (stranger.public_key,))
+        return {kind: (n, size) for kind, n, size in rows}
+
+    for home in (victim, honest):
+        wait_until(lambda home=home: by_kind(home).get("endorse", (0, 0))[0] == limits.MAX_ENDORSEMENTS_PER_AUTHOR
+                   and by_kind(home).get("message", (0, 0))[0] > 0,
+                   timeout=20, what=f"{home.name} keeps the stranger's quota",
+                   describe=lambda home=home: str(by_kind(home)))
+        kinds = by_kind(home)
+        messages, message_bytes = kinds["message"]
+        assert messages <= limits.MAX_MESSAGES_PER_SENDER
+        assert message_bytes <= limits.MAX_MESSAGE_BYTES_PER_SENDER
+        count, size = _author_bytes(net.store(home), stranger.public_key)
+        print(f"\n  {home.name}: the stranger holds {count} records, {size / 1024:.0f} KiB ({kinds})")
+        assert size <= quota_bytes
+    # the same survivors everywhere (the rule depends only on the records)
+    ids = [set(i for _, i in net.store(h)._db.execute(
+        "SELECT ts, id FROM records WHERE author = ?", (stranger.public_key,))) for h in (victim, honest)]
+    assert ids[0] == ids[1]
+    start = time.monotonic()
+    run = run_cli(victim, "recall", "anything", "--json")
+    assert run.returncode == 0, run.stderr
+    assert time.monotonic() - start < 5.0
+    other.stop()
+    _bounded_and_stops(node)
