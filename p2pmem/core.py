@@ -898,8 +898,10 @@ class NodeCore:
         pending = session.push_pending
         bucket = session.push_bucket
         assert bucket is not None
+        batches = 0
         while pending and session.ready and not session.closed:
-            if self.flow_control and session.queued >= limits.SEND_QUEUE_LOW:
+            if self.flow_control and (session.queued >= limits.SEND_QUEUE_LOW
+                                      or batches >= limits.PUSH_BATCHES_PER_TURN):
                 return  # sent() resumes
             if not bucket.ready(now):
                 self._bite("push_rate")
@@ -914,8 +916,7 @@ class NodeCore:
             if raws:
                 bucket.spend(now, sum(len(raw) for raw in raws))
                 self._send_records(session, raws, now)
-                if self.flow_control:
-                    return  # one batch per call: sent() asks for the next
+                batches += 1  # with flow control, sent() tops the queue up
 
     def _send_records(self, session: Session, raws: Sequence[bytes], now: float) -> None:
         batch: list[bytes] = []

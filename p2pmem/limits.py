@@ -144,6 +144,10 @@ RECON_REPLY_BYTES = 64 * 1024
 # beyond this waits (and the peer is not read meanwhile).
 WORK_PER_TURN = 16
 EXPENSIVE_MESSAGE_COST = 8
+# Records messages (<= MAX_RECORDS_PER_MESSAGE each) pushed to one peer per
+# turn: enough to keep a loopback socket busy while the writer drains, small
+# enough (~20-40 ms of store reads and encryption) not to stall the loop.
+PUSH_BATCHES_PER_TURN = 4
 
 # --- records that replicate everywhere (stranger quotas) ---------------------
 # Profiles, follows, endorsements and sealed messages go to every node, so
