@@ -328,10 +328,14 @@ def test_strangers_cannot_fill_the_disk(net):
         count, size = _author_bytes(net.store(home), stranger.public_key)
         print(f"\n  {home.name}: the stranger holds {count} records, {size / 1024:.0f} KiB ({kinds})")
         assert size <= quota_bytes
-    # the same survivors everywhere (the rule depends only on the records)
-    ids = [set(i for _, i in net.store(h)._db.execute(
-        "SELECT ts, id FROM records WHERE author = ?", (stranger.public_key,))) for h in (victim, honest)]
-    assert ids[0] == ids[1]
+    # the same survivors everywhere (the rule depends only on the records),
+    # once what is still in flight has arrived
+    def survivors(home) -> set[bytes]:
+        return {i for (i,) in net.store(home)._db.execute(
+            "SELECT id FROM records WHERE author = ?", (stranger.public_key,))}
+
+    wait_until(lambda: survivors(victim) == survivors(honest), timeout=20,
+               what="both nodes keep the same records of the stranger")
     start = time.monotonic()
     run = run_cli(victim, "recall", "anything", "--json")
     assert run.returncode == 0, run.stderr
