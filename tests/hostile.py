@@ -105,9 +105,16 @@ class Attacker:
     def queue(self, message: wire.Message) -> None:
         self.channel.send_message(wire.encode(message))
 
-    def flush(self) -> int:
+    def flush(self, timeout: float = 120.0) -> int:
+        """Write everything queued. The node may stop reading us for a while
+        (backpressure, by design): hence the long timeout."""
         data = self.channel.data_to_send()
-        self.sock.sendall(data)
+        previous = self.sock.gettimeout()
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.sendall(data)
+        finally:
+            self.sock.settimeout(previous)
         return len(data)
 
     def send(self, *messages: wire.Message) -> int:

@@ -65,8 +65,7 @@ def _attack_loop(kind: str, address: str, stop: threading.Event, errors: list[st
                             batch = records_messages(stranger_records("memory", 400, size=100))
                         for message in batch:
                             attacker.queue(message)
-                    attacker.sock.settimeout(5.0)
-                    attacker.flush()
+                    attacker.flush(timeout=5.0)
                     stop.wait(0.2)
         except (OSError, EOFError, Exception) as exc:  # the node closed us: come back
             if not isinstance(exc, OSError | EOFError) and "closed" not in str(exc):
