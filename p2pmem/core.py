@@ -298,12 +298,32 @@ class NodeCore:
         if initiator:
             self._send_raw(session, channel.initiate())
             return
-        if not self._admit(session, host or "?", now):
+        if not self._admit(session, host, now):
             return
 
-    def _admit(self, session: Session, host: str, now: float) -> bool:
+    def _admit(self, session: Session, host: str | None, now: float) -> bool:
         """Bound incoming handshakes: per host and in total, at once and per
-        second (docs/threat-model.md, "connection exhaustion")."""
+        second (docs/threat-model.md, "connection exhaustion"). A shell that
+        does not know the remote address (the simulator) gets the total
+        bounds only."""
+        if host is not None and not self._admit_host(session, host, now):
+            return False
+        if not self._handshake_bucket.take(now):
+            self._bite("handshakes_rate")
+            self._close(session, "too many connections", now, quiet=True)
+            return False
+        pending = [s for s in self.sessions.values() if not s.ready and not s.closed
+                   and not s.initiator and s is not session]
+        if len(pending) >= limits.MAX_PENDING_HANDSHAKES:
+            self._bite("pending_handshakes")
+            oldest = min(pending, key=lambda s: (s.opened, s.conn))
+            self._close(oldest, "handshake evicted by a newer one", now, quiet=True)
+        if host is not None:
+            session.host = host
+            self._pending_hosts[host] = self._pending_hosts.get(host, 0) + 1
+        return True
+
+    def _admit_host(self, session: Session, host: str, now: float) -> bool:
         bucket = self._host_buckets.get(host)
         if bucket is None:
             if len(self._host_buckets) >= 4 * limits.MAX_PENDING_HANDSHAKES:
@@ -317,22 +337,10 @@ class NodeCore:
             self._bite("handshakes_per_host_rate")
             self._close(session, "too many connections from this address", now, quiet=True)
             return False
-        if not self._handshake_bucket.take(now):
-            self._bite("handshakes_rate")
-            self._close(session, "too many connections", now, quiet=True)
-            return False
         if self._pending_hosts.get(host, 0) >= limits.MAX_PENDING_PER_HOST:
             self._bite("pending_handshakes_per_host")
             self._close(session, "too many pending handshakes from this address", now, quiet=True)
             return False
-        pending = [s for s in self.sessions.values() if not s.ready and not s.closed
-                   and not s.initiator and s is not session]
-        if len(pending) >= limits.MAX_PENDING_HANDSHAKES:
-            self._bite("pending_handshakes")
-            oldest = min(pending, key=lambda s: (s.opened, s.conn))
-            self._close(oldest, "handshake evicted by a newer one", now, quiet=True)
-        session.host = host
-        self._pending_hosts[host] = self._pending_hosts.get(host, 0) + 1
         return True
 
     def _unpend(self, session: Session) -> None:
