@@ -366,8 +366,9 @@ class NodeCore:
             self._bite("dial_log_lines")
 
     def _age_out(self, entry: _Address) -> None:
-        """Forget an address that keeps failing (never a bootstrap one)."""
-        if entry.bootstrap:
+        """Forget an address that keeps failing (never a bootstrap one, nor
+        one of an agent we follow: those keep backing off instead)."""
+        if entry.bootstrap or self._followed(entry):
             return
         limit = limits.VERIFIED_MAX_FAILURES if entry.verified else limits.UNVERIFIED_MAX_FAILURES
         if entry.failures >= limit and self.addresses.get(entry.address) is entry:

@@ -228,9 +228,9 @@ class Node:
         async for job in self._ingest_receive:
             try:
                 outcome = await trio.to_thread.run_sync(self._ingest_work, job)
-            except P2pmemError as exc:  # the store failed (disk full...): drop the job, keep serving
+            except Exception as exc:  # the store failed (disk full, locked...): drop the job, keep serving
                 log.warning("could not store received records: %s", exc)
-                outcome = IngestOutcome()
+                outcome = IngestOutcome()  # reconciliation brings them again later
             self.core.ingest_done(job, outcome, wall())
             self._apply()
 
