@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test soak lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check p2pmem tests simulations benchmarks
 	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(BIN)/python -m pytest -q -n 2 -p no:cacheprovider
+
+# Minute-long runs under attack (tests marked soak, all of them also slow);
+# `make test` deselects them (pyproject addopts).
+soak: $(STAMP)
+	$(BIN)/python -m pytest -q -s -p no:cacheprovider -m soak
 
 lint: $(STAMP)
 	$(BIN)/ruff check p2pmem tests simulations benchmarks

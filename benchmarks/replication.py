@@ -259,7 +259,7 @@ def ssb_rate(count: int, rounds: int) -> float | None:
     elapsed = time.monotonic() - started
     for line in result.stdout.splitlines():
         print(f"  ssb| {line}")
-    found = {m[2]: float(m[4]) for m in MEDIAN_LINE.findall(result.stdout) if int(m[1]) == count}
+    found = {m[2]: float(m[4]) for m in MEDIAN_LINE.finditer(result.stdout) if int(m[1]) == count}
     if result.returncode != 0 or not found:
         why = f"run.sh exited {result.returncode}" if result.returncode else "no MEDIAN line"
         hint = ""

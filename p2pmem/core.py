@@ -15,11 +15,13 @@ import contextlib
 import hashlib
 import logging
 import random
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from p2pmem import limits, wire
+from p2pmem.budget import Bucket
 from p2pmem.clock import HybridClock
 from p2pmem.errors import P2pmemError
 from p2pmem.identity import Identity, short_id
@@ -27,7 +29,7 @@ from p2pmem.noise import HandshakeComplete, MessageReceived, ProtocolError, Secu
 from p2pmem.query import QueryError, QueryRouter, VerifiedHit
 from p2pmem.reconcile import ItemIndex, ReconcileError, Reconciler
 from p2pmem.record import Record, admission_error
-from p2pmem.scope import Interest, shared
+from p2pmem.scope import AUTHOR_SCOPED, EVERYWHERE, Interest, shared
 from p2pmem.store import Store
 
 log = logging.getLogger("p2pmem.core")
@@ -62,7 +64,68 @@ class Dial:
     expected: bytes | None
 
 
-Action = Send | Close | Dial
+@dataclass(frozen=True)
+class IngestJob:
+    """Records received from ``conn`` to verify and store beside the event
+    loop. ``interest`` and ``wall_ms`` are the core's filter when the job was
+    made: out-of-scope records and records stamped too far ahead are dropped."""
+
+    conn: ConnId
+    raws: tuple[bytes, ...]
+    ids: frozenset[bytes]
+    interest: Interest
+    wall_ms: int
+
+    @property
+    def size(self) -> int:
+        return sum(len(raw) for raw in self.raws)
+
+
+@dataclass
+class IngestOutcome:
+    added: list[Record] = field(default_factory=list)
+    skipped_future: int = 0
+    evicted: int = 0  # records (new or old) removed by a quota (p2pmem/quota.py)
+    error: str | None = None  # a record failed verification: the sender misbehaved
+
+
+def run_ingest(
+    store: Store, job: IngestJob, observe: Callable[[int], bool] | None = None
+) -> IngestOutcome:
+    """Verify and store one job: CPU and disk work, no core state touched,
+    so a shell may run it in a worker thread (with its own store connection).
+    ``observe`` (synchronous use only) is the core's clock check; without it
+    the job's ``wall_ms`` snapshot decides what is too far in the future."""
+    outcome = IngestOutcome()
+    decoded = store.decode_many(list(job.raws))
+    accepted: list[Record] = []
+    for item in decoded:
+        if isinstance(item, P2pmemError):
+            outcome.error = str(item)
+            return outcome
+        if not job.interest.wants(item.kind, item.author, item.visibility):
+            continue  # out of our scope: not an error, just not kept
+        # the same clock check as `import` (record.admission_error), then the core's clock
+        ok = admission_error(item, job.wall_ms) is None and (observe is None or observe(item.ts))
+        if not ok:
+            outcome.skipped_future += 1
+            continue
+        accepted.append(item)
+    result = store.ingest(accepted)  # applies the quotas of p2pmem/quota.py
+    outcome.added = list(result.added)
+    outcome.evicted = result.evicted
+    return outcome
+
+
+@dataclass(frozen=True)
+class Ingest:
+    """Run :func:`run_ingest` on ``job`` off the event loop, then call
+    :meth:`NodeCore.ingest_done`. Only asked for with ``deferred_ingest``."""
+
+    job: IngestJob
+
+
+Action = Send | Close | Dial | Ingest
 
 
 @dataclass
@@ -89,6 +152,8 @@ class _Address:
     bootstrap: bool = False
     is_self: bool = False
     dialing: bool = False
+    verified: bool = False  # a handshake there succeeded (or we were told by our user)
+    source: bytes | None = None  # the peer that told us, for unverified addresses
 
 
 @dataclass
@@ -113,6 +178,15 @@ class Session:
     sent_records: int = 0
     received_records: int = 0
     closed: bool = False
+    host: str | None = None  # the remote IP of an incoming connection
+    queued: int = 0  # bytes handed to the shell and not yet written (flow control)
+    ingest_pending: int = 0  # bytes of received records in the ingest pipeline
+    push_pending: deque[bytes] = field(default_factory=deque)  # ids we owe the peer
+    push_queued: set[bytes] = field(default_factory=set)
+    push_bucket: Bucket | None = None
+    recon_bucket: Bucket | None = None
+    interest_bucket: Bucket | None = None
+    backlog: deque[Any] = field(default_factory=deque)  # received events not handled yet
 
     @property
     def interest(self) -> Interest | None:
@@ -149,8 +223,29 @@ class NodeCore:
         bootstrap: Sequence[str] = (),
         replicate_all: bool = False,
         timing: Timing | None = None,
+        flow_control: bool = False,
+        deferred_ingest: bool = False,
     ) -> None:
+        """``flow_control``: the shell reports written bytes with :meth:`sent`
+        and stops reading a connection while :meth:`readable` is false (the
+        trio node); without it every Send counts as written at once (the
+        simulator). ``deferred_ingest``: received records are verified and
+        stored by the shell beside the loop (:class:`Ingest` actions); without
+        it the core does it inline."""
         self.identity = identity
+        self.flow_control = flow_control
+        self.deferred_ingest = deferred_ingest
+        # name -> how many times that limit bit (status --json "limits")
+        self.limited: dict[str, int] = {}
+        self._inflight: set[bytes] = set()  # ids of records in the ingest pipeline
+        self._pending_hosts: dict[str, int] = {}  # incoming handshakes per remote host
+        self._host_buckets: dict[str, Bucket] = {}
+        self._handshake_bucket = Bucket(limits.HANDSHAKES_PER_S, limits.HANDSHAKES_BURST, now)
+        self._dial_bucket = Bucket(limits.DIALS_PER_S, limits.DIALS_BURST, now)
+        self._dial_log_bucket = Bucket(limits.DIAL_LOGS_PER_S, limits.DIAL_LOGS_BURST, now)
+        self._last_eviction = -limits.EVICT_INTERVAL_S
+        self._next_interest_at = now  # our own Interest messages are coalesced
+        self._interest_dirty = False
         self.key = identity.public_key
         self.store = store
         self.rng = rng
@@ -167,11 +262,20 @@ class NodeCore:
         self._actions: list[Action] = []
         self._seen_rowid = store.max_rowid()
         self._indexes: dict[Interest, ItemIndex] = {}
+        # Keys ((ts, id) as 40 bytes) of every record that can travel, kept
+        # in memory so a peer's new interest builds its index from them
+        # without scanning the store (issue #11, CPU amplification).
+        self._everywhere_keys: list[bytes] | None = None
+        self._public_keys: dict[bytes, list[bytes]] = {}
         self._interest = self._compute_interest()
         self._pending_answers: dict[bytes, list[VerifiedHit]] = {}
         for address in bootstrap:
-            self.addresses[address] = _Address(address, bootstrap=True)
+            self.addresses[address] = _Address(address, bootstrap=True, verified=True)
         self._maintain(now)
+
+    def _bite(self, name: str, n: int = 1) -> None:
+        """Count a limit that refused, delayed or dropped something."""
+        self.limited[name] = self.limited.get(name, 0) + n
 
     # -- the shell's side --------------------------------------------------
     def take_actions(self) -> list[Action]:
@@ -180,23 +284,97 @@ class NodeCore:
 
     def connection_made(
         self, conn: ConnId, *, initiator: bool, now: float, address: str | None = None,
-        expected: bytes | None = None,
+        expected: bytes | None = None, host: str | None = None,
     ) -> None:
-        """A TCP connection is up (we dialled ``address``, or accepted)."""
+        """A TCP connection is up (we dialled ``address``, or accepted one
+        from the remote IP ``host``)."""
         channel = SecureChannel(initiator, self.identity.signing_key, expected_peer=expected)
         session = Session(conn, channel, initiator, address, opened=now, last_heard=now)
+        session.push_bucket = Bucket(limits.PUSH_BYTES_PER_S, limits.PUSH_BURST_BYTES, now)
+        session.recon_bucket = Bucket(limits.RECON_STARTS_PER_S, limits.RECON_STARTS_BURST, now)
+        session.interest_bucket = Bucket(limits.INTEREST_PER_S, limits.INTEREST_BURST, now)
         self.sessions[conn] = session
         if address is not None and address in self.addresses:
             self.addresses[address].dialing = False
         if initiator:
             self._send_raw(session, channel.initiate())
+            return
+        if not self._admit(session, host, now):
+            return
+
+    def _admit(self, session: Session, host: str | None, now: float) -> bool:
+        """Bound incoming handshakes: per host and in total, at once and per
+        second (docs/threat-model.md, "connection exhaustion"). A shell that
+        does not know the remote address (the simulator) gets the total
+        bounds only."""
+        if host is not None and not self._admit_host(session, host, now):
+            return False
+        if not self._handshake_bucket.take(now):
+            self._bite("handshakes_rate")
+            self._close(session, "too many connections", now, quiet=True)
+            return False
+        pending = [s for s in self.sessions.values() if not s.ready and not s.closed
+                   and not s.initiator and s is not session]
+        if len(pending) >= limits.MAX_PENDING_HANDSHAKES:
+            self._bite("pending_handshakes")
+            oldest = min(pending, key=lambda s: (s.opened, s.conn))
+            self._close(oldest, "handshake evicted by a newer one", now, quiet=True)
+        if host is not None:
+            session.host = host
+            self._pending_hosts[host] = self._pending_hosts.get(host, 0) + 1
+        return True
+
+    def _admit_host(self, session: Session, host: str, now: float) -> bool:
+        bucket = self._host_buckets.get(host)
+        if bucket is None:
+            if len(self._host_buckets) >= 4 * limits.MAX_PENDING_HANDSHAKES:
+                # forget hosts whose bucket is full again (they cost nothing now)
+                for h in [h for h, b in self._host_buckets.items() if b.take(now, 0) and
+                          b.tokens >= b.burst and h not in self._pending_hosts]:
+                    del self._host_buckets[h]
+            bucket = Bucket(limits.HANDSHAKES_PER_HOST_PER_S, limits.HANDSHAKES_PER_HOST_BURST, now)
+            self._host_buckets[host] = bucket
+        if not bucket.take(now):
+            self._bite("handshakes_per_host_rate")
+            self._close(session, "too many connections from this address", now, quiet=True)
+            return False
+        if self._pending_hosts.get(host, 0) >= limits.MAX_PENDING_PER_HOST:
+            self._bite("pending_handshakes_per_host")
+            self._close(session, "too many pending handshakes from this address", now, quiet=True)
+            return False
+        return True
+
+    def _unpend(self, session: Session) -> None:
+        """The session's handshake is over (done or closed): free its slot."""
+        host = session.host
+        if host is not None:
+            session.host = None
+            left = self._pending_hosts.get(host, 0) - 1
+            if left > 0:
+                self._pending_hosts[host] = left
+            else:
+                self._pending_hosts.pop(host, None)
 
     def dial_failed(self, address: str, now: float, reason: str = "") -> None:
         entry = self.addresses.get(address)
         if entry is not None:
             entry.dialing = False
             self._backoff(entry, now)
-        log.info("dial %s failed: %s", address, reason)
+            self._age_out(entry)
+        if self._dial_log_bucket.take(now):
+            log.info("dial %s failed: %s", address, reason)
+        else:
+            self._bite("dial_log_lines")
+
+    def _age_out(self, entry: _Address) -> None:
+        """Forget an address that keeps failing (never a bootstrap one, nor
+        one of an agent we follow: those keep backing off instead)."""
+        if entry.bootstrap or self._followed(entry):
+            return
+        limit = limits.VERIFIED_MAX_FAILURES if entry.verified else limits.UNVERIFIED_MAX_FAILURES
+        if entry.failures >= limit and self.addresses.get(entry.address) is entry:
+            del self.addresses[entry.address]
+            self._bite("addresses_aged_out")
 
     def data_received(self, conn: ConnId, data: bytes, now: float) -> None:
         session = self.sessions.get(conn)
@@ -206,23 +384,122 @@ class NodeCore:
         self.stats.bytes_in += len(data)
         try:
             session.channel.receive_data(data)
-            while (event := session.channel.next_event()) is not None:
+        except ProtocolError as exc:
+            self.stats.protocol_errors += 1
+            self._close(session, f"protocol error: {exc}", now)
+            return
+        while (event := session.channel.next_event()) is not None:
+            session.backlog.append(event)
+        self._pump(session, now)
+        self._flush(session)
+
+    def _pump(self, session: Session, now: float) -> None:
+        """Handle the session's received messages until none is left, the
+        turn's work budget is spent (with flow control; limits.WORK_PER_TURN: the shell lets
+        other tasks run, then calls :meth:`resume`), or the peer has filled
+        its queues: then messages wait in the backlog (at most one read's
+        worth) and the shell stops reading the peer (:meth:`readable`) until
+        the pressure is relieved."""
+        work = 0
+        backlog = session.backlog
+        try:
+            while backlog and not session.closed:
+                if (self.flow_control and work >= limits.WORK_PER_TURN) or self._pressured(session):
+                    return
+                event = backlog.popleft()
                 if isinstance(event, HandshakeComplete):
                     self._handshake_complete(session, event.remote_identity, now)
+                    work += limits.EXPENSIVE_MESSAGE_COST
                 elif isinstance(event, MessageReceived):
-                    self._dispatch(session, wire.decode(event.data), now)
-                if session.closed:
-                    return
+                    message = wire.decode(event.data)
+                    expensive = isinstance(message, wire.Recon | wire.Want | wire.Interest | wire.QueryMsg)
+                    work += limits.EXPENSIVE_MESSAGE_COST if expensive else 1
+                    self._dispatch(session, message, now)
         except (ProtocolError, wire.WireError, ReconcileError, QueryError) as exc:
             self.stats.protocol_errors += 1
             self._close(session, f"protocol error: {exc}", now)
+        if session.closed:
+            backlog.clear()
+
+    def has_backlog(self, conn: ConnId) -> bool:
+        """Whether received messages of ``conn`` wait to be handled and may
+        be now (the shell then yields once and calls :meth:`resume`)."""
+        session = self.sessions.get(conn)
+        return (session is not None and not session.closed and bool(session.backlog)
+                and self.readable(conn))
+
+    def resume(self, conn: ConnId, now: float) -> None:
+        """Handle the next turn of ``conn``'s backlog."""
+        session = self.sessions.get(conn)
+        if session is not None and not session.closed:
+            self._pump(session, now)
+            self._flush(session)
+
+    def _pressured(self, session: Session) -> bool:
+        if self.flow_control and session.queued >= limits.MAX_SEND_QUEUE:
+            self._bite("send_queue_full")
+            return True
+        if session.ingest_pending >= limits.MAX_INGEST_PENDING:
+            self._bite("ingest_pending_full")
+            return True
+        if len(session.push_pending) >= limits.MAX_PUSH_PENDING:
+            self._bite("push_pending_full")
+            return True
+        return False
+
+    def readable(self, conn: ConnId) -> bool:
+        """Whether the shell should read more from ``conn`` now. False while
+        the peer's queues are full: a peer we cannot write to, or whose
+        records are still being stored, is not read from."""
+        session = self.sessions.get(conn)
+        if session is None or session.closed:
+            return True  # let the shell notice the end of the stream
+        return not (
+            (self.flow_control and session.queued >= limits.MAX_SEND_QUEUE)
+            or session.ingest_pending >= limits.MAX_INGEST_PENDING
+            or len(session.push_pending) >= limits.MAX_PUSH_PENDING
+        )
+
+    def sent(self, conn: ConnId, nbytes: int, now: float) -> None:
+        """The shell wrote ``nbytes`` of this connection's queued data."""
+        session = self.sessions.get(conn)
+        if session is None:
+            return
+        session.queued = max(0, session.queued - nbytes)
+        if not session.closed and session.queued < limits.SEND_QUEUE_LOW:
+            self._relieve(session, now)
+
+    def _relieve(self, session: Session, now: float) -> None:
+        """Room again: push what we owe, then handle waiting messages."""
+        self._drain(session, now)
+        self._pump(session, now)
         self._flush(session)
+
+    def ingest_done(self, job: IngestJob, outcome: IngestOutcome, now: float) -> None:
+        """The shell ran an :class:`Ingest` job."""
+        self._inflight.difference_update(job.ids)
+        session = self.sessions.get(job.conn)
+        if session is not None:
+            session.ingest_pending = max(0, session.ingest_pending - job.size)
+        wall_ms = int(now * 1000)
+        for record in outcome.added:
+            self.clock.observe(record.ts, max(wall_ms, job.wall_ms), limits.MAX_FUTURE_SKEW_MS)
+        try:
+            self._ingested(session, len(job.raws), outcome, now)
+        except wire.WireError as exc:
+            if session is not None:
+                self.stats.protocol_errors += 1
+                self._close(session, f"protocol error: {exc}", now)
+        if session is not None and not session.closed:
+            self._relieve(session, now)
+        self.flush_all()
 
     def connection_lost(self, conn: ConnId, now: float) -> None:
         session = self.sessions.pop(conn, None)
         if session is None:
             return
         session.closed = True
+        self._unpend(session)
         if session.remote is not None and self.by_agent.get(session.remote) == conn:
             del self.by_agent[session.remote]
         if session.address is not None and session.address in self.addresses:
@@ -230,6 +507,7 @@ class NodeCore:
             entry.dialing = False
             if not session.ready:
                 self._backoff(entry, now)
+                self._age_out(entry)
             else:
                 entry.next_attempt = now + self.timing.backoff_base * (0.5 + self.rng.random())
         self._maintain(now)
@@ -249,10 +527,16 @@ class NodeCore:
             deadlines.append(s.last_heard + self.timing.dead_after)
             deadlines.append(s.next_resync)
             deadlines.append(s.next_pex)
+            if s.push_pending and s.push_bucket is not None and not (
+                self.flow_control and s.queued >= limits.SEND_QUEUE_LOW
+            ):
+                deadlines.append(s.push_bucket.ready_at())
+        if self._interest_dirty:
+            deadlines.append(self._next_interest_at)
         active = self._active_count()
         for entry in self.addresses.values():
             if self._room_for(entry, active) and self._dialable(entry):  # cheap test first
-                deadlines.append(entry.next_attempt)
+                deadlines.append(max(entry.next_attempt, self._dial_bucket.ready_at(0.999)))
         router = self.router.next_deadline()
         if router is not None:
             deadlines.append(router)
@@ -278,6 +562,10 @@ class NodeCore:
                 session.next_resync = now + self.timing.resync
             if now >= session.next_pex:
                 self._send_pex(session, now)
+            if session.push_pending:
+                self._relieve(session, now)
+        if self._interest_dirty and now >= self._next_interest_at:
+            self._interest_changed(now)
         self.router.handle_timer(now)
         self._flush_router()
         self._maintain(now)
@@ -302,6 +590,8 @@ class NodeCore:
         whose id is in ``skip`` (the node stored them itself) are passed over."""
         from p2pmem.record import decode_record
 
+        if self._inflight:
+            skip = skip | self._inflight  # the ingest pipeline's own writes
         found = 0
         while True:
             rows = self.store.rows_after(self._seen_rowid)
@@ -341,6 +631,14 @@ class NodeCore:
             "records": self.store.count(),
             "replicate": "all" if self.replicate_all else "follows",
             "stats": self.stats.__dict__.copy(),
+            # how many times each limit of p2pmem.limits bit (docs/threat-model.md)
+            "limits": dict(sorted(self.limited.items())),
+            "queues": {
+                "send_bytes": sum(s.queued for s in self.sessions.values()),
+                "push_pending": sum(len(s.push_pending) for s in self.sessions.values()),
+                "ingest_bytes": sum(s.ingest_pending for s in self.sessions.values()),
+                "pending_handshakes": sum(self._pending_hosts.values()),
+            },
             "queries": self.router.stats.__dict__.copy() if hasattr(self.router.stats, "__dict__") else {},
         }
 
@@ -362,15 +660,37 @@ class NodeCore:
                 self._close(session, "duplicate connection", now)
                 return
             self._close(existing, "duplicate connection", now)
-        if not session.initiator and len(self.ready_peers()) >= self.timing.max_peers:
+        if not session.initiator and len(self.ready_peers()) >= self.timing.max_peers and not self._evict_for_newcomer(now):
+            self._bite("peer_limit")
             self._close(session, "peer limit reached", now)
             return
         self.by_agent[remote] = session.conn
         if session.address is not None:
-            entry = self.addresses.setdefault(session.address, _Address(session.address))
+            entry = self.addresses.get(session.address)
+            if entry is None:
+                entry = self.addresses[session.address] = _Address(session.address)
             entry.agent = remote
             entry.failures = 0
+            entry.verified = True
+            entry.source = None
         self._send(session, self._hello())
+
+    def _evict_for_newcomer(self, now: float) -> bool:
+        """HyParView's rule: a node whose active view is full still lets a
+        newcomer in by dropping a random incoming peer (never a bootstrap
+        address or an agent we follow), at most once per EVICT_INTERVAL_S."""
+        if now < self._last_eviction + limits.EVICT_INTERVAL_S:
+            return False
+        victims = [s for s in self.ready_peers() if not s.initiator and s.remote is not None
+                   and s.remote not in self._interest.authors]
+        if not victims:
+            return False
+        victims.sort(key=lambda s: s.conn)
+        victim = self.rng.choice(victims)
+        self._last_eviction = now
+        self._bite("peers_evicted_for_newcomer")
+        self._close(victim, "evicted to let a newcomer in", now)
+        return True
 
     def _hello(self) -> wire.Hello:
         interest = self._interest
@@ -388,6 +708,10 @@ class NodeCore:
             case wire.Hello():
                 self._on_hello(session, message, now)
             case wire.Interest():
+                assert session.interest_bucket is not None
+                if not session.interest_bucket.take(now):
+                    self._bite("interest_rate")
+                    raise wire.WireError("interest changes too often")
                 session.hello = wire.Hello(
                     session.hello.version if session.hello else 1,
                     session.hello.features if session.hello else (),
@@ -401,15 +725,12 @@ class NodeCore:
             case wire.Records():
                 self._on_records(session, message.records, now)
             case wire.Want():
-                # Only what the peer's scope admits: never ask/private memories.
-                scope = self._scope_with(session)
-                raws = [
-                    raw for raw, kind, author, visibility in self.store.scoped_raw(message.ids)
-                    if scope.wants(kind, author, visibility)
-                ]
-                self._send_records(session, raws, now)
+                # Queued, and sent within the peer's push budget; only what
+                # the peer's scope admits (never ask/private memories).
+                self._owe(session, message.ids)
+                self._drain(session, now)
             case wire.PeerExchange():
-                self._on_pex(message)
+                self._on_pex(session, message)
             case wire.Ping():
                 self._send(session, wire.Pong(message.nonce))
             case wire.Pong():
@@ -436,9 +757,9 @@ class NodeCore:
         session.hello = hello
         session.ready = True
         session.ping_sent = None
+        self._unpend(session)
         for address in hello.addresses:
-            if address not in self.addresses and len(self.addresses) < limits.MAX_KNOWN_ADDRESSES:
-                self.addresses[address] = _Address(address, agent=hello.agent)
+            self._learn(address, hello.agent, source=hello.agent)
         session.next_pex = now + self.timing.pex_interval * self.rng.random()
         session.next_resync = now + self.timing.resync
         log.info("peer %s ready (%s)", short_id(hello.agent), session.address or "incoming")
@@ -453,28 +774,60 @@ class NodeCore:
 
     def _interest_changed(self, now: float) -> None:
         new = self._compute_interest()
-        if new == self._interest:
+        if new != self._interest:
+            self._interest = new
+            self._indexes.clear()
+            self._interest_dirty = True
+        if not self._interest_dirty:
             return
-        self._interest = new
-        self._indexes.clear()
+        if now < self._next_interest_at:
+            return  # coalesced: sent by handle_timer (peers rate-limit Interest)
+        self._interest_dirty = False
+        self._next_interest_at = now + limits.INTEREST_MIN_INTERVAL_S
         for session in self.ready_peers():
             self._send(session, wire.Interest(new.replicate_all, tuple(sorted(new.authors))))
             if session.initiator:
                 self._start_sync(session, now)
 
+    def _catalogue(self) -> tuple[list[bytes], dict[bytes, list[bytes]]]:
+        """The keys of every record that travels, by scope class: read from
+        the store once, then kept up to date by :meth:`_index_record`."""
+        if self._everywhere_keys is None:
+            everywhere: list[bytes] = []
+            public: dict[bytes, list[bytes]] = {}
+            for ts, record_id, kind, author, visibility in self.store.scan():
+                key = ts.to_bytes(8, "big") + record_id
+                if kind in EVERYWHERE:
+                    everywhere.append(key)
+                elif kind in AUTHOR_SCOPED and visibility == "public":
+                    public.setdefault(author, []).append(key)
+            self._everywhere_keys, self._public_keys = everywhere, public
+        return self._everywhere_keys, self._public_keys
+
     def _index_for(self, scope: Interest) -> ItemIndex:
         index = self._indexes.get(scope)
         if index is None:
-            index = ItemIndex()
-            for ts, record_id, kind, author, visibility in self.store.scan():
-                if scope.wants(kind, author, visibility):
-                    index.add(ts, record_id)
+            everywhere, public = self._catalogue()
+            keys = list(everywhere)
+            if scope.replicate_all:
+                for author_keys in public.values():
+                    keys.extend(author_keys)
+            else:
+                for author in scope.authors:
+                    keys.extend(public.get(author, ()))
+            index = ItemIndex.from_keys(keys)
             if len(self._indexes) >= 64:  # bounded cache: interests rarely differ much
                 self._indexes.pop(next(iter(self._indexes)))
             self._indexes[scope] = index
         return index
 
     def _index_record(self, record: Record) -> None:
+        if self._everywhere_keys is not None:
+            key = record.ts.to_bytes(8, "big") + record.id
+            if record.kind in EVERYWHERE:
+                self._everywhere_keys.append(key)
+            elif record.kind in AUTHOR_SCOPED and record.visibility == "public":
+                self._public_keys.setdefault(record.author, []).append(key)
         for scope, index in self._indexes.items():
             if scope.wants(record.kind, record.author, record.visibility) and (record.ts, record.id) not in index:
                 index.add(record.ts, record.id)
@@ -490,7 +843,7 @@ class NodeCore:
             return
         session.next_recon_id += 1
         recon_id = session.next_recon_id
-        reconciler = Reconciler(self._index_for(self._scope_with(session)))
+        reconciler = Reconciler(self._index_for(self._scope_with(session)), max_reply=limits.RECON_REPLY_BYTES)
         session.recon[recon_id] = reconciler
         session.pushed[recon_id] = set()
         self.stats.syncs += 1
@@ -504,8 +857,14 @@ class NodeCore:
             if session.initiator:
                 return  # a late reply to a session we already ended
             if len(session.recon) >= 2:
+                self._bite("recon_concurrent")
                 raise wire.WireError("too many concurrent reconciliations")
-            reconciler = Reconciler(self._index_for(self._scope_with(session)))
+            assert session.recon_bucket is not None
+            if not session.recon_bucket.take(now):
+                self._bite("recon_rate")
+                raise wire.WireError("reconciliations started too often")
+            reconciler = Reconciler(self._index_for(self._scope_with(session)),
+                                    max_reply=limits.RECON_REPLY_BYTES)
             session.recon[message.session] = reconciler
             session.pushed[message.session] = set()
         reply = reconciler.receive(message.payload)
@@ -523,14 +882,50 @@ class NodeCore:
         ids = session.recon[recon_id].have - pushed
         pushed |= ids
         if ids:
+            self._owe(session, sorted(ids))
+            self._drain(session, now)
+
+    def _owe(self, session: Session, ids: Iterable[bytes]) -> None:
+        """Queue records to push to the peer (bounded: past the limit they
+        are dropped, and the next reconciliation finds them again)."""
+        pending, queued = session.push_pending, session.push_queued
+        dropped = 0
+        for record_id in ids:
+            if record_id in queued:
+                continue
+            if len(pending) >= limits.MAX_PUSH_PENDING:
+                dropped += 1
+                continue
+            queued.add(record_id)
+            pending.append(record_id)
+        if dropped:
+            self._bite("push_pending_dropped", dropped)
+
+    def _drain(self, session: Session, now: float) -> None:
+        """Push owed records while the send queue has room and the peer's
+        push budget (bytes per second) allows."""
+        pending = session.push_pending
+        bucket = session.push_bucket
+        assert bucket is not None
+        batches = 0
+        while pending and session.ready and not session.closed:
+            if self.flow_control and (session.queued >= limits.SEND_QUEUE_LOW
+                                      or batches >= limits.PUSH_BATCHES_PER_TURN):
+                return  # sent() resumes
+            if not bucket.ready(now):
+                self._bite("push_rate")
+                return  # next_deadline() resumes
+            batch = [pending.popleft() for _ in range(min(len(pending), limits.MAX_RECORDS_PER_MESSAGE))]
+            session.push_queued.difference_update(batch)
             scope = self._scope_with(session)
-            # (ts, id) order, so a receiver's clock and indexes see them in order
-            ordered = sorted(ids)
             raws = [
-                raw for raw, kind, author, visibility in self.store.scoped_raw(ordered)
+                raw for raw, kind, author, visibility in self.store.scoped_raw(batch)
                 if scope.wants(kind, author, visibility)
             ]
-            self._send_records(session, raws, now)
+            if raws:
+                bucket.spend(now, sum(len(raw) for raw in raws))
+                self._send_records(session, raws, now)
+                batches += 1  # with flow control, sent() tops the queue up
 
     def _send_records(self, session: Session, raws: Sequence[bytes], now: float) -> None:
         batch: list[bytes] = []
@@ -547,43 +942,60 @@ class NodeCore:
         self.stats.records_out += len(raws)
 
     def _on_records(self, session: Session, raws: Sequence[bytes], now: float) -> None:
-        # Bytes whose hash we already store are that very record, verified on
-        # the way in: skip them before paying for a signature check. Eager
-        # push makes such duplicates common (about two per record per node).
-        known = self.store.known_ids([hashlib.sha256(raw).digest() for raw in raws])
+        # Bytes whose hash we already store (or are storing) are that very
+        # record, verified on the way in: skip them before paying for a
+        # signature check. Eager push makes such duplicates common (about two
+        # per record per node).
+        ids = [hashlib.sha256(raw).digest() for raw in raws]
+        known = self.store.known_ids(ids)
+        if self._inflight:
+            known |= self._inflight.intersection(ids)
         if known:
-            fresh = [raw for raw in raws if hashlib.sha256(raw).digest() not in known]
-            self.stats.duplicates_skipped += len(raws) - len(fresh)
-            raws = fresh
-        decoded = self.store.decode_many(list(raws))
-        accepted: list[Record] = []
+            pairs = [(i, raw) for i, raw in zip(ids, raws, strict=True) if i not in known]
+            self.stats.duplicates_skipped += len(raws) - len(pairs)
+        else:
+            pairs = list(zip(ids, raws, strict=True))
+        if not pairs:
+            session.received_records += len(raws)
+            return
+        job = IngestJob(session.conn, tuple(raw for _, raw in pairs), frozenset(i for i, _ in pairs),
+                        self._interest, int(now * 1000))
+        if self.deferred_ingest:
+            session.ingest_pending += job.size
+            self._inflight.update(job.ids)
+            self._actions.append(Ingest(job))
+            return
         wall_ms = int(now * 1000)
-        for item in decoded:
-            if isinstance(item, P2pmemError):
-                # A forged or broken record is a protocol violation: honest
-                # nodes only forward what they verified.
-                self.stats.records_rejected += 1
-                raise wire.WireError(f"peer sent an invalid record: {item}")
-            if not self._interest.wants(item.kind, item.author, item.visibility):
-                continue  # out of our scope: not an error, just not kept
-            if admission_error(item, wall_ms) is not None:  # the same check as `import`
-                self.stats.records_rejected += 1
-                continue
-            self.clock.observe(item.ts, wall_ms, limits.MAX_FUTURE_SKEW_MS)
-            accepted.append(item)
-        result = self.store.ingest(accepted)
-        session.received_records += len(raws)
-        self.stats.records_in += len(result.added)
-        if result.added:
+        outcome = run_ingest(
+            self.store, job, lambda ts: self.clock.observe(ts, wall_ms, limits.MAX_FUTURE_SKEW_MS)
+        )
+        session.received_records += len(raws) - len(pairs)
+        self._ingested(session, len(pairs), outcome, now)
+
+    def _ingested(self, session: Session | None, received: int, outcome: IngestOutcome, now: float) -> None:
+        """What follows a stored ingest job: indexes, interest, eager push."""
+        if outcome.error is not None:
+            # A forged or broken record is a protocol violation: honest
+            # nodes only forward what they verified.
+            self.stats.records_rejected += 1
+            raise wire.WireError(f"peer sent an invalid record: {outcome.error}")
+        self.stats.records_rejected += outcome.skipped_future
+        if outcome.evicted:
+            self._bite("quota_evicted", outcome.evicted)
+        if session is not None:
+            session.received_records += received
+        added = outcome.added
+        self.stats.records_in += len(added)
+        if added:
             # Move past the rows just stored without losing any that a CLI
             # command of this home committed in between: those are ours to push.
-            self.poll_store(now, skip=frozenset(r.id for r in result.added))
-            for record in result.added:
+            self.poll_store(now, skip=frozenset(r.id for r in added))
+            for record in added:
                 self._index_record(record)
-            if any(r.kind == "follow" and r.author == self.key for r in result.added):
+            if any(r.kind == "follow" and r.author == self.key for r in added):
                 self._interest_changed(now)
-            self._push(result.added, exclude=session.conn, now=now)
-            for record in result.added:
+            self._push(added, exclude=session.conn if session is not None else None, now=now)
+            for record in added:
                 if record.kind == "profile" and record.author in self._interest.authors:
                     self._learn_addresses(record)
 
@@ -597,9 +1009,16 @@ class NodeCore:
             interest = session.interest
             assert interest is not None
             raws = [r.raw for r in records if interest.wants(r.kind, r.author, r.visibility)]
-            if raws:
-                self._send_records(session, raws, now)
-                self._flush(session)
+            if not raws:
+                continue
+            if self.flow_control and session.queued >= limits.SEND_QUEUE_LOW:
+                # a peer that does not keep up gets them by reconciliation
+                self._bite("eager_push_skipped", len(raws))
+                continue
+            assert session.push_bucket is not None
+            session.push_bucket.spend(now, sum(len(raw) for raw in raws))
+            self._send_records(session, raws, now)
+            self._flush(session)
 
     def _answer_query(self, query: Any) -> list[bytes]:
         """Answer a flooded query from the local store: public and ``ask``
@@ -628,10 +1047,38 @@ class NodeCore:
         """Dial the announced addresses of agents we follow."""
         if not isinstance(profile.body, dict):
             return
-        for address in profile.body.get("addresses", ()):
-            entry = self.addresses.get(address)
-            if entry is None and len(self.addresses) < limits.MAX_KNOWN_ADDRESSES:
-                self.addresses[address] = _Address(address, agent=profile.author)
+        for address in profile.body.get("addresses", ())[: limits.MAX_ADDRESSES]:
+            self._learn(address, profile.author, source=profile.author)
+
+    def _learn(self, address: str, agent: bytes | None, *, source: bytes | None) -> None:
+        """Note an address someone told us of, unverified until a handshake
+        there succeeds. Bounded per source and in total; when full, a random
+        unverified address of the source with the most makes room (so a
+        flood from one peer evicts its own entries, not honest ones)."""
+        if agent == self.key or address in self.addresses or address in self.listen_addresses:
+            return
+        unverified = [e for e in self.addresses.values() if not e.verified and not e.bootstrap]
+        mine = [e for e in unverified if e.source == source]
+        if len(mine) >= limits.MAX_ADDRESSES_PER_SOURCE:
+            self._bite("addresses_per_source")
+            victim = min(mine, key=lambda e: (e.failures == 0, e.next_attempt, e.address))
+            if victim.dialing:
+                return
+            del self.addresses[victim.address]
+        elif len(unverified) >= limits.MAX_UNVERIFIED_ADDRESSES or len(self.addresses) >= limits.MAX_KNOWN_ADDRESSES:
+            self._bite("addresses_full")
+            counts: dict[bytes | None, int] = {}
+            for e in unverified:
+                counts[e.source] = counts.get(e.source, 0) + 1
+            if not counts:
+                return
+            top = max(counts.values())
+            heavy = sorted((e for e in unverified if counts[e.source] == top and not e.dialing),
+                           key=lambda e: e.address)
+            if not heavy:
+                return
+            del self.addresses[self.rng.choice(heavy).address]
+        self.addresses[address] = _Address(address, agent=agent, source=source)
 
     def _send_pex(self, session: Session, now: float) -> None:
         session.next_pex = now + self.timing.pex_interval
@@ -645,13 +1092,9 @@ class NodeCore:
         if peers:
             self._send(session, wire.PeerExchange(tuple(peers[: limits.MAX_PEER_EXCHANGE])))
 
-    def _on_pex(self, message: wire.PeerExchange) -> None:
+    def _on_pex(self, session: Session, message: wire.PeerExchange) -> None:
         for agent, address in message.peers:
-            if agent == self.key or address in self.addresses:
-                continue
-            if len(self.addresses) >= limits.MAX_KNOWN_ADDRESSES:
-                break
-            self.addresses[address] = _Address(address, agent=agent)
+            self._learn(address, agent, source=session.remote)
 
     def _dialable(self, entry: _Address) -> bool:
         if entry.is_self or entry.dialing or entry.address in self.listen_addresses:
@@ -670,9 +1113,12 @@ class NodeCore:
         always, others until the target is reached."""
         active = self._active_count()
         candidates = [e for e in self.addresses.values() if self._dialable(e) and e.next_attempt <= now]
-        candidates.sort(key=lambda e: (not e.bootstrap, not self._followed(e), e.failures, e.address))
+        candidates.sort(key=lambda e: (not e.bootstrap, not self._followed(e), not e.verified, e.failures, e.address))
         for entry in candidates:
             if not self._room_for(entry, active):
+                break
+            if not self._dial_bucket.take(now):
+                self._bite("dial_rate")
                 break
             entry.dialing = True
             entry.next_attempt = now + self.timing.handshake_timeout
@@ -705,6 +1151,8 @@ class NodeCore:
     def _send_raw(self, session: Session, data: bytes) -> None:
         if data:
             self.stats.bytes_out += len(data)
+            if self.flow_control:
+                session.queued += len(data)
             self._actions.append(Send(session.conn, data))
 
     def _flush(self, session: Session) -> None:
@@ -725,13 +1173,19 @@ class NodeCore:
         for session in list(self.sessions.values()):
             self._flush(session)
 
-    def _close(self, session: Session, reason: str, now: float, *, send_bye: bool = True) -> None:
+    def _close(
+        self, session: Session, reason: str, now: float, *, send_bye: bool = True, quiet: bool = False
+    ) -> None:
         if session.closed:
             return
         if send_bye and session.channel.is_established:
             self._send(session, wire.Bye(reason[:200]))
             self._flush(session)
         session.closed = True
-        log.info("closing connection %s (%s): %s", session.conn,
-                 short_id(session.remote) if session.remote else "?", reason)
+        self._unpend(session)
+        session.push_pending.clear()
+        session.push_queued.clear()
+        if not quiet:
+            log.info("closing connection %s (%s): %s", session.conn,
+                     short_id(session.remote) if session.remote else "?", reason)
         self._actions.append(Close(session.conn, reason))

@@ -274,7 +274,15 @@ class Agent:
 
     # -- trust -----------------------------------------------------------
     def trust(self) -> TrustModel:
-        return TrustModel(self.key, self.store.follows(), self.store.endorsements())
+        """Rebuilt only when a follow or endorse record arrived or left: the
+        store reads those incrementally (issue #11: recall no longer decodes
+        every social record)."""
+        version = self.store.social_version()
+        cached = getattr(self, "_trust_cache", None)
+        if cached is None or cached[0] != version:
+            cached = (version, TrustModel(self.key, self.store.follows(), self.store.endorsements()))
+            self._trust_cache = cached
+        return cached[1]
 
     def recall(
         self, query: str = "", *, limit: int = 10, now_ms: int | None = None, **filters: object

@@ -72,3 +72,111 @@ MAX_CONTROL_DEPTH = 8
 # what local clients can make the node hold: 32 x 8 MiB. More wait-free get a
 # "busy" error; the CLI and an MCP server use one connection per request.
 MAX_CONTROL_CLIENTS = 32
+
+# --- what one peer can cause (issue #11: every resource bounded) -----------
+# Each limit below is counted under its own name in `status --json`
+# ("limits": {name: times it bit}) whenever it refuses, delays or drops
+# something. docs/threat-model.md lists each with the test that proves it.
+
+# Bytes queued to one peer. Above MAX_SEND_QUEUE we stop reading that peer
+# (a peer that does not read cannot make us buffer: it stalls itself); below
+# SEND_QUEUE_LOW optional traffic (pushes) resumes. 4 MiB is four maximal wire
+# messages: one reconciliation reply (512 KiB) plus a full records message
+# always fit, so an honest bulk sync never waits on the mark, while 16 peers
+# at the mark cost 64 MiB at worst.
+MAX_SEND_QUEUE = 4 * 1024 * 1024
+SEND_QUEUE_LOW = 1024 * 1024
+
+# Records a peer made us owe it (reconciliation `have`, `Want`), waiting to be
+# pushed. One reconciliation reply can name ~16,000 ids; past this many we stop
+# reading the peer until they drain (about 3 MiB of ids and set entries).
+MAX_PUSH_PENDING = 20_000
+# Bytes of records pushed to one peer per second (token bucket). The ingest of
+# a receiver is ~5-10 MB/s per core, so an honest sync is not slowed; an
+# attacker that asks again and again costs us at most this much disk reading.
+PUSH_BYTES_PER_S = 8 * 1024 * 1024
+PUSH_BURST_BYTES = 16 * 1024 * 1024
+
+# Reconciliation sessions a peer may open (token bucket). Honest peers open
+# one per resync (30 s) and one per interest change (at most one per
+# INTEREST_MIN_INTERVAL_S); a peer above this is closed.
+RECON_STARTS_PER_S = 0.5
+RECON_STARTS_BURST = 10
+# Interest messages a peer may send (token bucket); each one may make us build
+# a new reconciliation index. Honest nodes send at most one per
+# INTEREST_MIN_INTERVAL_S (changes are coalesced).
+INTEREST_PER_S = 0.5
+INTEREST_BURST = 8
+INTEREST_MIN_INTERVAL_S = 5.0
+
+# Bytes of received records one peer may have waiting in the ingest pipeline
+# (verification and storage run beside the event loop); past this we stop
+# reading that peer until they are stored. Two maximal records messages.
+MAX_INGEST_PENDING = 2 * MAX_MESSAGE
+
+# --- connections ---------------------------------------------------------
+# Connections whose handshake (Noise and hello) is not complete. A stalled
+# handshake holds a descriptor for HANDSHAKE_TIMEOUT_S; these caps keep
+# descriptors for honest peers whatever strangers do. Past the per-address cap
+# the newcomer is refused; past the total cap the oldest pending handshake is
+# dropped (an honest handshake completes in one round trip, so a flood of
+# stalled ones cannot keep it out).
+MAX_PENDING_HANDSHAKES = 64
+MAX_PENDING_PER_HOST = 8
+# New incoming connections accepted per second from one address, and in total
+# (token buckets): a Noise handshake costs ~0.3 ms of X25519 and Ed25519 work.
+HANDSHAKES_PER_HOST_PER_S = 10.0
+HANDSHAKES_PER_HOST_BURST = 20
+HANDSHAKES_PER_S = 100.0
+HANDSHAKES_BURST = 200
+# A newcomer is let in when every slot is taken by evicting a random incoming
+# peer (HyParView's rule), at most once per this many seconds, so churning
+# fresh identities cannot flush honest peers out faster than they reconnect.
+EVICT_INTERVAL_S = 10.0
+
+# --- address book ----------------------------------------------------------
+# Addresses learnt from others (peer exchange, hello) are unverified until a
+# handshake there succeeds. Unverified ones are bounded in total and per
+# source, and dropped after UNVERIFIED_MAX_FAILURES failed dials; verified
+# ones after VERIFIED_MAX_FAILURES (bootstrap addresses are never dropped).
+MAX_UNVERIFIED_ADDRESSES = 256
+MAX_ADDRESSES_PER_SOURCE = 32
+UNVERIFIED_MAX_FAILURES = 1
+VERIFIED_MAX_FAILURES = 8
+# Outgoing dials per second (token bucket), and dial-failure log lines per
+# minute (the rest are counted, not logged).
+DIALS_PER_S = 2.0
+DIALS_BURST = 8
+DIAL_LOGS_PER_S = 0.2
+DIAL_LOGS_BURST = 10
+
+# --- CPU per message ---------------------------------------------------------
+# Our reconciliation messages are cut at this size (a local choice: a long
+# answer continues in the next round), so one 7-byte "send me everything"
+# costs us ~2,000 ids of work, not max_message's ~16,000.
+RECON_REPLY_BYTES = 64 * 1024
+# Work done for one connection before the shell lets other tasks run: a cheap
+# message costs 1, one that makes us read the store or reconcile (Recon,
+# Want, Interest, Query) costs EXPENSIVE_MESSAGE_COST. What a read holds
+# beyond this waits (and the peer is not read meanwhile).
+WORK_PER_TURN = 16
+EXPENSIVE_MESSAGE_COST = 8
+# Records messages (<= MAX_RECORDS_PER_MESSAGE each) pushed to one peer per
+# turn: enough to keep a loopback socket busy while the writer drains, small
+# enough (~20-40 ms of store reads and encryption) not to stall the loop.
+PUSH_BATCHES_PER_TURN = 4
+
+# --- records that replicate everywhere (stranger quotas) ---------------------
+# Profiles, follows, endorsements and sealed messages go to every node, so
+# any identity (and identities are free) could fill every disk. Each author
+# may hold at most this many of each kind on any node; past it the oldest by
+# (ts, id) are evicted (p2pmem/quota.py). The rule depends only on the records,
+# never on who follows whom or on arrival order, so honest nodes keep the same
+# set and reconciliation does not carry evicted records back and forth.
+# A stranger thus costs each node at most ~80 KB (profiles) + 512 follows
+# (~90 KB) + 256 endorsements (~55 KB) + 256 KiB of messages: under 0.5 MB.
+MAX_PROFILES_PER_AUTHOR = 4  # last writer wins: older profiles say nothing; a few spare
+MAX_FOLLOWS_PER_AUTHOR = 512
+MAX_ENDORSEMENTS_PER_AUTHOR = 256
+MAX_MESSAGES_PER_SENDER = 16
+MAX_MESSAGE_BYTES_PER_SENDER = 256 * 1024

@@ -19,6 +19,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,18 @@ import trio
 
 from p2pmem import limits
 from p2pmem.control import ControlServer
-from p2pmem.core import Close, ConnId, Dial, NodeCore, Send, Timing
+from p2pmem.core import (
+    Close,
+    ConnId,
+    Dial,
+    Ingest,
+    IngestJob,
+    IngestOutcome,
+    NodeCore,
+    Send,
+    Timing,
+    run_ingest,
+)
 from p2pmem.errors import P2pmemError, UsageError
 from p2pmem.home import Agent
 from p2pmem.store import Store
@@ -38,6 +50,7 @@ log = logging.getLogger("p2pmem.node")
 READ_SIZE = 65536
 DIAL_TIMEOUT_S = 5.0
 POLL_STORE_S = 0.25
+CLOSE_GRACE_S = 2.0  # a closed connection's writer gets this long to flush, then is cancelled
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -71,6 +84,8 @@ class _Conn:
     stream: trio.SocketStream
     outbox: trio.MemorySendChannel[bytes | None]
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    resume: trio.Event = field(default_factory=trio.Event)
+    closing: bool = False
 
 
 class Node:
@@ -104,6 +119,11 @@ class Node:
         self._stopping = False
         # Local defences that bit (control requests refused, ...), for status.
         self.local_stats: dict[str, int] = {}
+        # Received records wait here for the ingest task; the core bounds the
+        # bytes each peer may have waiting (limits.MAX_INGEST_PENDING) and
+        # stops reading a peer past it, so the channel needs no bound of its own.
+        self._ingest_send, self._ingest_receive = trio.open_memory_channel[IngestJob](math.inf)
+        self._thread_stores = threading.local()
 
     # -- lifecycle -------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -122,6 +142,7 @@ class Node:
             self.agent.identity, self.agent.store, random.Random(),
             now=wall(), listen_addresses=[self.address], bootstrap=self.peers,
             replicate_all=self.replicate_all, timing=self.timing,
+            flow_control=True, deferred_ingest=True,
         )
         try:
             async with trio.open_nursery() as nursery:
@@ -130,6 +151,7 @@ class Node:
                 nursery.start_soon(self._serve_listeners, listeners)
                 nursery.start_soon(self._timer_loop)
                 nursery.start_soon(self._keep_indexes_current)
+                nursery.start_soon(self._ingest_loop)
                 self._apply()
                 task_status.started(self.address)
         finally:
@@ -208,9 +230,15 @@ class Node:
                         conn.outbox.send_nowait(action.data)
             elif isinstance(action, Close):
                 conn = self._conns.get(action.conn)
-                if conn is not None:
+                if conn is not None and not conn.closing:
+                    conn.closing = True
                     with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
                         conn.outbox.send_nowait(None)  # writer closes after what is queued
+                    # a peer that does not read would keep the writer blocked
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._cancel_later, conn)
+            elif isinstance(action, Ingest):
+                self._ingest_send.send_nowait(action.job)
             elif isinstance(action, Dial):
                 if self._stopping:
                     continue
@@ -218,6 +246,35 @@ class Node:
                 self._nursery.start_soon(self._dial, action.address, action.expected)
         if wake:
             self._wakeup.set()
+        for conn in self._conns.values():
+            conn.resume.set()  # readers waiting on backpressure look again
+
+    @staticmethod
+    async def _cancel_later(conn: _Conn) -> None:
+        await trio.sleep(CLOSE_GRACE_S)
+        conn.scope.cancel()
+
+    # -- ingest: verification and storage beside the event loop ---------------
+    def _ingest_work(self, job: IngestJob) -> IngestOutcome:
+        """In a worker thread, with that thread's own store connection
+        (SQLite connections stay in their thread; WAL lets the loop's
+        connection read meanwhile)."""
+        store = getattr(self._thread_stores, "store", None)
+        if store is None:
+            store = Store(self.agent.store.path)
+            self._thread_stores.store = store
+        return run_ingest(store, job)
+
+    async def _ingest_loop(self) -> None:
+        assert self.core is not None
+        async for job in self._ingest_receive:
+            try:
+                outcome = await trio.to_thread.run_sync(self._ingest_work, job)
+            except Exception as exc:  # the store failed (disk full, locked...): drop the job, keep serving
+                log.warning("could not store received records: %s", exc)
+                outcome = IngestOutcome()  # reconciliation brings them again later
+            self.core.ingest_done(job, outcome, wall())
+            self._apply()
 
     def poke(self) -> None:
         """Something changed in the store (a CLI command wrote)."""
@@ -258,17 +315,36 @@ class Node:
         assert self.core is not None
         self._next_conn += 1
         conn_id = self._next_conn
+        # Unbounded in count, bounded in bytes: the core stops producing for
+        # (and reading from) a peer with limits.MAX_SEND_QUEUE bytes queued.
         send, receive = trio.open_memory_channel[bytes | None](math.inf)
         conn = _Conn(stream, send)
         self._conns[conn_id] = conn
+        host = None
+        if not initiator:
+            with contextlib.suppress(OSError, IndexError, TypeError):
+                host = str(stream.socket.getpeername()[0])
         try:
             with conn.scope:
                 self.core.connection_made(conn_id, initiator=initiator, now=wall(), address=address,
-                                          expected=expected)
+                                          expected=expected, host=host)
                 self._apply()
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer, conn, receive, nursery.cancel_scope)
+                    nursery.start_soon(self._writer, conn_id, conn, receive, nursery.cancel_scope)
                     while True:
+                        while True:
+                            if self.core.has_backlog(conn_id):
+                                # what the last read held, a turn at a time,
+                                # letting every other task run in between
+                                await trio.sleep(0)
+                                self.core.resume(conn_id, wall())
+                                self._apply()
+                            elif self.core.readable(conn_id):
+                                break
+                            else:
+                                # backpressure: not read until the core has room again
+                                conn.resume = trio.Event()
+                                await conn.resume.wait()
                         try:
                             data = await stream.receive_some(READ_SIZE)
                         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -286,13 +362,17 @@ class Node:
                 await stream.aclose()
 
     async def _writer(
-        self, conn: _Conn, receive: trio.MemoryReceiveChannel[bytes | None], scope: trio.CancelScope
+        self, conn_id: ConnId, conn: _Conn, receive: trio.MemoryReceiveChannel[bytes | None],
+        scope: trio.CancelScope,
     ) -> None:
+        assert self.core is not None
         try:
             async for data in receive:
                 if data is None:
                     break
                 await conn.stream.send_all(data)
+                self.core.sent(conn_id, len(data), wall())
+                self._apply()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         scope.cancel()  # closing: stop the reader too

@@ -294,6 +294,15 @@ class ItemIndex:
         self._valid = 0
         self._pending: set[bytes] = set()
 
+    @classmethod
+    def from_keys(cls, keys: Iterable[bytes]) -> ItemIndex:
+        """An index of items given as 40-byte keys (``ts`` big-endian, then
+        the id), without re-encoding them: the core keeps its records' keys
+        and builds a peer's scope from them with no store scan."""
+        index = cls()
+        index._keys = sorted(set(keys))
+        return index
+
     # --- content -----------------------------------------------------------
 
     def add(self, ts: int, id_: bytes) -> bool:
@@ -669,7 +678,8 @@ class Reconciler:
     The index must not be mutated *during* a call; it may change between
     calls (see the module docstring). ``branching`` and ``id_list_threshold``
     are local tuning (a peer with different values still interoperates);
-    ``max_message`` must be the same on both sides. ``max_rounds`` bounds the
+    ``max_message`` must be the same on both sides. ``max_reply`` (local) caps the size of
+    our own messages. ``max_rounds`` bounds the
     messages this side accepts, so a peer cannot keep a session alive forever.
     """
 
@@ -681,6 +691,7 @@ class Reconciler:
         branching: int = 16,
         id_list_threshold: int = 32,
         max_rounds: int = 4096,
+        max_reply: int | None = None,
     ) -> None:
         if not isinstance(index, ItemIndex):
             raise TypeError("index must be an ItemIndex")
@@ -692,6 +703,8 @@ class Reconciler:
             raise ValueError(f"id_list_threshold must be in 1..{MAX_ID_LIST}")
         if max_rounds < 1:
             raise ValueError("max_rounds must be positive")
+        if max_reply is not None and max_reply < MIN_MESSAGE:
+            raise ValueError(f"max_reply must be at least {MIN_MESSAGE}")
         self.index = index
         self.max_message = max_message
         self.branching = branching
@@ -706,6 +719,11 @@ class Reconciler:
         self.bytes_received = 0
         self._state = _IDLE
         self._max_ranges = min(MAX_RANGES, max_message // 4)
+        # Our own messages may be smaller than the protocol's max_message
+        # (local tuning, like branching): a long answer is cut and continued
+        # exactly as when it would not fit, so the CPU one peer message can
+        # make us spend is bounded by this, not by max_message.
+        self._out_limit = min(max_message, max_reply) if max_reply is not None else max_message
         self._sent_lists: dict[bytes, tuple[bytes, bytes]] = {}
 
     @property
@@ -719,7 +737,7 @@ class Reconciler:
             raise ReconcileError("start() called on a session already under way")
         self.is_initiator = True
         self.index._ensure()
-        w = _Writer(self.max_message, self._max_ranges)
+        w = _Writer(self._out_limit, self._max_ranges)
         ok = self._emit_split(w, _MIN_KEY, _INF_KEY, 0, len(self.index._keys))
         assert ok, "the first message always fits"
         return self._send(w)
@@ -770,7 +788,7 @@ class Reconciler:
             return None
 
         keys = index._keys
-        w = _Writer(self.max_message, self._max_ranges)
+        w = _Writer(self._out_limit, self._max_ranges)
         for r in ranges:
             if r.mode in (SKIP, DIFF):
                 ok = w.emit(r.upper, SKIP)

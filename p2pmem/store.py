@@ -98,6 +98,7 @@ class IngestResult:
     added: list[Record] = field(default_factory=list)
     duplicates: int = 0
     retracted: int = 0  # arrived already retracted: dropped, tombstone kept
+    evicted: int = 0  # records removed by a quota (p2pmem/quota.py), new or old
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
 
 
@@ -156,6 +157,13 @@ class Store:
         self._db.execute(
             "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
         )
+        # follow/endorse state, read incrementally (see _social)
+        self._social_rowid = 0
+        self._social_count = 0
+        self._latest_follow: dict[tuple[bytes, bytes], tuple[int, bytes, bool]] = {}
+        self._endorsements: set[tuple[bytes, bytes, str]] = set()
+        self._social_version = 0
+        self._social_epoch = 0
 
     # -- plumbing --------------------------------------------------------
     def close(self) -> None:
@@ -255,6 +263,7 @@ class Store:
                         good.append(item)
                     position += 1
                 self._store_all(db, good, result)
+            self._enforce_quotas(db, result)
         return result
 
     def ingest(self, records: Iterable[Record]) -> IngestResult:
@@ -262,7 +271,36 @@ class Store:
         result = IngestResult()
         with self._lock, self._transaction() as db:
             self._store_all(db, list(records), result)
+            self._enforce_quotas(db, result)
         return result
+
+    def _enforce_quotas(self, db: sqlite3.Connection, result: IngestResult) -> None:
+        """Evict what the groups touched by this ingest hold past their
+        quota (p2pmem/quota.py): the oldest (ts, id) first, the same on every
+        node. Records that arrived already past it leave ``added``."""
+        from p2pmem.quota import BY_AUTHOR, over_quota
+
+        groups = {(r.kind, r.author) for r in result.added if r.kind in BY_AUTHOR}
+        if not groups:
+            return
+        victims: set[bytes] = set()
+        for kind, author in sorted(groups):
+            count, size = BY_AUTHOR[kind]
+            rows = db.execute(
+                "SELECT id, ts, length(raw) FROM records WHERE kind = ? AND author = ? ORDER BY ts DESC, id DESC",
+                (kind, author),
+            ).fetchall()
+            victims.update(over_quota(rows, count, size))
+        if not victims:
+            return
+        for record_id in victims:
+            db.execute("DELETE FROM topics WHERE rid = (SELECT rowid FROM records WHERE id = ?)", (record_id,))
+            db.execute("DELETE FROM records WHERE id = ?", (record_id,))
+        # tells every connection's follow/endorse cache to start over
+        db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('social_epoch', 0)")
+        db.execute("UPDATE meta SET value = value + 1 WHERE key = 'social_epoch'")
+        result.evicted += len(victims)
+        result.added = [r for r in result.added if r.id not in victims]
 
     def _store_all(self, db: sqlite3.Connection, records: list[Record], result: IngestResult) -> None:
         """Insert in order. Runs of plain memories (no refs) go in bulk;
@@ -840,23 +878,61 @@ class Store:
                 best[record.author] = record
         return best
 
+    def _social(self) -> None:
+        """Bring the follow/endorse state up to date, decoding only records
+        stored since the last call (any process may have written them). A
+        deletion (a quota eviction) or a reused rowid shows as a count that
+        does not add up: then everything is read again."""
+        epoch_row = self._db.execute("SELECT value FROM meta WHERE key = 'social_epoch'").fetchone()
+        epoch = epoch_row[0] if epoch_row else 0
+        count = self._db.execute(
+            "SELECT count(*) FROM records WHERE kind IN ('follow', 'endorse')"
+        ).fetchone()[0]
+        if count < self._social_count or epoch != self._social_epoch:
+            self._social_epoch = epoch
+            self._social_version += 1
+            self._social_rowid, self._social_count = 0, 0
+            self._latest_follow.clear()
+            self._endorsements.clear()
+        rows = self._db.execute(
+            "SELECT rowid, raw FROM records WHERE rowid > ? AND kind IN ('follow', 'endorse') ORDER BY rowid",
+            (self._social_rowid,),
+        ).fetchall()
+        if self._social_count + len(rows) != count and self._social_rowid:
+            self._social_rowid, self._social_count = 0, 0
+            self._latest_follow.clear()
+            self._endorsements.clear()
+            self._social()
+            return
+        for rowid, raw in rows:
+            record = decode_record(raw, verify=False)
+            assert isinstance(record.body, dict)
+            if record.kind == "follow":
+                key = (record.author, record.body["target"])
+                current = self._latest_follow.get(key)
+                if current is None or (record.ts, record.id) > current[:2]:
+                    self._latest_follow[key] = (record.ts, record.id, bool(record.body["active"]))
+            else:
+                self._endorsements.add((record.author, record.body["target"], record.body["what"]))
+            self._social_rowid = rowid
+        if rows:
+            self._social_version += 1
+        self._social_count = count
+
+    def social_version(self) -> int:
+        """Changes whenever follows() or endorsements() would: trust caches on it."""
+        self._social()
+        return self._social_version
+
     def follows(self) -> set[tuple[bytes, bytes]]:
         """Active (follower, followee) pairs (last writer wins per pair)."""
-        latest: dict[tuple[bytes, bytes], Record] = {}
-        for record in self.records_by_kind("follow"):
-            assert isinstance(record.body, dict)
-            key = (record.author, record.body["target"])
-            current = latest.get(key)
-            if current is None or (record.ts, record.id) > (current.ts, current.id):
-                latest[key] = record
-        return {k for k, r in latest.items() if isinstance(r.body, dict) and r.body["active"]}
+        self._social()
+        return {k for k, (_, _, active) in self._latest_follow.items() if active}
 
     def endorsements(self) -> set[tuple[bytes, bytes, str]]:
-        out = set()
-        for record in self.records_by_kind("endorse"):
-            assert isinstance(record.body, dict)
-            out.add((record.author, record.body["target"], record.body["what"]))
-        return out
+        self._social()
+        return set(self._endorsements)
+
 
     def authors(self) -> dict[bytes, int]:
         """Every author with a count of its current memories."""

@@ -601,3 +601,40 @@ class ReconcileMachine(RuleBasedStateMachine):
 
 ReconcileMachine.TestCase.settings = settings(max_examples=20, stateful_step_count=20)
 TestReconcileMachine = ReconcileMachine.TestCase
+
+
+@given(
+    st.sets(st.tuples(st.integers(0, 50), st.binary(min_size=32, max_size=32)), max_size=3000),
+    st.sets(st.tuples(st.integers(0, 50), st.binary(min_size=32, max_size=32)), max_size=300),
+    st.booleans(),
+)
+@settings(max_examples=25, deadline=None)
+def test_a_side_that_caps_its_own_replies_still_reconciles(a_items, b_items, initiator_caps):
+    """``max_reply`` is local: a side whose messages are cut short (the core
+    caps them so one peer message costs bounded CPU) still interoperates
+    with a side that is not, and both learn the exact differences."""
+    from p2pmem.reconcile import MIN_MESSAGE, ItemIndex, Reconciler, run_session
+
+    a, b = ItemIndex(a_items), ItemIndex(b_items)
+    ra = Reconciler(a, max_reply=MIN_MESSAGE if initiator_caps else None)
+    rb = Reconciler(b, max_reply=None if initiator_caps else MIN_MESSAGE)
+    run_session(ra, rb)
+    ids_a, ids_b = {i for _, i in a_items}, {i for _, i in b_items}
+    assert ra.have == ids_a - ids_b and ra.need == ids_b - ids_a
+    assert rb.have == ids_b - ids_a and rb.need == ids_a - ids_b
+
+
+def test_capped_replies_carry_a_large_difference_over_several_rounds():
+    from p2pmem.reconcile import MIN_MESSAGE, ItemIndex, Reconciler, run_session
+
+    rng = random.Random(5)
+    a_items = {(rng.randrange(1 << 40), rng.randbytes(32)) for _ in range(6000)}
+    b_items = set(list(a_items)[:500]) | {(rng.randrange(1 << 40), rng.randbytes(32)) for _ in range(300)}
+    for caps in (True, False):
+        ra = Reconciler(ItemIndex(a_items), max_reply=MIN_MESSAGE if caps else None)
+        rb = Reconciler(ItemIndex(b_items), max_reply=None if caps else MIN_MESSAGE)
+        messages, _ = run_session(rb, ra)
+        ids_a, ids_b = {i for _, i in a_items}, {i for _, i in b_items}
+        assert ra.have == ids_a - ids_b and rb.have == ids_b - ids_a
+        assert ra.need == ids_b - ids_a and rb.need == ids_a - ids_b
+        assert messages > 4  # the capped side continued over several rounds

@@ -1,0 +1,304 @@
+"""Any sequence of wire messages from hostile peers leaves the sans-IO core's
+memory and queues within the limits of p2pmem/limits.py (issue #11).
+
+A hypothesis state machine drives one :class:`NodeCore` with flow control
+on (as the trio node runs it) through real Noise connections from several
+attackers that send any mix of reconciliation messages (including the
+7-byte "send me everything"), Want, Interest, peer exchange, records, pings
+and stalled handshakes, while the shell writes out only what the test says
+(a peer that never reads) and runs the ingest pipeline when the test says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+import cbor2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from p2pmem import limits, wire
+from p2pmem.clock import from_ms
+from p2pmem.core import Close, Ingest, NodeCore, Send, run_ingest
+from p2pmem.identity import Identity
+from p2pmem.noise import HandshakeComplete, MessageReceived, SecureChannel
+from p2pmem.record import sign_record
+from p2pmem.store import Store
+
+BASE_MS = 1_700_000_000_000
+T0 = BASE_MS / 1000 + 3600.0
+EMPTY_ID_LIST = cbor2.dumps([1, [0, b"", 2, b""]], canonical=True)
+
+
+def _ident(tag: str) -> Identity:
+    return Identity.from_seeds(hashlib.sha256(b"ed" + tag.encode()).digest(),
+                               hashlib.sha256(b"x" + tag.encode()).digest())
+
+
+NODE = _ident("node")
+STRANGER = _ident("stranger")
+# The node's store: 400 public memories of ~600 bytes (~250 KB to amplify).
+RECORDS = [sign_record(NODE, "memory", from_ms(BASE_MS + i), f"memory {i} " + "y" * 600) for i in range(400)]
+STRANGER_RECORDS = [sign_record(STRANGER, "endorse", from_ms(BASE_MS + i), {"target": bytes(32), "what": "agent"})
+                    for i in range(60)]
+# What one handled message may add on top of a full send queue: a reconciliation
+# reply, one batch of pushed records, and small control messages.
+SLACK = 2 * limits.MAX_MESSAGE + 64 * 1024
+
+
+class _Peer:
+    def __init__(self, conn: int, identity: Identity) -> None:
+        self.conn = conn
+        self.identity = identity
+        self.channel = SecureChannel(True, identity.signing_key)
+        self.inbox = bytearray()  # bytes the core sent us and we did not read yet
+        self.ready = False
+
+
+class HostilePeers(RuleBasedStateMachine):
+    @initialize(seed=st.integers(0, 2**32 - 1), deferred=st.booleans())
+    def start(self, seed: int, deferred: bool) -> None:
+        self.now = T0
+        self.store = Store(Path(":memory:"), verify_workers=1)
+        self.store.ingest(RECORDS)
+        self.core = NodeCore(NODE, self.store, random.Random(seed), now=self.now,
+                             listen_addresses=["node.test:7000"], replicate_all=True,
+                             flow_control=True, deferred_ingest=deferred)
+        self.peers: dict[int, _Peer] = {}
+        self.unsent: dict[int, int] = {}  # conn -> bytes the shell holds, not yet written
+        self.jobs: list = []
+        self.next_conn = 0
+        self.closed: set[int] = set()
+        self.rng = random.Random(seed)
+
+    # -- the shell ----------------------------------------------------------------
+    def _apply(self) -> None:
+        for action in self.core.take_actions():
+            if isinstance(action, Send):
+                self.unsent[action.conn] = self.unsent.get(action.conn, 0) + len(action.data)
+                peer = self.peers.get(action.conn)
+                if peer is not None:
+                    peer.inbox += action.data
+            elif isinstance(action, Ingest):
+                self.jobs.append(action.job)
+            elif isinstance(action, Close) and action.conn not in self.closed:
+                self.closed.add(action.conn)
+                self.core.connection_lost(action.conn, self.now)
+                self.peers.pop(action.conn, None)
+                self.unsent.pop(action.conn, None)
+
+    def _connect(self, host: str, identity: Identity) -> _Peer:
+        self.next_conn += 1
+        peer = _Peer(self.next_conn, identity)
+        self.peers[peer.conn] = peer
+        self.core.connection_made(peer.conn, initiator=False, now=self.now, host=host)
+        self._apply()
+        return peer
+
+    def _read(self, peer: _Peer) -> None:
+        """The peer reads what it was sent (its side of the handshake)."""
+        data, peer.inbox = bytes(peer.inbox), bytearray()
+        if data and not peer.channel.closed:
+            peer.channel.receive_data(data)
+            while (event := peer.channel.next_event()) is not None:
+                if isinstance(event, HandshakeComplete | MessageReceived):
+                    pass
+
+    def _feed(self, peer: _Peer, data: bytes) -> None:
+        if peer.conn in self.closed or not data:
+            return
+        if not self.core.readable(peer.conn):
+            return  # the shell does not read this peer now (backpressure)
+        self.core.data_received(peer.conn, data, self.now)
+        self._apply()
+        while self.core.has_backlog(peer.conn):  # the shell's turns
+            self.core.resume(peer.conn, self.now)
+            self._apply()
+
+    def _send(self, peer: _Peer, message: wire.Message | bytes) -> None:
+        if peer.conn in self.closed or not peer.ready:
+            return
+        data = message if isinstance(message, bytes) else wire.encode(message)
+        peer.channel.send_message(data)
+        self._feed(peer, peer.channel.data_to_send())
+
+    def _ready_peers(self) -> list[_Peer]:
+        return [p for p in self.peers.values() if p.ready and p.conn not in self.closed]
+
+    # -- attackers ------------------------------------------------------------------
+    @rule(host=st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3"]),
+          replicate_all=st.booleans())
+    def attacker_joins(self, host: str, replicate_all: bool) -> None:
+        identity = _ident(f"attacker {self.next_conn}")
+        peer = self._connect(host, identity)
+        self._feed(peer, peer.channel.initiate())
+        self._read(peer)
+        if peer.conn in self.closed or peer.channel.remote_identity is None:
+            return
+        self._feed(peer, peer.channel.data_to_send())
+        peer.ready = True
+        self._send(peer, wire.Hello(wire.PROTOCOL_VERSION, wire.FEATURES, identity.public_key,
+                                    ("127.0.0.1:1",), replicate_all, ()))
+
+    @rule(host=st.sampled_from(["10.0.0.1", "10.0.0.9"]), n=st.integers(1, 40))
+    def stalled_handshakes(self, host: str, n: int) -> None:
+        for _ in range(n):
+            self._connect(host, STRANGER)
+
+    @precondition(lambda self: self._ready_peers())
+    @rule(data=st.data(), count=st.integers(1, 50),
+          payload=st.one_of(st.just(EMPTY_ID_LIST), st.binary(max_size=64)))
+    def recon_flood(self, data, count: int, payload: bytes) -> None:
+        peer = data.draw(st.sampled_from(self._ready_peers()))
+        for session in range(count):
+            self._send(peer, wire.Recon(data.draw(st.integers(0, 5)) * 1000 + session, payload))
+
+    @precondition(lambda self: self._ready_peers())
+    @rule(data=st.data(), repeat=st.integers(1, 20))
+    def want_flood(self, data, repeat: int) -> None:
+        peer = data.draw(st.sampled_from(self._ready_peers()))
+        ids = tuple(r.id for r in RECORDS) + tuple(hashlib.sha256(b"%d" % i).digest() for i in range(50))
+        for _ in range(repeat):
+            self._send(peer, wire.Want(ids))
+
+    @precondition(lambda self: self._ready_peers())
+    @rule(data=st.data(), n=st.integers(0, 300), replicate_all=st.booleans())
+    def interest_churn(self, data, n: int, replicate_all: bool) -> None:
+        peer = data.draw(st.sampled_from(self._ready_peers()))
+        authors = tuple(sorted({hashlib.sha256(b"a%d" % self.rng.getrandbits(32)).digest() for _ in range(n)}))
+        self._send(peer, wire.Interest(replicate_all, authors))
+
+    @precondition(lambda self: self._ready_peers())
+    @rule(data=st.data(), messages=st.integers(1, 60))
+    def pex_junk(self, data, messages: int) -> None:
+        peer = data.draw(st.sampled_from(self._ready_peers()))
+        for m in range(messages):
+            entries = tuple((hashlib.sha256(b"p%d%d" % (m, i)).digest(), f"10.{m}.{i}.1:7000")
+                            for i in range(limits.MAX_PEER_EXCHANGE))
+            self._send(peer, wire.PeerExchange(entries))
+
+    @precondition(lambda self: self._ready_peers())
+    @rule(data=st.data(), start=st.integers(0, 59), size=st.integers(1, 60))
+    def records(self, data, start: int, size: int) -> None:
+        peer = data.draw(st.sampled_from(self._ready_peers()))
+        raws = tuple(r.raw for r in STRANGER_RECORDS[start : start + size])
+        if raws:
+            self._send(peer, wire.Records(raws))
+
+    @precondition(lambda self: self._ready_peers())
+    @rule(data=st.data())
+    def ping(self, data) -> None:
+        self._send(data.draw(st.sampled_from(self._ready_peers())), wire.Ping(7))
+
+    # -- the shell writes, ingests, time passes --------------------------------------------
+    @rule(fraction=st.floats(0.0, 1.0))
+    def shell_writes(self, fraction: float) -> None:
+        for conn in list(self.unsent):
+            n = int(self.unsent[conn] * fraction)
+            if n:
+                self.unsent[conn] -= n
+                self.core.sent(conn, n, self.now)
+        self._apply()
+
+    @precondition(lambda self: self.jobs)
+    @rule()
+    def shell_ingests(self) -> None:
+        jobs, self.jobs = self.jobs, []
+        for job in jobs:
+            self.core.ingest_done(job, run_ingest(self.store, job), self.now)
+            self._apply()
+
+    @rule(dt=st.floats(0.01, 30.0))
+    def time_passes(self, dt: float) -> None:
+        self.now += dt
+        self.core.handle_timer(self.now)
+        self._apply()
+
+    # -- the bounds -------------------------------------------------------------------
+    @invariant()
+    def queues_within_limits(self) -> None:
+        for session in self.core.sessions.values():
+            assert session.queued <= limits.MAX_SEND_QUEUE + SLACK, session.queued
+            assert len(session.push_pending) <= limits.MAX_PUSH_PENDING
+            assert session.ingest_pending <= limits.MAX_INGEST_PENDING + limits.MAX_MESSAGE
+            assert len(session.recon) <= 2
+
+    @invariant()
+    def membership_within_limits(self) -> None:
+        core = self.core
+        assert len(core.addresses) <= limits.MAX_KNOWN_ADDRESSES
+        unverified = [e for e in core.addresses.values() if not e.verified and not e.bootstrap]
+        assert len(unverified) <= limits.MAX_UNVERIFIED_ADDRESSES
+        by_source: dict = {}
+        for e in unverified:
+            by_source[e.source] = by_source.get(e.source, 0) + 1
+        assert all(n <= limits.MAX_ADDRESSES_PER_SOURCE for n in by_source.values()), by_source
+        pending = [s for s in core.sessions.values() if not s.ready and not s.closed and not s.initiator]
+        assert len(pending) <= limits.MAX_PENDING_HANDSHAKES
+        assert all(n <= limits.MAX_PENDING_PER_HOST for n in core._pending_hosts.values())
+        assert len(core._host_buckets) <= 4 * limits.MAX_PENDING_HANDSHAKES + 3
+
+    @invariant()
+    def backlog_bounded(self) -> None:
+        # at most what one feed held: a test feed is one message, or a handshake
+        for session in self.core.sessions.values():
+            assert len(session.backlog) <= 2
+
+    @invariant()
+    def indexes_bounded(self) -> None:
+        assert len(self.core._indexes) <= 64
+
+
+TestHostilePeers = HostilePeers.TestCase
+TestHostilePeers.settings = settings(max_examples=30, stateful_step_count=30, deadline=None)
+
+
+def test_a_flood_fills_the_send_queue_up_to_its_limit_and_no_further():
+    """The state machine's bounds are reached, not just respected: a peer
+    that never reads gets its queue filled to the mark, then is not read."""
+    machine = HostilePeers()
+    machine.start(seed=1, deferred=False)
+    machine.attacker_joins("10.0.0.1", True)
+    peer = machine._ready_peers()[0]
+    session = machine.core.sessions[peer.conn]
+    assert session.ready
+    for i in range(8):
+        machine._send(peer, wire.Recon(i + 1, EMPTY_ID_LIST))
+    assert session.queued > limits.SEND_QUEUE_LOW
+    ids = tuple(r.id for r in RECORDS)
+    for _ in range(200):
+        machine._send(peer, wire.Want(ids))
+    assert session.queued <= limits.MAX_SEND_QUEUE + SLACK
+    machine.queues_within_limits()
+    # pushes wait for the shell to write; then they resume
+    machine.shell_writes(1.0)
+    assert machine.core.readable(peer.conn)
+
+
+@given(st.randoms(use_true_random=False), st.lists(st.integers(0, 320), max_size=5))
+@settings(max_examples=10, deadline=None)
+def test_quotas_are_confluent_whatever_the_order_and_batches(rng, cuts):
+    """Two stores given a stranger's 300 endorsements (over the quota) in any
+    order and any batches keep the very same survivors: the newest."""
+    from p2pmem import quota
+
+    records = STRANGER_MANY
+    assert len(quota.kept(records)) == limits.MAX_ENDORSEMENTS_PER_AUTHOR
+    stores = []
+    for _ in range(2):
+        shuffled = list(records)
+        rng.shuffle(shuffled)
+        store = Store(Path(":memory:"), verify_workers=1)
+        bounds = sorted({c % (len(shuffled) + 1) for c in cuts} | {0, len(shuffled)})
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            store.ingest(shuffled[a:b])
+        stores.append(set(store.items()))
+    newest = sorted(records, key=lambda r: (r.ts, r.id))[-limits.MAX_ENDORSEMENTS_PER_AUTHOR:]
+    assert stores[0] == stores[1] == {(r.ts, r.id) for r in newest}
+
+
+STRANGER_MANY = [sign_record(STRANGER, "endorse", from_ms(BASE_MS + i % 37, i), {"target": bytes(32), "what": "agent"})
+                 for i in range(300)]
