@@ -128,6 +128,9 @@ def keys_order_agree(obj: Any) -> bool:
     """True when cbor2's length-first key order equals RFC 8949's bytewise order
     for every map inside ``obj``: all keys of each map are unsigned integers,
     or all are text strings."""
+    kind = type(obj)
+    if kind is str or kind is bytes or kind is int or obj is None or kind is bool:
+        return True  # the leaves records are made of: decided without the ABC checks below
     if isinstance(obj, Mapping):
         keys = list(obj)
         if keys and not (
