@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import logging
 import random
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +115,14 @@ def run_ingest(
     outcome.added = list(result.added)
     outcome.evicted = result.evicted
     return outcome
+
+
+def _recipient(record: Record) -> bytes | None:
+    """A sealed message's recipient (its body's ``to``, p2pmem/sealed.py);
+    None for other records."""
+    if record.kind == "message" and isinstance(record.body, dict):
+        return record.body.get("to")
+    return None
 
 
 @dataclass(frozen=True)
@@ -243,6 +251,9 @@ class NodeCore:
         self._handshake_bucket = Bucket(limits.HANDSHAKES_PER_S, limits.HANDSHAKES_BURST, now)
         self._dial_bucket = Bucket(limits.DIALS_PER_S, limits.DIALS_BURST, now)
         self._dial_log_bucket = Bucket(limits.DIAL_LOGS_PER_S, limits.DIAL_LOGS_BURST, now)
+        # recipient -> bytes of messages to it we may send to peers, all peers
+        # together (least recently used first; at most MAX_RELAY_RECIPIENTS)
+        self._relay_buckets: OrderedDict[bytes, Bucket] = OrderedDict()
         self._last_eviction = -limits.EVICT_INTERVAL_S
         self._next_interest_at = now  # our own Interest messages are coalesced
         self._interest_dirty = False
@@ -276,6 +287,25 @@ class NodeCore:
     def _bite(self, name: str, n: int = 1) -> None:
         """Count a limit that refused, delayed or dropped something."""
         self.limited[name] = self.limited.get(name, 0) + n
+
+    def _relay_allows(self, kind: str, author: bytes, target: bytes | None, size: int, now: float) -> bool:
+        """Whether a record of ``size`` bytes may be sent to a peer now: a
+        sealed message to someone else's agent, from someone else's agent, only
+        within its recipient's relay budget (limits.MESSAGE_RELAY_BYTES_PER_S).
+        Spends the budget when it allows; the caller counts a refusal."""
+        if kind != "message" or target is None or target == self.key or author == self.key:
+            return True  # not a message, or our own agent's traffic
+        buckets = self._relay_buckets
+        bucket = buckets.get(target)
+        if bucket is None:
+            bucket = buckets[target] = Bucket(limits.MESSAGE_RELAY_BYTES_PER_S,
+                                              limits.MESSAGE_RELAY_BURST_BYTES, now)
+            if len(buckets) > limits.MAX_RELAY_RECIPIENTS:
+                buckets.popitem(last=False)
+                self._bite("message_relay_recipients")
+        else:
+            buckets.move_to_end(target)
+        return bucket.take(now, size)
 
     # -- the shell's side --------------------------------------------------
     def take_actions(self) -> list[Action]:
@@ -903,7 +933,9 @@ class NodeCore:
 
     def _drain(self, session: Session, now: float) -> None:
         """Push owed records while the send queue has room and the peer's
-        push budget (bytes per second) allows."""
+        push budget (bytes per second) allows. A message over its recipient's
+        relay budget is not sent: it is no longer owed, and the next
+        reconciliation finds it again."""
         pending = session.push_pending
         bucket = session.push_bucket
         assert bucket is not None
@@ -918,10 +950,17 @@ class NodeCore:
             batch = [pending.popleft() for _ in range(min(len(pending), limits.MAX_RECORDS_PER_MESSAGE))]
             session.push_queued.difference_update(batch)
             scope = self._scope_with(session)
-            raws = [
-                raw for raw, kind, author, visibility in self.store.scoped_raw(batch)
-                if scope.wants(kind, author, visibility)
-            ]
+            raws: list[bytes] = []
+            withheld = 0
+            for raw, kind, author, visibility, target in self.store.scoped_raw(batch):
+                if not scope.wants(kind, author, visibility):
+                    continue
+                if self._relay_allows(kind, author, target, len(raw), now):
+                    raws.append(raw)
+                else:
+                    withheld += 1
+            if withheld:
+                self._bite("message_relay_budget", withheld)
             if raws:
                 bucket.spend(now, sum(len(raw) for raw in raws))
                 self._send_records(session, raws, now)
@@ -1000,7 +1039,9 @@ class NodeCore:
                     self._learn_addresses(record)
 
     def _push(self, records: Sequence[Record], *, exclude: ConnId | None, now: float) -> None:
-        """Eager push to every ready peer whose interest admits the record."""
+        """Eager push to every ready peer whose interest admits the record
+        (a message within its recipient's relay budget: reconciliation
+        delivers the others later)."""
         if not records:
             return
         for session in self.ready_peers():
@@ -1008,12 +1049,18 @@ class NodeCore:
                 continue
             interest = session.interest
             assert interest is not None
-            raws = [r.raw for r in records if interest.wants(r.kind, r.author, r.visibility)]
-            if not raws:
+            wanted = [r for r in records if interest.wants(r.kind, r.author, r.visibility)]
+            if not wanted:
                 continue
             if self.flow_control and session.queued >= limits.SEND_QUEUE_LOW:
                 # a peer that does not keep up gets them by reconciliation
-                self._bite("eager_push_skipped", len(raws))
+                self._bite("eager_push_skipped", len(wanted))
+                continue
+            raws = [r.raw for r in wanted
+                    if self._relay_allows(r.kind, r.author, _recipient(r), len(r.raw), now)]
+            if len(raws) < len(wanted):
+                self._bite("message_relay_budget", len(wanted) - len(raws))
+            if not raws:
                 continue
             assert session.push_bucket is not None
             session.push_bucket.spend(now, sum(len(raw) for raw in raws))

@@ -180,3 +180,27 @@ MAX_FOLLOWS_PER_AUTHOR = 512
 MAX_ENDORSEMENTS_PER_AUTHOR = 256
 MAX_MESSAGES_PER_SENDER = 16
 MAX_MESSAGE_BYTES_PER_SENDER = 256 * 1024
+
+# --- relaying messages to one recipient (a rate, not a storage rule) ---------
+# Sealed messages go to every node, and the quotas above bound what each
+# sender may have stored, not how fast: a sender's newer messages evict its
+# older ones, and Sybil senders each get a quota, so a flood aimed at one
+# recipient could make every node relay it without end. Each node therefore
+# sends the messages addressed to one recipient, to all its peers together
+# (eager pushes and reconciliation pushes alike), within a token bucket of
+# bytes. It is a local rate, not a rule on what is stored, so nodes need not
+# agree on it and the quotas stay confluent: a message over the budget is
+# only delayed (the next reconciliation, every RESYNC_S, carries it), never
+# dropped. Messages sent by or addressed to this node's own agent are exempt.
+# Sizes: the largest honest message is a ~67 KiB record (MAX_BODY of text,
+# sealed), and an eager push sends it to up to MAX_ACTIVE_PEERS peers, about
+# 1.05 MiB; the 2 MiB burst holds two of those at once, or ~30 typical 4 KiB
+# messages to every peer. 64 KiB/s sustained is ~4 KiB/s of distinct message
+# bytes to one recipient fanned out to 16 peers (~14 MiB an hour): far above
+# any conversation, while a flood costs each node at most this per recipient.
+MESSAGE_RELAY_BYTES_PER_S = 64 * 1024
+MESSAGE_RELAY_BURST_BYTES = 2 * 1024 * 1024
+# Recipients whose relay bucket is kept (least recently used evicted: a
+# forgotten bucket starts full again, so a flood must address this many other
+# recipients to reset one; ~1 MB of buckets at most).
+MAX_RELAY_RECIPIENTS = 4096

@@ -28,9 +28,12 @@ There is no local exception, not even for messages to a node's own agent
 (an exception would make nodes disagree, and reconciliation would carry the
 same records back and forth forever): a sender's older messages are dropped
 everywhere once it has MAX_MESSAGES_PER_SENDER newer ones (`inbox
---maildir` keeps a copy). Messages to one recipient are not bounded apart
-from their senders: a recipient flooded by many fresh identities costs each
-node one sender quota per identity (docs/threat-model.md, known limits).
+--maildir` keeps a copy). Messages to one recipient are not stored within
+a quota of their own: a recipient flooded by many fresh identities costs each
+node one sender quota per identity (docs/threat-model.md, known limits). How
+fast they are relayed is bounded per recipient instead, by a local rate that
+nodes need not agree on (``MESSAGE_RELAY_BYTES_PER_S``, NodeCore._relay_allows):
+it delays sending, never what is stored, so this rule stays confluent.
 
 The store applies this rule in every ingest transaction (Store.ingest), from
 peers, the CLI and imports alike.

@@ -553,10 +553,12 @@ class Store:
             found.update(row[0] for row in self._db.execute(f"SELECT id FROM records WHERE id IN ({marks})", part))
         return found
 
-    def scoped_raw(self, ids: Iterable[bytes]) -> Iterator[tuple[bytes, str, bytes, str]]:
-        """(raw, kind, author, visibility) for each stored id, without decoding:
-        the hot path of pushing thousands of records to a peer."""
-        query = "SELECT raw, kind, author, visibility FROM records WHERE id = ?"
+    def scoped_raw(self, ids: Iterable[bytes]) -> Iterator[tuple[bytes, str, bytes, str, bytes | None]]:
+        """(raw, kind, author, visibility, target) for each stored id, without
+        decoding: the hot path of pushing thousands of records to a peer.
+        ``target`` is a message's recipient (and a follow's or endorsement's
+        target; None for other kinds)."""
+        query = "SELECT raw, kind, author, visibility, target FROM records WHERE id = ?"
         for record_id in ids:
             row = self._db.execute(query, (record_id,)).fetchone()
             if row:
