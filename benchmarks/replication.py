@@ -28,7 +28,7 @@ Measured, all in one run on one machine:
   /tmp/peerbench-w, kept as a cache) and prints the median replication rate
   for sequentially and for pipeline-published feeds; the higher of the two is
   SSB's figure. If it fails, a line says why and the rest still runs.
-* **Ingest as the store grows** (``--growth``, several minutes): 200,000
+* **Ingest as the store grows** (``--growth``, a minute or more): 200,000
   records into one store with ``Store.ingest_raw`` in batches of 500, each
   40,000-record slice timed.
 
@@ -242,8 +242,9 @@ def ssb_rate(count: int, rounds: int) -> float | None:
     if not PEERBENCH.is_file():
         print(f"SSB peer: not run: {PEERBENCH} not found (set P2PMEM_PEERBENCH)")
         return None
-    print(f"SSB peer: {PEERBENCH} {count} {rounds} (first use installs ssb-server from npm) ...",
-          flush=True)
+    installed = (Path(os.environ.get("W", "/tmp/peerbench-w")) / "node_modules/ssb-server").is_dir()
+    first = "" if installed else " (first use: installs ssb-server from npm, minutes)"
+    print(f"SSB peer: {PEERBENCH} {count} {rounds}{first} ...", flush=True)
     started = time.monotonic()
     try:
         result = subprocess.run(
