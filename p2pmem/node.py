@@ -440,16 +440,20 @@ class Node:
     async def ask(self, text: str, *, timeout: float, **options: Any) -> list[dict[str, Any]]:
         from p2pmem.ranking import rank_hits
 
+        hits = await self._collect_hits(text, timeout, options)
+        return rank_hits(self.agent, text, hits, limit=options.get("limit", 10))
+
+    async def _collect_hits(self, text: str, timeout: float, options: dict[str, Any]) -> list[Any]:
+        """Flood a query and gather the verified hits until its timeout."""
         assert self.core is not None
         timeout = max(0.05, min(timeout, limits.MAX_QUERY_TIMEOUT_S))
         qid = self.core.start_query(text, now=wall(), timeout=timeout, **options)
         self._apply()
         try:
             await trio.sleep(timeout)
-            hits = self.core.query_results(qid)
+            return self.core.query_results(qid)
         finally:
             self.core.finish_query(qid)
-        return rank_hits(self.agent, text, hits, limit=options.get("limit", 10))
 
     async def ask_graph(self, text: str, *, timeout: float, **options: Any) -> dict[str, Any]:
         """Ask the network's knowledge graphs (``graph ask``): the merged graph
@@ -459,15 +463,7 @@ class Node:
         from p2pmem.graph.view import build_graph
         from p2pmem.identity import agent_id
 
-        assert self.core is not None
-        timeout = max(0.05, min(timeout, limits.MAX_QUERY_TIMEOUT_S))
-        qid = self.core.start_query(text, now=wall(), timeout=timeout, **options)
-        self._apply()
-        try:
-            await trio.sleep(timeout)
-            hits = self.core.query_results(qid)
-        finally:
-            self.core.finish_query(qid)
+        hits = await self._collect_hits(text, timeout, options)
         graph = build_graph(h.record for h in hits if h.record.kind in ("entity", "observation", "relation"))
         names = ops.search_names(graph, text, options.get("limit", 10))
         out = ops.describe(graph, names)

@@ -157,20 +157,22 @@ class IndexSync:
 
     # -- work, under the lock ------------------------------------------------
     def _catch_up(self, seq: int) -> None:
-        assert self.index is not None
-        purge = False
-        while True:
-            entries = self.source.log_entries(seq, _BATCH)
-            if not entries:
-                break
-            purge = purge or any(flag for _, _, flag in entries)
-            seq = entries[-1][0]
-            self._apply(entries)
+        seq, purged = self._replay(seq)
         self._seq = seq
-        if purge:
+        if purged:
             self._rebuild()
         else:
             self.source.index_applied(CONSUMER, seq)
+
+    def _replay(self, seq: int) -> tuple[int, bool]:
+        """Apply the log after ``seq`` in batches; the last sequence applied
+        and whether a retraction was among the entries."""
+        purged = False
+        while entries := self.source.log_entries(seq, _BATCH):
+            purged = purged or any(flag for _, _, flag in entries)
+            seq = entries[-1][0]
+            self._apply(entries)
+        return seq, purged
 
     def _rebuild(self, progress: Progress | None = None) -> None:
         """A fresh generation from a snapshot of the store, then the log
@@ -232,14 +234,7 @@ class IndexSync:
         """Apply the log after ``seq`` without triggering another rebuild
         (the fresh index was built from text that was current at ``seq``)."""
         assert self.index is not None
-        purged = False
-        while True:
-            entries = self.source.log_entries(seq, _BATCH)
-            if not entries:
-                break
-            purged = purged or any(flag for _, _, flag in entries)
-            seq = entries[-1][0]
-            self._apply(entries)
+        seq, purged = self._replay(seq)
         self.index.apply([], [], seq)  # commit point even when nothing followed
         self._seq = seq
         self.source.index_applied(CONSUMER, seq)
