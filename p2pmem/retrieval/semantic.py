@@ -75,7 +75,7 @@ class SemanticIndex:
         doing anything when the backlog is over ``limit``."""
         seq = self._seq()
         if seq < 0 or seq < self.source.log_low() - 1:
-            if limit is not None:
+            if limit is not None and self.source.count_current() > limit:
                 return False
             self._embed_everything(progress)
             return True
