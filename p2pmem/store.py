@@ -134,6 +134,7 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=OFF")
         self._db.execute("PRAGMA busy_timeout=30000")
         self._lock = threading.Lock()
+        self._purged_rids: list[int] = []  # retracted in the transaction just committed
         with self._transaction():
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -190,6 +191,7 @@ class Store:
                 self.db.execute("COMMIT")
             else:
                 self.db.execute("ROLLBACK")
+                self.store._purged_rids = []
 
     def _transaction(self) -> Store._Tx:
         return Store._Tx(self)
@@ -264,6 +266,7 @@ class Store:
                     position += 1
                 self._store_all(db, good, result)
             self._enforce_quotas(db, result)
+        self._after_commit()
         return result
 
     def ingest(self, records: Iterable[Record]) -> IngestResult:
@@ -272,7 +275,15 @@ class Store:
         with self._lock, self._transaction() as db:
             self._store_all(db, list(records), result)
             self._enforce_quotas(db, result)
+        self._after_commit()
         return result
+
+    def _after_commit(self) -> None:
+        """A retraction committed: its text leaves the derived indexes now,
+        not at the next search (docs/retrieval.md)."""
+        if self._purged_rids:
+            purged, self._purged_rids = self._purged_rids, []
+            self.search.purge(purged)
 
     def _enforce_quotas(self, db: sqlite3.Connection, result: IngestResult) -> None:
         """Evict what the groups touched by this ingest hold past their
@@ -454,6 +465,7 @@ class Store:
         """Remove a retracted memory's bytes and text; re-expose what it superseded."""
         victim = decode_record(raw, verify=False)
         self._log(db, rowid, purge=True)
+        self._purged_rids.append(rowid)
         db.execute("DELETE FROM topics WHERE rid = ?", (rowid,))
         db.execute("DELETE FROM records WHERE rowid = ?", (rowid,))
         db.execute("DELETE FROM supersedes WHERE source = ? AND author = ?", (victim_id, author))

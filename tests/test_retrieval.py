@@ -113,6 +113,26 @@ def test_a_superseded_text_is_not_found_and_its_update_is(tmp_path: Path) -> Non
     assert _ids(agent.recall("gateway")) == [new.id]
 
 
+def test_forget_purges_the_index_at_once(tmp_path: Path) -> None:
+    """No search needed: the process that commits a retraction rewrites the
+    index, so a reader opening it from disk finds no trace of the words."""
+    from p2pmem.retrieval.lexical import LexicalIndex
+
+    agent = _agent(tmp_path)
+    agent.remember("keep this harbour note")
+    secret = agent.remember("the vault code is zorblax", session="s")
+    agent.recall("harbour")  # the index exists and holds both
+    agent.forget(secret.id.hex())
+    root = agent.store.search.sync.root
+    assert root is not None
+    generation = (root / "lexical.current").read_text().strip()
+    fresh = LexicalIndex(root / generation)
+    for field in ("text", "body", "window", "plain"):
+        assert fresh._searcher.doc_freq(field, "zorblax") == 0
+    assert fresh.size == 1
+    agent.close()
+
+
 # -- consistency with the store, as a state machine ------------------------------
 class IndexMatchesStore(RuleBasedStateMachine):
     """Any interleaving of remember / update / forget / replayed old records

@@ -42,8 +42,7 @@ def test_recall_uses_the_model_and_follows_the_store(tmp_path: Path) -> None:
         assert len(rowids) == 2
 
         agent.forget(gone.id.hex())
-        agent.recall("proxy")  # the stage catches up before it answers
-        assert len(semantic.vectors.keys()) == 1
+        assert len(semantic.vectors.keys()) == 1  # deleted as the retraction committed
         updated = agent.update(keep.id.hex(), "the deploy server config")
         agent.recall("deploy")
         assert len(semantic.vectors.keys()) == 1  # the superseded text lost its vector

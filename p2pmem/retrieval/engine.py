@@ -218,6 +218,15 @@ class SearchEngine:
             pool.scores[i] = pool.scores[i] / top + SEMANTIC_WEIGHT * max(0.0, cosine.get(rid, 0.0))
         return {rid: rank for rank, rid in enumerate(semantic, 1)}
 
+    def purge(self, rids: Sequence[int]) -> None:
+        """Memories were retracted: rewrite the lexical index without them
+        and delete their vectors, so their text leaves every index at once."""
+        self.sync.current()
+        if self.sync.root is not None:
+            from p2pmem.retrieval.semantic import purge_vectors
+
+            purge_vectors(self.sync.root, rids)
+
     def rebuild(self, progress: Progress | None = None) -> None:
         """Rewrite the lexical index from the store, and re-embed every
         memory if a model is configured (``p2pmem reindex``)."""

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from p2pmem.retrieval.embed import Embedder
@@ -33,6 +34,23 @@ EMBED_BATCH = 64
 INLINE_BACKLOG = 256
 
 Progress = Callable[[int, int], None]
+
+
+def purge_vectors(root: Path, rids: Sequence[int]) -> None:
+    """Delete these memories' vectors, whatever model made them, and fold
+    the WAL back so the bytes leave the disk (no model needs loading)."""
+    path = root / "vectors.db"
+    if not path.exists() or not rids:
+        return
+    db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    try:
+        db.execute("PRAGMA secure_delete=ON")
+        db.executemany("DELETE FROM vectors WHERE doc_key = ?", [(rid,) for rid in rids])
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error:
+        pass  # no vectors table yet; the stage's own replay of the log deletes them too
+    finally:
+        db.close()
 
 
 class SemanticIndex:
