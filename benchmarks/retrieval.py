@@ -31,9 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from p2pmem.home import Agent  # noqa: E402
-from p2pmem.identity import Identity  # noqa: E402
-from p2pmem.store import DB_FILE, Store  # noqa: E402
+from p2pmem.agent.home import Agent  # noqa: E402
+from p2pmem.model.identity import Identity  # noqa: E402
+from p2pmem.storage.store import DB_FILE, Store  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/datasets/locomo-dev/locomo-dev.json"
 CATEGORIES = (1, 2, 3, 4)

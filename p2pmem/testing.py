@@ -7,7 +7,7 @@ property-based suites alike:
   :func:`topologies` and :func:`fault_schedules`.
 * **A simulated network**, :class:`SimNetwork`: many nodes in one process,
   each the very protocol core, store and views a real node runs
-  (:class:`p2pmem.core.NodeCore` over a :class:`p2pmem.store.Store` in SQLite
+  (:class:`p2pmem.protocol.core.NodeCore` over a :class:`p2pmem.storage.store.Store` in SQLite
   ``:memory:``), driven by a seeded discrete-event loop on virtual time
   instead of trio and sockets. You build it, write memories, break links,
   crash nodes, step it or run it until it is quiet, and inspect every store.
@@ -59,14 +59,14 @@ from typing import Any
 from hypothesis import strategies as st
 
 from p2pmem import limits
-from p2pmem.clock import from_ms
-from p2pmem.core import Close, Dial, NodeCore, Send, Timing
 from p2pmem.errors import P2pmemError, RecordError
-from p2pmem.identity import Identity
-from p2pmem.query import VerifiedHit
-from p2pmem.record import Record, decode_record, sign_record
-from p2pmem.store import IngestResult, Store
-from p2pmem.views import ViewSnapshot, build_views
+from p2pmem.model.clock import from_ms
+from p2pmem.model.identity import Identity
+from p2pmem.model.record import Record, decode_record, sign_record
+from p2pmem.model.views import ViewSnapshot, build_views
+from p2pmem.protocol.core import Close, Dial, NodeCore, Send, Timing
+from p2pmem.protocol.query import VerifiedHit
+from p2pmem.storage.store import IngestResult, Store
 
 __all__ = [
     "Arrival",

@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 from netutil import Net, NodeProc, cli_json, line, network_fixture, run_cli, wait_until
 
-from p2pmem.home import Agent
-from p2pmem.identity import Identity, parse_agent_id
-from p2pmem.record import decode_record, sign_record
-from p2pmem.sealed import SealedError, open_message
+from p2pmem.agent.home import Agent
+from p2pmem.model.identity import Identity, parse_agent_id
+from p2pmem.model.record import decode_record, sign_record
+from p2pmem.model.sealed import SealedError, open_message
 
 net = network_fixture()
 

@@ -1,4 +1,4 @@
-"""The signed record (p2pmem.record), agent ids, the HLC and WHEN parsing.
+"""The signed record (p2pmem.model.record), agent ids, the HLC and WHEN parsing.
 
 Records must round-trip exactly, and every other byte string -- a mutation of
 a real record, a non-canonical re-encoding, a schema violation, malformed
@@ -26,11 +26,11 @@ from pycose.keys.okp import OKPKey
 from pycose.messages import Sign1Message
 
 from p2pmem import limits
-from p2pmem.clock import COUNTER_BITS, HybridClock, from_ms, physical_ms
 from p2pmem.errors import RecordError, UsageError
-from p2pmem.identity import AGENT_ID_PREFIX, Identity, agent_id, parse_agent_id
-from p2pmem.record import KINDS, MAX_TIME, PROTECTED, Record, decode_record, sign_record
-from p2pmem.when import format_ms, parse_when
+from p2pmem.model.clock import COUNTER_BITS, HybridClock, from_ms, physical_ms
+from p2pmem.model.identity import AGENT_ID_PREFIX, Identity, agent_id, parse_agent_id
+from p2pmem.model.record import KINDS, MAX_TIME, PROTECTED, Record, decode_record, sign_record
+from p2pmem.model.when import format_ms, parse_when
 from tests.strategies import BASE_MS, any_records, identity, memory_records
 
 VECTORS = Path(__file__).parent / "vectors"

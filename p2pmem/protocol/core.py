@@ -2,7 +2,7 @@
 queries as one sans-IO state machine.
 
 The core never touches a socket, a clock or the global random generator. A
-shell (the trio node in :mod:`p2pmem.node`, or the simulator) tells it what
+shell (the trio node in :mod:`p2pmem.node.shell`, or the simulator) tells it what
 happened — a connection was made, bytes arrived, a connection was lost, time
 passed — with the current time as an argument, and carries out the actions it
 asks for: :class:`Send`, :class:`Close`, :class:`Dial`. Every protocol
@@ -20,19 +20,20 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from p2pmem import limits, wire
-from p2pmem.budget import Bucket
-from p2pmem.clock import HybridClock
+from p2pmem import limits
 from p2pmem.errors import P2pmemError
-from p2pmem.identity import Identity, short_id
-from p2pmem.noise import HandshakeComplete, MessageReceived, ProtocolError, SecureChannel
-from p2pmem.query import QueryError, QueryRouter, VerifiedHit
-from p2pmem.reconcile import ItemIndex, ReconcileError, Reconciler
-from p2pmem.record import Record, admission_error
-from p2pmem.scope import AUTHOR_SCOPED, EVERYWHERE, Interest, shared
-from p2pmem.store import Store
+from p2pmem.model.clock import HybridClock
+from p2pmem.model.identity import Identity, short_id
+from p2pmem.model.record import Record, admission_error
+from p2pmem.model.scope import AUTHOR_SCOPED, EVERYWHERE, Interest, shared
+from p2pmem.protocol import wire
+from p2pmem.protocol.budget import Bucket
+from p2pmem.protocol.noise import HandshakeComplete, MessageReceived, ProtocolError, SecureChannel
+from p2pmem.protocol.query import QueryError, QueryRouter, VerifiedHit
+from p2pmem.protocol.reconcile import ItemIndex, ReconcileError, Reconciler
+from p2pmem.storage.store import Store
 
-log = logging.getLogger("p2pmem.core")
+log = logging.getLogger("p2pmem.protocol.core")
 
 ConnId = int
 
@@ -85,7 +86,7 @@ class IngestJob:
 class IngestOutcome:
     added: list[Record] = field(default_factory=list)
     skipped_future: int = 0
-    evicted: int = 0  # records (new or old) removed by a quota (p2pmem/quota.py)
+    evicted: int = 0  # records (new or old) removed by a quota (p2pmem/model/quota.py)
     error: str | None = None  # a record failed verification: the sender misbehaved
 
 
@@ -111,14 +112,14 @@ def run_ingest(
             outcome.skipped_future += 1
             continue
         accepted.append(item)
-    result = store.ingest(accepted)  # applies the quotas of p2pmem/quota.py
+    result = store.ingest(accepted)  # applies the quotas of p2pmem/model/quota.py
     outcome.added = list(result.added)
     outcome.evicted = result.evicted
     return outcome
 
 
 def _recipient(record: Record) -> bytes | None:
-    """A sealed message's recipient (its body's ``to``, p2pmem/sealed.py);
+    """A sealed message's recipient (its body's ``to``, p2pmem/model/sealed.py);
     None for other records."""
     if record.kind == "message" and isinstance(record.body, dict):
         return record.body.get("to")
@@ -618,7 +619,7 @@ class NodeCore:
         """Pick up records another process of this home stored (the CLI
         writes to the store and pokes the node); returns how many. Records
         whose id is in ``skip`` (the node stored them itself) are passed over."""
-        from p2pmem.record import decode_record
+        from p2pmem.model.record import decode_record
 
         if self._inflight:
             skip = skip | self._inflight  # the ingest pipeline's own writes

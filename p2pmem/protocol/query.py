@@ -94,7 +94,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from p2pmem import limits
 from p2pmem.errors import P2pmemError, RecordError
-from p2pmem.record import Record, decode_record
+from p2pmem.model.record import Record, decode_record
 
 __all__ = [
     "DEFAULT_QUERY_TIMEOUT_S",
