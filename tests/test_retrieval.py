@@ -19,6 +19,7 @@ from p2pmem.model.identity import Identity
 from p2pmem.model.record import Record
 from p2pmem.retrieval.lexical import STATE_FILE
 from p2pmem.retrieval.text import stem
+from p2pmem.storage.keyfile import save_identity
 from p2pmem.storage.store import DB_FILE, Store
 
 WORDS = ["kettle", "proxy", "harbour", "violin", "glacier", "pepper"]
@@ -28,7 +29,7 @@ DAY = 86_400_000
 
 def _agent(home: Path, seed: int = 1) -> Agent:
     identity = Identity.from_seeds(bytes([seed]) * 32, bytes([seed + 1]) * 32)
-    identity.save(home)
+    save_identity(identity, home)
     return Agent(home, identity, Store(home / DB_FILE))
 
 

@@ -25,6 +25,7 @@ from p2pmem.model.record import Record, sign_record
 from p2pmem.model.trust import TrustModel
 from p2pmem.retrieval.embed import configured_model_path
 from p2pmem.retrieval.text import query_terms
+from p2pmem.storage.keyfile import KEY_FILE, load_identity, save_identity
 from p2pmem.storage.store import DB_FILE, Memory, Store
 
 CONTROL_SOCKET = "node.sock"
@@ -48,10 +49,10 @@ def init_home(home: Path, *, name: str | None = None, skills: Sequence[str] = ()
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise HomeError(f"cannot create home {home}: {exc.strerror}") from None
-    if (home / "identity.key").exists():
-        return Identity.load(home), False
+    if (home / KEY_FILE).exists():
+        return load_identity(home), False
     identity = Identity.generate()
-    identity.save(home)
+    save_identity(identity, home)
     with Agent.open(home) as agent:
         agent.set_profile(name=name or "", skills=list(skills))
     return identity, True
@@ -75,7 +76,7 @@ class Agent:
         of recall (docs/models.md)."""
         if not home.is_dir():
             raise HomeError(f"no p2pmem home at {home} (run `p2pmem init`)")
-        identity = Identity.load(home)
+        identity = load_identity(home)
         store = Store(home / DB_FILE)
         store.search.model_path = model or configured_model_path(os.environ, home)
         return cls(home, identity, store)

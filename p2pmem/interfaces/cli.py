@@ -263,9 +263,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 @command("id")
 def cmd_id(args: argparse.Namespace) -> int:
-    from p2pmem.model.identity import Identity
+    from p2pmem.storage.keyfile import load_identity
 
-    identity = Identity.load(_home(args))
+    identity = load_identity(_home(args))
     print_json({"id": identity.agent_id}) if args.json else print(identity.agent_id)
     return 0
 
