@@ -752,8 +752,9 @@ class SimNetwork:
         node.incarnation += 1
         node.alive = True
         node.spins = 0
+        rng = self.rng(f"node/{node.index}/{node.incarnation}")
         node.core = NodeCore(
-            node.identity, node.store, self.rng(f"node/{node.index}/{node.incarnation}"), now=self.wall,
+            node.identity, node.store, rng, router_rng=random.Random(rng.getrandbits(64)), now=self.wall,
             listen_addresses=[node.address], bootstrap=node.bootstrap,
             replicate_all=node.replicate_all, timing=self.timing,
         )

@@ -65,7 +65,8 @@ class HostilePeers(RuleBasedStateMachine):
         self.now = T0
         self.store = Store(Path(":memory:"), verify_workers=1)
         self.store.ingest(RECORDS)
-        self.core = NodeCore(NODE, self.store, random.Random(seed), now=self.now,
+        rng = random.Random(seed)
+        self.core = NodeCore(NODE, self.store, rng, router_rng=random.Random(rng.getrandbits(64)), now=self.now,
                              listen_addresses=["node.test:7000"], replicate_all=True,
                              flow_control=True, deferred_ingest=deferred)
         self.peers: dict[int, _Peer] = {}

@@ -97,8 +97,9 @@ class SimNet:
         if records:
             store.ingest(records)
         self.addresses[addr(i)] = i
+        rng = random.Random(self.rng.getrandbits(64))
         core = NodeCore(
-            IDENTS[i], store, random.Random(self.rng.getrandbits(64)), now=self.now,
+            IDENTS[i], store, rng, router_rng=random.Random(rng.getrandbits(64)), now=self.now,
             listen_addresses=[addr(i)], bootstrap=[*(addr(b) for b in bootstrap), *extra_bootstrap],
             replicate_all=replicate_all, timing=timing,
         )

@@ -138,8 +138,9 @@ class Node:
         self.address = format_address(bound[0], bound[1])
         if self.announce:
             self._announce_address(self.address)
+        rng = random.Random()
         self.core = NodeCore(
-            self.agent.identity, self.agent.store, random.Random(),
+            self.agent.identity, self.agent.store, rng, router_rng=random.Random(rng.getrandbits(64)),
             now=wall(), listen_addresses=[self.address], bootstrap=self.peers,
             replicate_all=self.replicate_all, timing=self.timing,
             flow_control=True, deferred_ingest=True,

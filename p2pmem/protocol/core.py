@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,9 +28,9 @@ from p2pmem.model.scope import AUTHOR_SCOPED, EVERYWHERE, Interest, shared
 from p2pmem.protocol import wire
 from p2pmem.protocol.budget import Bucket
 from p2pmem.protocol.noise import HandshakeComplete, MessageReceived, ProtocolError, SecureChannel
+from p2pmem.protocol.ports import Rng, StorePort
 from p2pmem.protocol.query import QueryError, QueryRouter, VerifiedHit
 from p2pmem.protocol.reconcile import ItemIndex, ReconcileError, Reconciler
-from p2pmem.storage.store import Store
 
 log = logging.getLogger("p2pmem.protocol.core")
 
@@ -91,7 +90,7 @@ class IngestOutcome:
 
 
 def run_ingest(
-    store: Store, job: IngestJob, observe: Callable[[int], bool] | None = None
+    store: StorePort, job: IngestJob, observe: Callable[[int], bool] | None = None
 ) -> IngestOutcome:
     """Verify and store one job: CPU and disk work, no core state touched,
     so a shell may run it in a worker thread (with its own store connection).
@@ -224,9 +223,10 @@ class NodeCore:
     def __init__(
         self,
         identity: Identity,
-        store: Store,
-        rng: random.Random,
+        store: StorePort,
+        rng: Rng,
         *,
+        router_rng: Rng,
         now: float,
         listen_addresses: Sequence[str] = (),
         bootstrap: Sequence[str] = (),
@@ -240,7 +240,9 @@ class NodeCore:
         trio node); without it every Send counts as written at once (the
         simulator). ``deferred_ingest``: received records are verified and
         stored by the shell beside the loop (:class:`Ingest` actions); without
-        it the core does it inline."""
+        it the core does it inline. ``rng`` and ``router_rng`` (two
+        independent streams, the second for the query router) are seeded by
+        the shell, as ``store`` is opened by it (p2pmem.protocol.ports)."""
         self.identity = identity
         self.flow_control = flow_control
         self.deferred_ingest = deferred_ingest
@@ -265,7 +267,7 @@ class NodeCore:
         self.listen_addresses = tuple(listen_addresses)
         self.replicate_all = replicate_all
         self.clock = HybridClock(store.last_ts())
-        self.router = QueryRouter(self.key, random.Random(rng.getrandbits(64)), sign=identity.sign)
+        self.router = QueryRouter(self.key, router_rng, sign=identity.sign)
         self.sessions: dict[ConnId, Session] = {}
         self.by_agent: dict[bytes, ConnId] = {}
         self.addresses: dict[str, _Address] = {}
