@@ -1086,10 +1086,8 @@ class NodeCore:
         raws = [m.record.raw for m in found]
         if not query.topics and query.since is None and query.until is None:
             # the knowledge graph's best entities too (p2pmem/graph; `graph ask`)
-            from p2pmem.graph.ops import answer_records
-
-            raws += answer_records(self.store, query.text, authors=authors, limit=min(query.limit, 10),
-                                   max_records=max(0, limits.MAX_QUERY_HITS - len(raws)))
+            raws += self.store.graph_answers(query.text, authors=authors, limit=min(query.limit, 10),
+                                             max_records=max(0, limits.MAX_QUERY_HITS - len(raws)))
         return raws
 
     # -- membership -------------------------------------------------------------

@@ -49,9 +49,8 @@ class Found(Protocol):
 
 
 class StorePort(Protocol):
-    """The store as the core uses it (:class:`p2pmem.storage.store.Store`).
-    The knowledge graph's answers to ``ask`` (p2pmem.graph.ops.answer_records)
-    are computed from the same object, which the core passes along."""
+    """The store as the core uses it (:class:`p2pmem.storage.store.Store`),
+    the knowledge graph's answers to ``ask`` included."""
 
     def decode_many(self, raws: Sequence[bytes]) -> Sequence[Record | RecordError]: ...
 
@@ -85,3 +84,6 @@ class StorePort(Protocol):
     ) -> Sequence[Found]: ...
 
     def follows(self) -> set[tuple[bytes, bytes]]: ...
+
+    def graph_answers(self, text: str, *, authors: Sequence[bytes] = (), limit: int = 10,
+                      max_records: int = 100) -> list[bytes]: ...

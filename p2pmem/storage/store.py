@@ -476,6 +476,16 @@ class Store:
         row = self._db.execute("SELECT raw FROM records WHERE id = ?", (record_id,)).fetchone()
         return decode_record(row[0], verify=False) if row else None
 
+    def graph_answers(self, text: str, *, authors: Sequence[bytes] = (), limit: int = 10,
+                      max_records: int = 100) -> list[bytes]:
+        """The knowledge graph's answer to another node's ``ask``: the signed
+        additions behind the best matching public and ``ask`` entities
+        (:func:`p2pmem.graph.ops.answer_records`). Here so that the protocol
+        core reaches the graph through its store port, not by importing it."""
+        from p2pmem.graph.ops import answer_records
+
+        return answer_records(self, text, authors=authors, limit=limit, max_records=max_records)
+
     def get_raw(self, record_id: bytes) -> bytes | None:
         row = self._db.execute("SELECT raw FROM records WHERE id = ?", (record_id,)).fetchone()
         return row[0] if row else None
