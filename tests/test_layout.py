@@ -10,9 +10,14 @@ randomness as an object with the methods of :class:`p2pmem.protocol.ports.Rng`
 (a ``random.Random`` in practice, seeded by the shell).
 
 Every ``import`` and ``from ... import`` statement counts, wherever it is: at
-the top, inside a function, under ``if TYPE_CHECKING:`` (no exception is made
-for type-only imports; the ports are Protocols defined in protocol/ so none is
-needed). Relative imports are resolved against the module's package.
+the top, inside a function, under ``if TYPE_CHECKING:``. No exception is made
+for type-only imports; the ports are Protocols defined in protocol/, so none
+is needed. Relative imports are resolved against the module's package.
+
+The rule holds transitively: a p2pmem module outside model/ and protocol/
+that a pure module imports (``errors``, ``limits``, ``graph.records``, and
+the packages' ``__init__``) must keep it too, so the core cannot reach
+SQLite or the agent through a detour.
 """
 
 from __future__ import annotations
@@ -34,6 +39,18 @@ def module_name(path: Path) -> str:
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
+
+
+def module_path(name: str) -> Path | None:
+    """The file of p2pmem module ``name``, or None (not a p2pmem module, or
+    a name inside one, such as ``p2pmem.model.record.Record``)."""
+    if name != "p2pmem" and not name.startswith("p2pmem."):
+        return None
+    base = ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def imported_names(path: Path) -> list[tuple[int, str]]:
@@ -73,6 +90,36 @@ def forbidden(name: str) -> str | None:
     return None
 
 
+def violations(start: Path) -> list[str]:
+    """Every forbidden import of ``start`` and of the p2pmem modules it
+    imports, directly or not (with the parent packages they run), each
+    with the chain of imports that leads to it."""
+    chains: dict[Path, list[str]] = {start: [module_name(start)]}
+    todo = [start]
+    out: list[str] = []
+    while todo:
+        path = todo.pop()
+        chain = chains[path]
+        lines_seen = set()  # one report a statement (``from X import a`` names X and X.a)
+        for line, name in imported_names(path):
+            why = forbidden(name)
+            if why:
+                if line not in lines_seen:
+                    lines_seen.add(line)
+                    via = f" (reached by {' -> '.join(chain)})" if len(chain) > 1 else ""
+                    out.append(f"{path.relative_to(ROOT)}:{line}: {chain[-1]} imports {name}: "
+                               f"forbidden, {why}{via}")
+                continue
+            parts = name.split(".")
+            # importing a.b.c runs a/__init__, a/b/__init__ and a/b/c
+            for depth in range(1, len(parts) + 1):
+                target = module_path(".".join(parts[:depth]))
+                if target is not None and target not in chains:
+                    chains[target] = [*chain, module_name(target)]
+                    todo.append(target)
+    return out
+
+
 def pure_modules() -> list[Path]:
     return sorted(p for sub in PURE for p in (PACKAGE / sub).rglob("*.py"))
 
@@ -85,14 +132,7 @@ def test_the_pure_packages_exist_and_hold_modules() -> None:
 
 @pytest.mark.parametrize("path", pure_modules(), ids=lambda p: module_name(p))
 def test_model_and_protocol_import_nothing_impure(path: Path) -> None:
-    breaks = []
-    lines_seen = set()  # one report a statement (``from X import a`` names X and X.a)
-    for line, name in imported_names(path):
-        why = forbidden(name)
-        if why and line not in lines_seen:
-            lines_seen.add(line)
-            breaks.append(f"{path.relative_to(ROOT)}:{line}: {module_name(path)} imports {name}: "
-                          f"forbidden, {why}")
+    breaks = violations(path)
     assert not breaks, "import rule of docs/architecture.md broken:\n" + "\n".join(breaks)
 
 
@@ -112,3 +152,12 @@ def test_the_checker_sees_imports_everywhere() -> None:
     assert "p2pmem.protocol.wire" in names
     assert forbidden("p2pmem.storage.store") and forbidden("time") and forbidden("p2pmem.node.shell")
     assert not forbidden("p2pmem.protocol.wire") and not forbidden("timeit")
+
+
+def test_the_checker_follows_imports_out_of_the_pure_packages() -> None:
+    """A detour through another p2pmem module is caught and named: the
+    store (outside the rule) imports sqlite3, so a module importing it would
+    be reported with the chain."""
+    broken = violations(PACKAGE / "storage" / "store.py")
+    assert any("imports sqlite3" in line for line in broken)
+    assert any("reached by p2pmem.storage.store -> p2pmem.graph.tables" in line for line in broken)
