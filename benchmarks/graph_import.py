@@ -102,7 +102,7 @@ def main() -> int:
         ref_params = StdioServerParameters(command=command, args=args,
                                            env={**os.environ, "MEMORY_FILE_PATH": str(reference_file)})
         our_params = StdioServerParameters(command=sys.executable,
-                                           args=["-m", "p2pmem.mcp_server", "--home", str(home)], cwd=ROOT)
+                                           args=["-m", "p2pmem.interfaces.mcp_server", "--home", str(home)], cwd=ROOT)
         ref_start, ref_read, theirs = anyio.run(read_graph, ref_params)
         our_start, our_read, ours = anyio.run(read_graph, our_params)
         print(f"reference server: start {ref_start:.2f} s, read_graph (loads the file) {ref_read:.3f} s")

@@ -23,7 +23,7 @@ import cbor2  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: E402
 
 from benchmarks.common import Timer, corpus, rate  # noqa: E402
-from p2pmem.store import Store  # noqa: E402
+from p2pmem.storage.store import Store  # noqa: E402
 
 COUNT = int(os.environ.get("P2PMEM_BENCH_COUNT", "20000"))
 BATCH = 500

@@ -21,8 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import FUNCTION_WORDS, TOPICS, ContentWords, corpus, identities, vocabulary  # noqa: E402
-from p2pmem.home import Agent  # noqa: E402
-from p2pmem.store import Store  # noqa: E402
+from p2pmem.agent.home import Agent  # noqa: E402
+from p2pmem.storage.keyfile import save_identity
+from p2pmem.storage.store import Store  # noqa: E402
 
 COUNT = int(os.environ.get("P2PMEM_BENCH_COUNT", "100000"))
 QUERIES = 2000
@@ -39,7 +40,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         viewer = identities(1, seed=99)[0]
-        viewer.save(home)
+        save_identity(viewer, home)
         store = Store(home / "store.db")
         started = time.perf_counter()
         batch = []

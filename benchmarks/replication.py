@@ -60,9 +60,9 @@ import cbor2  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: E402
 
 from benchmarks.common import Timer, corpus, rate  # noqa: E402
-from p2pmem.control import request  # noqa: E402
-from p2pmem.home import init_home  # noqa: E402
-from p2pmem.store import DB_FILE, Store  # noqa: E402
+from p2pmem.agent.home import init_home  # noqa: E402
+from p2pmem.node.control import request  # noqa: E402
+from p2pmem.storage.store import DB_FILE, Store  # noqa: E402
 
 DEFAULT_COUNT = int(os.environ.get("P2PMEM_BENCH_COUNT", "10000"))
 PEERBENCH = Path(os.environ.get("P2PMEM_PEERBENCH", "/work/shared/peerbench/run.sh"))

@@ -31,9 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from p2pmem.home import Agent  # noqa: E402
-from p2pmem.identity import Identity  # noqa: E402
-from p2pmem.store import DB_FILE, Store  # noqa: E402
+from p2pmem.agent.home import Agent  # noqa: E402
+from p2pmem.model.identity import Identity  # noqa: E402
+from p2pmem.storage.keyfile import save_identity
+from p2pmem.storage.store import DB_FILE, Store  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/datasets/locomo-dev/locomo-dev.json"
 CATEGORIES = (1, 2, 3, 4)
@@ -116,7 +117,7 @@ def fts5_baseline(conv: Conversation) -> list[list[str]]:
 
 def p2pmem_recall(conv: Conversation, home: Path, model: Path | None = None) -> tuple[list[list[str]], float]:
     identity = Identity.generate()
-    identity.save(home)
+    save_identity(identity, home)
     store = Store(home / DB_FILE)
     store.search.model_path = model
     agent = Agent(home, identity, store)

@@ -27,9 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import Timer, corpus  # noqa: E402
-from p2pmem.control import request  # noqa: E402
-from p2pmem.home import init_home  # noqa: E402
-from p2pmem.store import DB_FILE, Store  # noqa: E402
+from p2pmem.agent.home import init_home  # noqa: E402
+from p2pmem.node.control import request  # noqa: E402
+from p2pmem.storage.store import DB_FILE, Store  # noqa: E402
 
 COUNT = int(os.environ.get("P2PMEM_BENCH_COUNT", "100000"))
 UNIQUE = 50

@@ -1,5 +1,5 @@
 import sys
 
-from p2pmem.cli import main
+from p2pmem.interfaces.cli import main
 
 sys.exit(main())

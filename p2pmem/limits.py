@@ -170,7 +170,7 @@ PUSH_BATCHES_PER_TURN = 4
 # Profiles, follows, endorsements and sealed messages go to every node, so
 # any identity (and identities are free) could fill every disk. Each author
 # may hold at most this many of each kind on any node; past it the oldest by
-# (ts, id) are evicted (p2pmem/quota.py). The rule depends only on the records,
+# (ts, id) are evicted (p2pmem/model/quota.py). The rule depends only on the records,
 # never on who follows whom or on arrival order, so honest nodes keep the same
 # set and reconciliation does not carry evicted records back and forth.
 # A stranger thus costs each node at most ~80 KB (profiles) + 512 follows

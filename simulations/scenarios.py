@@ -19,9 +19,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from p2pmem import limits
-from p2pmem.record import Record
+from p2pmem.model.record import Record
+from p2pmem.model.views import build_views
 from p2pmem.testing import LinkModel, SimNetwork, SimulationError, bfs_distances
-from p2pmem.views import build_views
 from simulations.report import Result, Table, num, pct, quantile
 
 # After the topology is up, let the first reconciliations finish before a

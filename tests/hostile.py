@@ -1,6 +1,6 @@
 """An attacker that speaks the real protocol: a TCP connection, a real Noise
-XX handshake from a fresh identity (p2pmem's own :mod:`p2pmem.noise`), a
-valid hello, then whatever wire messages (p2pmem's own :mod:`p2pmem.wire`)
+XX handshake from a fresh identity (p2pmem's own :mod:`p2pmem.protocol.noise`), a
+valid hello, then whatever wire messages (p2pmem's own :mod:`p2pmem.protocol.wire`)
 a test wants, as fast as it wants, reading the answers or never.
 
 Also small probes of the attacked process: peak memory (VmHWM), CPU time,
@@ -19,12 +19,12 @@ from typing import Any
 
 import cbor2
 
-from p2pmem import wire
-from p2pmem.clock import from_ms
-from p2pmem.control import request
-from p2pmem.identity import Identity
-from p2pmem.noise import HandshakeComplete, MessageReceived, SecureChannel
-from p2pmem.record import Record, sign_record
+from p2pmem.model.clock import from_ms
+from p2pmem.model.identity import Identity
+from p2pmem.model.record import Record, sign_record
+from p2pmem.node.control import request
+from p2pmem.protocol import wire
+from p2pmem.protocol.noise import HandshakeComplete, MessageReceived, SecureChannel
 
 #: The 7-byte reconciliation message of issue #11: one IdList range covering
 #: everything, with no ids ("I hold nothing, send me all you have").
@@ -164,7 +164,7 @@ def stranger_records(kind: str, n: int, identity: Identity | None = None, *,
             from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
             from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-            from p2pmem.sealed import seal_message
+            from p2pmem.model.sealed import seal_message
 
             nobody = X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
             out.append(seal_message(identity, os.urandom(32), nobody, "z" * size, ts))

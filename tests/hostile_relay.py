@@ -17,14 +17,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import p2pmem.core as core_module
+import p2pmem.protocol.core as core_module
 from p2pmem import limits
-from p2pmem.clock import from_ms
-from p2pmem.home import Agent
-from p2pmem.identity import Identity
-from p2pmem.node import run_serve
-from p2pmem.query import QueryError, QueryHits, QueryRouter, decode_query, encode_hits
-from p2pmem.record import sign_record
+from p2pmem.agent.home import Agent
+from p2pmem.model.clock import from_ms
+from p2pmem.model.identity import Identity
+from p2pmem.model.record import sign_record
+from p2pmem.node.shell import run_serve
+from p2pmem.protocol.query import QueryError, QueryHits, QueryRouter, decode_query, encode_hits
 
 FORGED_TEXT = "forged answer"
 JUNK_MESSAGES = 12

@@ -48,8 +48,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from p2pmem.control import request
-from p2pmem.store import DB_FILE, Store
+from p2pmem.node.control import request
+from p2pmem.storage.store import DB_FILE, Store
 
 T = TypeVar("T")
 

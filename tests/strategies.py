@@ -10,13 +10,13 @@ follow three rules:
   generated per example. Ed25519 signatures are deterministic, so the same
   draw always gives byte-identical records.
 * **Always valid.** Every record a strategy returns was made by
-  :func:`p2pmem.record.sign_record` and is within every limit of
+  :func:`p2pmem.model.record.sign_record` and is within every limit of
   :mod:`p2pmem.limits`; tests that want invalid input mutate valid records.
 * **Realistic histories.** :func:`histories` draws a sequence of operations
   (remember, update, concurrent update, stale edit, retract a lineage or one
   version, cross-author edits and retracts, profile, follow/unfollow, endorse,
   message) and signs a record for each with strictly increasing hybrid
-  logical clock timestamps (:func:`p2pmem.clock.from_ms`), except that the two
+  logical clock timestamps (:func:`p2pmem.model.clock.from_ms`), except that the two
   sides of a concurrent update may share a timestamp, as two nodes editing at
   the same millisecond would. The result is a :class:`History`: the records
   in creation order plus a readable log of what each operation did.
@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 from hypothesis import strategies as st
 
 from p2pmem import limits
-from p2pmem.clock import MAX_HLC, from_ms
 from p2pmem.graph.records import GRAPH_KINDS
-from p2pmem.identity import Identity
-from p2pmem.record import KINDS, MAX_TIME, VISIBILITIES, Record, sign_record
+from p2pmem.model.clock import MAX_HLC, from_ms
+from p2pmem.model.identity import Identity
+from p2pmem.model.record import KINDS, MAX_TIME, VISIBILITIES, Record, sign_record
 
 __all__ = [
     "BASE_MS",

@@ -22,7 +22,7 @@ from pathlib import Path
 from netutil import cli_command, cli_json, network_fixture, remember, run_cli, wait_until
 
 from p2pmem import limits
-from p2pmem.control import request
+from p2pmem.node.control import request
 
 net = network_fixture()
 RELAY = Path(__file__).resolve().parent / "hostile_relay.py"

@@ -20,13 +20,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from p2pmem import limits, wire
-from p2pmem.clock import from_ms
-from p2pmem.core import Close, Ingest, NodeCore, Send, run_ingest
-from p2pmem.identity import Identity
-from p2pmem.noise import HandshakeComplete, MessageReceived, SecureChannel
-from p2pmem.record import sign_record
-from p2pmem.store import Store
+from p2pmem import limits
+from p2pmem.model.clock import from_ms
+from p2pmem.model.identity import Identity
+from p2pmem.model.record import sign_record
+from p2pmem.protocol import wire
+from p2pmem.protocol.core import Close, Ingest, NodeCore, Send, run_ingest
+from p2pmem.protocol.noise import HandshakeComplete, MessageReceived, SecureChannel
+from p2pmem.storage.store import Store
 
 BASE_MS = 1_700_000_000_000
 T0 = BASE_MS / 1000 + 3600.0
@@ -64,7 +65,8 @@ class HostilePeers(RuleBasedStateMachine):
         self.now = T0
         self.store = Store(Path(":memory:"), verify_workers=1)
         self.store.ingest(RECORDS)
-        self.core = NodeCore(NODE, self.store, random.Random(seed), now=self.now,
+        rng = random.Random(seed)
+        self.core = NodeCore(NODE, self.store, rng, router_rng=random.Random(rng.getrandbits(64)), now=self.now,
                              listen_addresses=["node.test:7000"], replicate_all=True,
                              flow_control=True, deferred_ingest=deferred)
         self.peers: dict[int, _Peer] = {}
@@ -283,7 +285,7 @@ def test_a_flood_fills_the_send_queue_up_to_its_limit_and_no_further():
 def test_quotas_are_confluent_whatever_the_order_and_batches(rng, cuts):
     """Two stores given a stranger's 300 endorsements (over the quota) in any
     order and any batches keep the very same survivors: the newest."""
-    from p2pmem import quota
+    from p2pmem.model import quota
 
     records = STRANGER_MANY
     assert len(quota.kept(records)) == limits.MAX_ENDORSEMENTS_PER_AUTHOR

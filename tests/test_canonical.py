@@ -1,4 +1,4 @@
-"""p2pmem.canonical: RFC 8949 core deterministic encoding.
+"""p2pmem.model.canonical: RFC 8949 core deterministic encoding.
 
 cbor2's decoder is the independent party: it reads the RFC's published
 examples, and our encoder must give the example's exact bytes back.
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pmem.canonical import encode, encode_deterministic, keys_order_agree
+from p2pmem.model.canonical import encode, encode_deterministic, keys_order_agree
 
 VECTORS = Path(__file__).parent / "vectors"
 APPENDIX_A = json.loads((VECTORS / "cbor-rfc8949-appendix-a.json").read_text())

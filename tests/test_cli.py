@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from p2pmem.identity import parse_agent_id
-from p2pmem.record import decode_record
-from p2pmem.store import Store
+from p2pmem.model.identity import parse_agent_id
+from p2pmem.model.record import decode_record
+from p2pmem.storage.store import Store
 from tests.strategies import identity
 
 MEMORY_KEYS = {"id", "author", "text", "topics", "session", "ts", "at", "visibility"}
@@ -299,9 +299,9 @@ def test_imported_records_with_extreme_times_display(tmp_path: Path, home: Path)
     was recorded, may not be far ahead: see the next test.)"""
     import time
 
-    from p2pmem.clock import from_ms
-    from p2pmem.output import export_line
-    from p2pmem.record import sign_record
+    from p2pmem.interfaces.output import export_line
+    from p2pmem.model.clock import from_ms
+    from p2pmem.model.record import sign_record
 
     record = sign_record(identity(4), "memory", from_ms(int(time.time() * 1000)), "a memory from the far future",
                          at=2**63 - 1)
@@ -319,9 +319,9 @@ def test_import_refuses_a_timestamp_far_ahead_as_a_peer_would(tmp_path: Path, ho
     import time
 
     from p2pmem import limits
-    from p2pmem.clock import from_ms
-    from p2pmem.output import export_line
-    from p2pmem.record import sign_record
+    from p2pmem.interfaces.output import export_line
+    from p2pmem.model.clock import from_ms
+    from p2pmem.model.record import sign_record
 
     now_ms = int(time.time() * 1000)
     year_2100 = sign_record(identity(5), "memory", from_ms(4_102_444_800_000), "skewclock from 2100")

@@ -15,9 +15,9 @@ import pytest
 from netutil import cli_json, network_fixture, run_cli
 
 from p2pmem import limits
-from p2pmem.control import check_depth, parse_request
+from p2pmem.agent.home import CONTROL_SOCKET
 from p2pmem.errors import UsageError
-from p2pmem.home import CONTROL_SOCKET
+from p2pmem.node.control import check_depth, parse_request
 
 ctl_net = network_fixture("ctl_net", scope="module")
 

@@ -1,4 +1,4 @@
-"""The sans-IO node core (p2pmem.core) on an in-memory network and virtual
+"""The sans-IO node core (p2pmem.protocol.core) on an in-memory network and virtual
 time: replication, scope, hostile peers and membership, in one process.
 
 :class:`SimNet` is a third shell around :class:`NodeCore` (after the trio node
@@ -24,14 +24,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from p2pmem import limits, wire
-from p2pmem.clock import from_ms
-from p2pmem.core import Close, Dial, NodeCore, Send, Timing
-from p2pmem.identity import Identity
-from p2pmem.noise import HandshakeComplete, MessageReceived, SecureChannel
-from p2pmem.record import VISIBILITIES, Record, sign_record
-from p2pmem.scope import Interest, shared, travels
-from p2pmem.store import Store
+from p2pmem import limits
+from p2pmem.model.clock import from_ms
+from p2pmem.model.identity import Identity
+from p2pmem.model.record import VISIBILITIES, Record, sign_record
+from p2pmem.model.scope import Interest, shared, travels
+from p2pmem.protocol import wire
+from p2pmem.protocol.core import Close, Dial, NodeCore, Send, Timing
+from p2pmem.protocol.noise import HandshakeComplete, MessageReceived, SecureChannel
+from p2pmem.storage.store import Store
 
 BASE_MS = 1_700_000_000_000  # records are stamped from here on
 T0 = BASE_MS / 1000 + 3600.0  # virtual time starts an hour later
@@ -96,8 +97,9 @@ class SimNet:
         if records:
             store.ingest(records)
         self.addresses[addr(i)] = i
+        rng = random.Random(self.rng.getrandbits(64))
         core = NodeCore(
-            IDENTS[i], store, random.Random(self.rng.getrandbits(64)), now=self.now,
+            IDENTS[i], store, rng, router_rng=random.Random(rng.getrandbits(64)), now=self.now,
             listen_addresses=[addr(i)], bootstrap=[*(addr(b) for b in bootstrap), *extra_bootstrap],
             replicate_all=replicate_all, timing=timing,
         )
@@ -401,7 +403,7 @@ def items_of(records: list[Record]) -> set[tuple[int, bytes]]:
 
 def kept(records: list[Record]) -> set[tuple[int, bytes]]:
     """What a store keeps of ``records``: all of them but what the quotas of
-    records that go everywhere evict (p2pmem/quota.py, the same everywhere)."""
+    records that go everywhere evict (p2pmem/model/quota.py, the same everywhere)."""
     store = Store(Path(":memory:"), verify_workers=1)
     store.ingest(records)
     return set(store.items())

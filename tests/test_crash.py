@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from p2pmem.home import init_home
-from p2pmem.store import Store
+from p2pmem.agent.home import init_home
+from p2pmem.storage.store import Store
 
 CHILD = r"""
 import sys
 from pathlib import Path
 
-from p2pmem.home import Agent
+from p2pmem.agent.home import Agent
 
 home, run = Path(sys.argv[1]), sys.argv[2]
 with Agent.open(home) as agent:

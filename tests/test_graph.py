@@ -11,14 +11,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from p2pmem.agent.home import Agent, init_home
 from p2pmem.errors import RecordError
 from p2pmem.graph import ops, tables
 from p2pmem.graph.search import entity_documents, query_terms, rank
 from p2pmem.graph.view import build_graph
-from p2pmem.home import Agent, init_home
-from p2pmem.record import decode_record, sign_record
-from p2pmem.scope import Interest, travels
-from p2pmem.store import Store
+from p2pmem.model.record import decode_record, sign_record
+from p2pmem.model.scope import Interest, travels
+from p2pmem.storage.store import Store
 from tests.strategies import BASE_MS, identity
 
 ALICE, BOB, CAROL = identity(0), identity(1), identity(2)

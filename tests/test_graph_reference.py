@@ -50,7 +50,7 @@ def reference_params(entry: Path, memory_file: Path) -> StdioServerParameters:
 
 
 def p2pmem_params(home: Path) -> StdioServerParameters:
-    return StdioServerParameters(command=sys.executable, args=["-m", "p2pmem.mcp_server", "--home", str(home)],
+    return StdioServerParameters(command=sys.executable, args=["-m", "p2pmem.interfaces.mcp_server", "--home", str(home)],
                                  cwd=PROJECT_ROOT)
 
 

@@ -27,8 +27,9 @@ from hostile import (
 )
 from netutil import network_fixture, remember, remember_batch, run_cli, wait_until
 
-from p2pmem import limits, wire
-from p2pmem.identity import Identity
+from p2pmem import limits
+from p2pmem.model.identity import Identity
+from p2pmem.protocol import wire
 
 net = network_fixture()
 

@@ -1,4 +1,4 @@
-"""The MCP server (p2pmem/mcp_server.py) through the official SDK's own stdio
+"""The MCP server (p2pmem/interfaces/mcp_server.py) through the official SDK's own stdio
 client, against real server processes."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import anyio
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
-from p2pmem.home import Agent
+from p2pmem.agent.home import Agent
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONTRACT_TOOLS = {
@@ -52,7 +52,7 @@ def init(home: Path, name: str, *skills: str) -> str:
 @asynccontextmanager
 async def mcp_session(home: Path, env: dict[str, str] | None = None) -> AsyncIterator[ClientSession]:
     params = StdioServerParameters(
-        command=sys.executable, args=["-m", "p2pmem.mcp_server", "--home", str(home)],
+        command=sys.executable, args=["-m", "p2pmem.interfaces.mcp_server", "--home", str(home)],
         env=env, cwd=PROJECT_ROOT,
     )
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
@@ -196,7 +196,7 @@ def test_find_agents_follow_and_endorse(tmp_path: Path) -> None:
     run(body)
     with Agent.open(home_a) as agent:
         follows = agent.store.follows()
-    from p2pmem.identity import parse_agent_id
+    from p2pmem.model.identity import parse_agent_id
 
     assert (parse_agent_id(me), parse_agent_id(other)) in follows
 
@@ -226,7 +226,7 @@ def test_bad_input_is_an_error_result_and_the_server_survives(tmp_path: Path) ->
     run(body)
 
 
-@pytest.mark.skipif(not HAS_MESSAGES, reason="Agent.send_message / Agent.inbox are not in p2pmem.home yet")
+@pytest.mark.skipif(not HAS_MESSAGES, reason="Agent.send_message / Agent.inbox are not in p2pmem.agent.home yet")
 def test_send_message_and_read_inbox(tmp_path: Path) -> None:
     home_a, home_b = tmp_path / "a", tmp_path / "b"
     alice = init(home_a, "alice")

@@ -23,10 +23,11 @@ from typing import Any
 import pytest
 from netutil import Net, NodeProc, cli_json, line, network_fixture, run_cli, wait_until
 
-from p2pmem.home import Agent
-from p2pmem.identity import Identity, parse_agent_id
-from p2pmem.record import decode_record, sign_record
-from p2pmem.sealed import SealedError, open_message
+from p2pmem.agent.home import Agent
+from p2pmem.model.identity import parse_agent_id
+from p2pmem.model.record import decode_record, sign_record
+from p2pmem.model.sealed import SealedError, open_message
+from p2pmem.storage.keyfile import load_identity
 
 net = network_fixture()
 
@@ -110,12 +111,12 @@ def test_message_crosses_a_relay_that_cannot_read_it_and_tampering_fails(net, tm
     exported = _export(hb)
     assert sent in exported and exported[sent]["kind"] == "message"
     assert _inbox(hb) == []
-    relay_identity = Identity.load(hb)
+    relay_identity = load_identity(hb)
     held = net.store(hb).get(bytes.fromhex(sent))
     assert held is not None and text.encode() not in held.raw
     with pytest.raises(SealedError):
         open_message(relay_identity, held)
-    assert open_message(Identity.load(hc), held).text == text
+    assert open_message(load_identity(hc), held).text == text
 
     # (a) a flipped byte in the ciphertext of the raw record: import rejects it
     raw = _raw(exported[sent])
@@ -136,7 +137,7 @@ def test_message_crosses_a_relay_that_cannot_read_it_and_tampering_fails(net, tm
     result = _import(hb, [{"record": base64.b64encode(forged.raw).decode()}], tmp_path)
     assert result.returncode == 0, result.stderr
     _wait_record(net, hc, forged.id.hex())
-    recipient = Identity.load(hc)
+    recipient = load_identity(hc)
     with pytest.raises(SealedError):
         open_message(recipient, decode_record(forged.raw))
     assert [m["id"] for m in _inbox(hc)] == [sent]

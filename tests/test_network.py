@@ -30,11 +30,12 @@ from netutil import (
     wait_until,
 )
 
-from p2pmem import limits, wire
-from p2pmem.clock import from_ms
-from p2pmem.identity import Identity
-from p2pmem.noise import HandshakeComplete, MessageReceived, SecureChannel
-from p2pmem.record import sign_record
+from p2pmem import limits
+from p2pmem.model.clock import from_ms
+from p2pmem.model.identity import Identity
+from p2pmem.model.record import sign_record
+from p2pmem.protocol import wire
+from p2pmem.protocol.noise import HandshakeComplete, MessageReceived, SecureChannel
 
 net = network_fixture()
 

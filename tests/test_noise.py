@@ -1,4 +1,4 @@
-"""Tests of p2pmem.noise: published Noise vectors, then the secure channel.
+"""Tests of p2pmem.protocol.noise: published Noise vectors, then the secure channel.
 
 The vectors pin the Noise state machine byte for byte against two independent
 implementations (cacophony, snow); the channel tests attack everything a peer
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from p2pmem.errors import P2pmemError
-from p2pmem.noise import (
+from p2pmem.protocol.noise import (
     PROTOCOL_NAME,
     HandshakeComplete,
     HandshakeState,

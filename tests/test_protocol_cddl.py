@@ -13,13 +13,13 @@ import pycddl
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pmem import wire
-from p2pmem.clock import from_ms
-from p2pmem.identity import Identity
-from p2pmem.noise import SecureChannel
-from p2pmem.query import QueryHits, QueryRouter, decode_query, encode_hits, encode_query
-from p2pmem.reconcile import ItemIndex, Reconciler
-from p2pmem.record import sign_record
+from p2pmem.model.clock import from_ms
+from p2pmem.model.identity import Identity
+from p2pmem.model.record import sign_record
+from p2pmem.protocol import wire
+from p2pmem.protocol.noise import SecureChannel
+from p2pmem.protocol.query import QueryHits, QueryRouter, decode_query, encode_hits, encode_query
+from p2pmem.protocol.reconcile import ItemIndex, Reconciler
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 

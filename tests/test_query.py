@@ -1,4 +1,4 @@
-"""Laws of the flooding query router (p2pmem.query), stated as properties.
+"""Laws of the flooding query router (p2pmem.protocol.query), stated as properties.
 
 A tiny in-memory network simulator drives many QueryRouters: random connected
 graphs, messages delivered in FIFO (breadth-first) order or in an order chosen
@@ -28,9 +28,10 @@ from hypothesis.stateful import (
 )
 
 from p2pmem import limits
-from p2pmem.clock import from_ms
-from p2pmem.identity import Identity
-from p2pmem.query import (
+from p2pmem.model.clock import from_ms
+from p2pmem.model.identity import Identity
+from p2pmem.model.record import sign_record
+from p2pmem.protocol.query import (
     MAX_HITS_MESSAGE,
     MAX_RELAYED_RECORDS,
     Hit,
@@ -46,7 +47,6 @@ from p2pmem.query import (
     rank_hits,
     verify_hits,
 )
-from p2pmem.record import sign_record
 
 BIG_BURST = 10_000  # the flooding laws are about routing, not rate limits
 

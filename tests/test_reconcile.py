@@ -25,7 +25,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from p2pmem.reconcile import (
+from p2pmem.protocol.reconcile import (
     CDDL,
     DIFF,
     FINGERPRINT,
@@ -613,7 +613,7 @@ def test_a_side_that_caps_its_own_replies_still_reconciles(a_items, b_items, ini
     """``max_reply`` is local: a side whose messages are cut short (the core
     caps them so one peer message costs bounded CPU) still interoperates
     with a side that is not, and both learn the exact differences."""
-    from p2pmem.reconcile import MIN_MESSAGE, ItemIndex, Reconciler, run_session
+    from p2pmem.protocol.reconcile import MIN_MESSAGE, ItemIndex, Reconciler, run_session
 
     a, b = ItemIndex(a_items), ItemIndex(b_items)
     ra = Reconciler(a, max_reply=MIN_MESSAGE if initiator_caps else None)
@@ -625,7 +625,7 @@ def test_a_side_that_caps_its_own_replies_still_reconciles(a_items, b_items, ini
 
 
 def test_capped_replies_carry_a_large_difference_over_several_rounds():
-    from p2pmem.reconcile import MIN_MESSAGE, ItemIndex, Reconciler, run_session
+    from p2pmem.protocol.reconcile import MIN_MESSAGE, ItemIndex, Reconciler, run_session
 
     rng = random.Random(5)
     a_items = {(rng.randrange(1 << 40), rng.randbytes(32)) for _ in range(6000)}

@@ -1,4 +1,4 @@
-"""The signed record (p2pmem.record), agent ids, the HLC and WHEN parsing.
+"""The signed record (p2pmem.model.record), agent ids, the HLC and WHEN parsing.
 
 Records must round-trip exactly, and every other byte string -- a mutation of
 a real record, a non-canonical re-encoding, a schema violation, malformed
@@ -26,11 +26,12 @@ from pycose.keys.okp import OKPKey
 from pycose.messages import Sign1Message
 
 from p2pmem import limits
-from p2pmem.clock import COUNTER_BITS, HybridClock, from_ms, physical_ms
 from p2pmem.errors import RecordError, UsageError
-from p2pmem.identity import AGENT_ID_PREFIX, Identity, agent_id, parse_agent_id
-from p2pmem.record import KINDS, MAX_TIME, PROTECTED, Record, decode_record, sign_record
-from p2pmem.when import format_ms, parse_when
+from p2pmem.model.clock import COUNTER_BITS, HybridClock, from_ms, physical_ms
+from p2pmem.model.identity import AGENT_ID_PREFIX, Identity, agent_id, parse_agent_id
+from p2pmem.model.record import KINDS, MAX_TIME, PROTECTED, Record, decode_record, sign_record
+from p2pmem.model.when import format_ms, parse_when
+from p2pmem.storage.keyfile import load_identity, save_identity
 from tests.strategies import BASE_MS, any_records, identity, memory_records
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -616,13 +617,13 @@ def test_agent_id_errors_say_what_is_wrong() -> None:
 def test_identity_keys_and_files(tmp_path: Path) -> None:
     ident = Identity.generate()
     assert parse_agent_id(ident.agent_id) == ident.public_key
-    ident.save(tmp_path)
+    save_identity(ident, tmp_path)
     assert (tmp_path / "identity.key").stat().st_mode & 0o777 == 0o600
-    loaded = Identity.load(tmp_path)
+    loaded = load_identity(tmp_path)
     assert loaded.public_key == ident.public_key
     assert loaded.message_public_key == ident.message_public_key
     with pytest.raises(FileExistsError):
-        ident.save(tmp_path)  # never overwrites a key
+        save_identity(ident, tmp_path)  # never overwrites a key
 
 
 # --- hybrid logical clock -------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Sealed messages to one recipient are relayed within a budget (issue #11).
 
-The per-sender quotas (p2pmem/quota.py) bound what a sender may have
+The per-sender quotas (p2pmem/model/quota.py) bound what a sender may have
 stored, not how fast it sends, and identities are free: Sybil senders can
 aim a flood at one recipient. Each node therefore sends the messages
 addressed to one recipient, to all its peers together, within a token bucket
@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import hashlib
 
-from p2pmem import limits, wire
-from p2pmem.clock import from_ms
-from p2pmem.core import Timing
-from p2pmem.identity import Identity
-from p2pmem.record import Record
-from p2pmem.sealed import seal_message
+from p2pmem import limits
+from p2pmem.model.clock import from_ms
+from p2pmem.model.identity import Identity
+from p2pmem.model.record import Record
+from p2pmem.model.sealed import seal_message
+from p2pmem.protocol import wire
+from p2pmem.protocol.core import Timing
 from tests.test_core import BASE_MS, IDENTS, KEYS, Client, SimNet
 
 RATE = limits.MESSAGE_RELAY_BYTES_PER_S

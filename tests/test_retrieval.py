@@ -14,12 +14,13 @@ import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
-from p2pmem.home import Agent
-from p2pmem.identity import Identity
-from p2pmem.record import Record
+from p2pmem.agent.home import Agent
+from p2pmem.model.identity import Identity
+from p2pmem.model.record import Record
 from p2pmem.retrieval.lexical import STATE_FILE
 from p2pmem.retrieval.text import stem
-from p2pmem.store import DB_FILE, Store
+from p2pmem.storage.keyfile import save_identity
+from p2pmem.storage.store import DB_FILE, Store
 
 WORDS = ["kettle", "proxy", "harbour", "violin", "glacier", "pepper"]
 SESSIONS = ["", "s1", "s2"]
@@ -28,7 +29,7 @@ DAY = 86_400_000
 
 def _agent(home: Path, seed: int = 1) -> Agent:
     identity = Identity.from_seeds(bytes([seed]) * 32, bytes([seed + 1]) * 32)
-    identity.save(home)
+    save_identity(identity, home)
     return Agent(home, identity, Store(home / DB_FILE))
 
 
@@ -239,7 +240,7 @@ CRASH_CHILD = r"""
 import sys
 from pathlib import Path
 
-from p2pmem.home import Agent
+from p2pmem.agent.home import Agent
 
 home, run, mode = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 with Agent.open(home) as agent:

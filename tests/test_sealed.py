@@ -24,12 +24,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pmem import limits
-from p2pmem.clock import from_ms, physical_ms
+from p2pmem.agent.maildir import write_maildir
 from p2pmem.errors import P2pmemError, RecordError
-from p2pmem.identity import Identity, agent_id
-from p2pmem.maildir import write_maildir
-from p2pmem.record import decode_record, sign_record
-from p2pmem.sealed import (
+from p2pmem.model.clock import from_ms, physical_ms
+from p2pmem.model.identity import Identity, agent_id
+from p2pmem.model.record import decode_record, sign_record
+from p2pmem.model.sealed import (
     NONCE,
     OpenedMessage,
     SealedError,

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from p2pmem.views import build_views
+from p2pmem.model.views import build_views
 from simulations.__main__ import main
 from simulations.scenarios import Options, churn, dissemination, partition, query
 from tests.conftest import PROJECT_ROOT

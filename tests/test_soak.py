@@ -24,7 +24,7 @@ from hostile import (
 )
 from netutil import network_fixture, remember
 
-from p2pmem import wire
+from p2pmem.protocol import wire
 
 pytestmark = [pytest.mark.slow, pytest.mark.soak]
 

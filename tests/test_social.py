@@ -19,13 +19,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from netutil import Net, cli_json, memory_ids, network_fixture, remember, run_cli, wait_until
 
-from p2pmem.clock import physical_ms
-from p2pmem.home import Agent, init_home, wall_ms
-from p2pmem.identity import agent_id, parse_agent_id
-from p2pmem.query import VerifiedHit
-from p2pmem.ranking import rank_hits
-from p2pmem.record import Record
-from p2pmem.trust import ENDORSEMENT_WEIGHT, STRANGER, TrustModel
+from p2pmem.agent.home import Agent, init_home, wall_ms
+from p2pmem.agent.ranking import rank_hits
+from p2pmem.model.clock import physical_ms
+from p2pmem.model.identity import agent_id, parse_agent_id
+from p2pmem.model.record import Record
+from p2pmem.model.trust import ENDORSEMENT_WEIGHT, STRANGER, TrustModel
+from p2pmem.protocol.query import VerifiedHit
 
 net = network_fixture()
 

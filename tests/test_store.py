@@ -1,6 +1,6 @@
-"""The SQLite store (p2pmem.store) against the reference views.
+"""The SQLite store (p2pmem.storage.store) against the reference views.
 
-The store maintains the CRDT views incrementally; p2pmem.views defines them.
+The store maintains the CRDT views incrementally; p2pmem.model.views defines them.
 For any record set, fed in any order, in any chunks, split among several
 stores that then exchange everything, the store must show exactly
 ``build_views(set)``; a retracted memory must never come back, and its text
@@ -19,12 +19,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from p2pmem.clock import from_ms
 from p2pmem.errors import StoreError
-from p2pmem.quota import kept
-from p2pmem.record import MAX_TIME, Record, sign_record
-from p2pmem.store import Store
-from p2pmem.views import ViewSnapshot, build_views
+from p2pmem.model.clock import from_ms
+from p2pmem.model.quota import kept
+from p2pmem.model.record import MAX_TIME, Record, sign_record
+from p2pmem.model.views import ViewSnapshot, build_views
+from p2pmem.storage.store import Store
 from tests.strategies import BASE_MS, History, any_records, histories, identity, memory_texts
 
 A, B = identity(0), identity(1)
@@ -66,7 +66,7 @@ def _without_retracted(view: ViewSnapshot) -> tuple:
 
 
 def assert_store_matches(store: Store, records) -> ViewSnapshot:
-    records = kept(records)  # what the quotas of records that go everywhere leave (p2pmem/quota.py)
+    records = kept(records)  # what the quotas of records that go everywhere leave (p2pmem/model/quota.py)
     expected = build_views(records)
     actual = store_views(store)
     assert _without_retracted(actual) == _without_retracted(expected)

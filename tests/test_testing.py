@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pmem.record import decode_record
+from p2pmem.model.record import decode_record
+from p2pmem.model.views import build_views
 from p2pmem.testing import (
     BASE_MS,
     Fault,
@@ -24,7 +25,6 @@ from p2pmem.testing import (
     records,
     topologies,
 )
-from p2pmem.views import build_views
 
 
 # --- the worked example of docs/testing.md ------------------------------------

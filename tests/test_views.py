@@ -1,4 +1,4 @@
-"""The CRDT views (p2pmem.views): laws and semantics.
+"""The CRDT views (p2pmem.model.views): laws and semantics.
 
 The state of a node is a grow-only set of records and every view is a pure
 function of that set, so merge is set union and the laws below are what make
@@ -13,9 +13,9 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pmem.clock import from_ms
-from p2pmem.record import Record, sign_record
-from p2pmem.views import ViewSnapshot, build_views
+from p2pmem.model.clock import from_ms
+from p2pmem.model.record import Record, sign_record
+from p2pmem.model.views import ViewSnapshot, build_views
 from tests.strategies import BASE_MS, OPERATIONS, History, histories, identity
 
 A, B, C = identity(0), identity(1), identity(2)

@@ -11,13 +11,13 @@ from typing import Any
 from p2pmem import limits
 from p2pmem.errors import P2pmemError, UsageError
 from p2pmem.graph import jsonl, ops
-from p2pmem.output import print_json
+from p2pmem.interfaces.output import print_json
 
 MAX_LINE = 4 * limits.MAX_BODY + 16 * limits.MAX_GRAPH_NAME
 
 
 def add_parser(sub: Any) -> None:
-    from p2pmem.cli import _agent, _common, _positive, _seconds
+    from p2pmem.interfaces.cli import _agent, _common, _positive, _seconds
 
     p = sub.add_parser("graph", help="the knowledge graph: import, export, show, search")
     _common(p)
@@ -55,7 +55,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from p2pmem.cli import _good_lines, _notify, _open, _open_input
+    from p2pmem.interfaces.cli import _good_lines, _notify, _open, _open_input
 
     stream = _open_input(args.file)
     rejected: list[tuple[int, str]] = []
@@ -88,7 +88,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from p2pmem.cli import _open
+    from p2pmem.interfaces.cli import _open
 
     with _open(args) as agent:
         graph = ops.read_graph(agent)
@@ -108,7 +108,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _lines(described: dict[str, Any]) -> list[str]:
-    from p2pmem.identity import parse_agent_id, short_id
+    from p2pmem.model.identity import parse_agent_id, short_id
 
     def who(sources: list[dict[str, Any]]) -> str:
         return "; ".join(f"{short_id(parse_agent_id(s['author']))} {s['ts'][:16].replace('T', ' ')}" for s in sources)
@@ -135,7 +135,7 @@ def _print(args: argparse.Namespace, described: dict[str, Any], empty: str) -> i
 
 
 def _show(args: argparse.Namespace) -> int:
-    from p2pmem.cli import _open
+    from p2pmem.interfaces.cli import _open
 
     with _open(args) as agent:
         graph = ops.read_graph(agent)
@@ -143,7 +143,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from p2pmem.cli import _open
+    from p2pmem.interfaces.cli import _open
 
     if len(args.query) > limits.MAX_QUERY_TEXT:
         raise UsageError(f"the query is over {limits.MAX_QUERY_TEXT} characters")
@@ -157,9 +157,9 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from p2pmem.cli import _home
-    from p2pmem.control import request
-    from p2pmem.identity import agent_id
+    from p2pmem.interfaces.cli import _home
+    from p2pmem.model.identity import agent_id
+    from p2pmem.node.control import request
 
     if args.ttl > limits.MAX_TTL:
         raise UsageError(f"--ttl is at most {limits.MAX_TTL}")

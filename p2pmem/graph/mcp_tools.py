@@ -177,7 +177,7 @@ def _done(message: str) -> CallToolResult:
 def register(server: Any, store: Any, session: str, notify: Callable[[Any, list[bytes]], None],
              home: Path | None = None) -> None:
     """Add the graph tools to p2pmem's MCP server."""
-    from p2pmem.mcp_server import ToolFailure, _error
+    from p2pmem.interfaces.mcp_server import ToolFailure, _error
 
     def tool(*, title: str, description: str, read_only: bool = False, destructive: bool = False,
              idempotent: bool = False) -> Callable[[Callable[..., Awaitable[CallToolResult]]], Any]:
@@ -282,7 +282,7 @@ def register(server: Any, store: Any, session: str, notify: Callable[[Any, list[
         timeout: Annotated[float, Field(gt=0, le=limits.MAX_QUERY_TIMEOUT_S)] = 3.0,
         limit: Annotated[int, Field(ge=1, le=limits.MAX_RECALL_LIMIT)] = 10,
     ) -> CallToolResult:
-        from p2pmem.control import NotServing, request
+        from p2pmem.node.control import NotServing, request
 
         try:
             reply = await anyio.to_thread.run_sync(

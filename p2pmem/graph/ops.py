@@ -28,8 +28,8 @@ from p2pmem.graph.records import (
     unlink_body,
 )
 from p2pmem.graph.view import Graph
-from p2pmem.identity import agent_id
-from p2pmem.record import VISIBILITIES, Record, sign_record
+from p2pmem.model.identity import agent_id
+from p2pmem.model.record import VISIBILITIES, Record, sign_record
 
 _WIDTH = {"private": 0, "ask": 1, "public": 2}
 
@@ -55,7 +55,7 @@ class Signer:
         self.unlinked: set[tuple[str, str, str, str]] = set()  # this run's removals
 
     def sign(self, kind: str, body: dict[str, str], visibility: str | None = None) -> Record:
-        from p2pmem.home import wall_ms
+        from p2pmem.agent.home import wall_ms
 
         if self.first:
             ts = self.agent.next_ts()
@@ -244,8 +244,8 @@ def search_nodes(graph: Graph, query: str, limit: int = 10) -> dict[str, Any]:
 
 # -- provenance (p2pmem only) -----------------------------------------------
 def _source(item: Item) -> dict[str, Any]:
-    from p2pmem.clock import physical_ms
-    from p2pmem.when import format_ms
+    from p2pmem.model.clock import physical_ms
+    from p2pmem.model.when import format_ms
 
     return {"author": agent_id(item.author), "ts": format_ms(physical_ms(item.ts)),
             "session": item.session, "visibility": item.visibility, "id": item.id.hex()}

@@ -13,7 +13,7 @@ carry no refs: a removal names what it removes by value, so it needs no ids
 and applies to additions it has not seen yet if they are older.
 
 This module imports nothing of p2pmem but errors and limits, so the record
-schema (:mod:`p2pmem.record`) can use it.
+schema (:mod:`p2pmem.model.record`) can use it.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ REBUILD_BACKLOG = 20_000
 
 
 class DocumentSource(Protocol):
-    """What the store offers an index (implemented by :class:`p2pmem.store.Store`)."""
+    """What the store offers an index (implemented by :class:`p2pmem.storage.store.Store`)."""
 
     def log_high(self) -> int: ...
     def log_low(self) -> int: ...

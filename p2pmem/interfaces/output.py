@@ -7,10 +7,10 @@ import json
 import sys
 from typing import Any
 
-from p2pmem.clock import physical_ms
-from p2pmem.identity import agent_id, short_id
-from p2pmem.record import Record
-from p2pmem.when import format_ms
+from p2pmem.model.clock import physical_ms
+from p2pmem.model.identity import agent_id, short_id
+from p2pmem.model.record import Record
+from p2pmem.model.when import format_ms
 
 
 def ack_json(record: Record) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The trio node: a thin shell that feeds :class:`p2pmem.core.NodeCore` real
+"""The trio node: a thin shell that feeds :class:`p2pmem.protocol.core.NodeCore` real
 sockets and the real clock, and carries out the actions it returns.
 
 No protocol decision lives here. The shell owns tasks and sockets only: one
@@ -28,8 +28,10 @@ from typing import Any
 import trio
 
 from p2pmem import limits
-from p2pmem.control import ControlServer
-from p2pmem.core import (
+from p2pmem.agent.home import Agent
+from p2pmem.errors import P2pmemError, UsageError
+from p2pmem.node.control import ControlServer
+from p2pmem.protocol.core import (
     Close,
     ConnId,
     Dial,
@@ -41,11 +43,9 @@ from p2pmem.core import (
     Timing,
     run_ingest,
 )
-from p2pmem.errors import P2pmemError, UsageError
-from p2pmem.home import Agent
-from p2pmem.store import Store
+from p2pmem.storage.store import Store
 
-log = logging.getLogger("p2pmem.node")
+log = logging.getLogger("p2pmem.node.shell")
 
 READ_SIZE = 65536
 DIAL_TIMEOUT_S = 5.0
@@ -138,8 +138,9 @@ class Node:
         self.address = format_address(bound[0], bound[1])
         if self.announce:
             self._announce_address(self.address)
+        rng = random.Random()
         self.core = NodeCore(
-            self.agent.identity, self.agent.store, random.Random(),
+            self.agent.identity, self.agent.store, rng, router_rng=random.Random(rng.getrandbits(64)),
             now=wall(), listen_addresses=[self.address], bootstrap=self.peers,
             replicate_all=self.replicate_all, timing=self.timing,
             flow_control=True, deferred_ingest=True,
@@ -405,7 +406,7 @@ class Node:
 
     def status(self) -> dict[str, Any]:
         assert self.core is not None
-        from p2pmem.identity import agent_id
+        from p2pmem.model.identity import agent_id
 
         out = self.core.status()
         out["id"] = agent_id(self.agent.key)
@@ -422,7 +423,7 @@ class Node:
 
     def peers_list(self) -> list[dict[str, Any]]:
         assert self.core is not None
-        from p2pmem.identity import agent_id
+        from p2pmem.model.identity import agent_id
 
         out = []
         for session in self.core.ready_peers():
@@ -438,7 +439,7 @@ class Node:
         return out
 
     async def ask(self, text: str, *, timeout: float, **options: Any) -> list[dict[str, Any]]:
-        from p2pmem.ranking import rank_hits
+        from p2pmem.agent.ranking import rank_hits
 
         hits = await self._collect_hits(text, timeout, options)
         return rank_hits(self.agent, text, hits, limit=options.get("limit", 10))
@@ -461,7 +462,7 @@ class Node:
         like search_nodes, with who said what."""
         from p2pmem.graph import ops
         from p2pmem.graph.view import build_graph
-        from p2pmem.identity import agent_id
+        from p2pmem.model.identity import agent_id
 
         hits = await self._collect_hits(text, timeout, options)
         graph = build_graph(h.record for h in hits if h.record.kind in ("entity", "observation", "relation"))
@@ -495,7 +496,7 @@ def run_serve(
     agent: Agent, *, listen: str, peers: list[str], replicate_all: bool, json_out: bool,
     max_peers: int = limits.MAX_ACTIVE_PEERS,
 ) -> int:
-    from p2pmem.identity import agent_id
+    from p2pmem.model.identity import agent_id
 
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s p2pmem %(message)s", datefmt="%H:%M:%S"

@@ -17,12 +17,19 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from p2pmem import limits
+from p2pmem.agent.home import Agent, default_home, init_home, wall_ms
 from p2pmem.errors import P2pmemError, RecordError, UsageError
-from p2pmem.home import Agent, default_home, init_home, wall_ms
-from p2pmem.identity import agent_id, parse_agent_id
-from p2pmem.output import ack_json, explain_line, export_line, memory_json, memory_lines, print_json
-from p2pmem.record import VISIBILITIES, load_stored
-from p2pmem.when import parse_when
+from p2pmem.interfaces.output import (
+    ack_json,
+    explain_line,
+    export_line,
+    memory_json,
+    memory_lines,
+    print_json,
+)
+from p2pmem.model.identity import agent_id, parse_agent_id
+from p2pmem.model.record import VISIBILITIES, load_stored
+from p2pmem.model.when import parse_when
 
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Handler] = {}
@@ -237,7 +244,7 @@ def _read_text(text: str | None) -> str:
 
 def _notify(agent: Agent, records: Sequence[Any]) -> None:
     """Tell a serving node of this home about new records (if one runs)."""
-    from p2pmem.control import notify_new_records
+    from p2pmem.node.control import notify_new_records
 
     notify_new_records(agent.home, [r.id for r in records])
 
@@ -256,9 +263,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 @command("id")
 def cmd_id(args: argparse.Namespace) -> int:
-    from p2pmem.identity import Identity
+    from p2pmem.storage.keyfile import load_identity
 
-    identity = Identity.load(_home(args))
+    identity = load_identity(_home(args))
     print_json({"id": identity.agent_id}) if args.json else print(identity.agent_id)
     return 0
 
@@ -621,7 +628,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 @command("serve")
 def cmd_serve(args: argparse.Namespace) -> int:
-    from p2pmem.node import parse_address, run_serve
+    from p2pmem.node.shell import parse_address, run_serve
 
     parse_address(args.listen)
     for peer in args.peer:
@@ -634,7 +641,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 @command("peers")
 def cmd_peers(args: argparse.Namespace) -> int:
-    from p2pmem.control import request
+    from p2pmem.node.control import request
 
     peers = request(_home(args), "peers")["peers"]
     return _show_list(args, peers, "no peers connected", (
@@ -644,7 +651,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
 
 @command("status")
 def cmd_status(args: argparse.Namespace) -> int:
-    from p2pmem.control import request
+    from p2pmem.node.control import request
 
     status = request(_home(args), "status")["status"]
     if args.json:
@@ -669,8 +676,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 @command("ask")
 def cmd_ask(args: argparse.Namespace) -> int:
-    from p2pmem.control import request
-    from p2pmem.record import decode_record
+    from p2pmem.model.record import decode_record
+    from p2pmem.node.control import request
 
     if args.ttl > limits.MAX_TTL:
         raise UsageError(f"--ttl is at most {limits.MAX_TTL}")
@@ -700,7 +707,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 @command("inbox")
 def cmd_inbox(args: argparse.Namespace) -> int:
-    from p2pmem.maildir import write_maildir
+    from p2pmem.agent.maildir import write_maildir
 
     with _open(args) as agent:
         opened = agent.opened_messages()
@@ -724,7 +731,7 @@ def cmd_inbox(args: argparse.Namespace) -> int:
 
 @command("mcp")
 def cmd_mcp(args: argparse.Namespace) -> int:
-    from p2pmem.mcp_server import run_mcp
+    from p2pmem.interfaces.mcp_server import run_mcp
 
     return run_mcp(_home(args))
 

@@ -1,7 +1,7 @@
 """Quotas for the records that replicate everywhere (issue #11).
 
 Profiles, follows, endorsements and sealed messages travel to every node
-(p2pmem/scope.py). Without a bound, a fresh identity could make every node
+(p2pmem/model/scope.py). Without a bound, a fresh identity could make every node
 store whatever it sends. Each group below holds at most a fixed number of
 records and bytes; past that the oldest by ``(ts, id)`` are evicted:
 
@@ -44,7 +44,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from p2pmem import limits
-from p2pmem.record import Record
+from p2pmem.model.record import Record
 
 # kind -> (max records, max bytes) per author
 BY_AUTHOR: dict[str, tuple[int, int | None]] = {

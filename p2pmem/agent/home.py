@@ -17,15 +17,16 @@ from pathlib import Path
 import platformdirs
 
 from p2pmem import limits
-from p2pmem.clock import HybridClock
+from p2pmem.agent.ranking import rank_by_trust
 from p2pmem.errors import HomeError, RecordError, StoreError, UsageError
-from p2pmem.identity import Identity
-from p2pmem.ranking import rank_by_trust
-from p2pmem.record import Record, sign_record
+from p2pmem.model.clock import HybridClock
+from p2pmem.model.identity import Identity
+from p2pmem.model.record import Record, sign_record
+from p2pmem.model.trust import TrustModel
 from p2pmem.retrieval.embed import configured_model_path
 from p2pmem.retrieval.text import query_terms
-from p2pmem.store import DB_FILE, Memory, Store
-from p2pmem.trust import TrustModel
+from p2pmem.storage.keyfile import KEY_FILE, load_identity, save_identity
+from p2pmem.storage.store import DB_FILE, Memory, Store
 
 CONTROL_SOCKET = "node.sock"
 
@@ -48,10 +49,10 @@ def init_home(home: Path, *, name: str | None = None, skills: Sequence[str] = ()
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise HomeError(f"cannot create home {home}: {exc.strerror}") from None
-    if (home / "identity.key").exists():
-        return Identity.load(home), False
+    if (home / KEY_FILE).exists():
+        return load_identity(home), False
     identity = Identity.generate()
-    identity.save(home)
+    save_identity(identity, home)
     with Agent.open(home) as agent:
         agent.set_profile(name=name or "", skills=list(skills))
     return identity, True
@@ -75,7 +76,7 @@ class Agent:
         of recall (docs/models.md)."""
         if not home.is_dir():
             raise HomeError(f"no p2pmem home at {home} (run `p2pmem init`)")
-        identity = Identity.load(home)
+        identity = load_identity(home)
         store = Store(home / DB_FILE)
         store.search.model_path = model or configured_model_path(os.environ, home)
         return cls(home, identity, store)
@@ -211,7 +212,7 @@ class Agent:
     def send_message(self, recipient: bytes, text: str) -> Record:
         """Seal ``text`` to the recipient's message key (from its profile)
         and store the signed record; gossip carries it until it arrives."""
-        from p2pmem.sealed import seal_message
+        from p2pmem.model.sealed import seal_message
 
         profile = self.store.profiles().get(recipient)
         if profile is None or not isinstance(profile.body, dict):
@@ -230,7 +231,7 @@ class Agent:
         return [m.to_json() for m in self.opened_messages()]
 
     def opened_messages(self) -> list[object]:
-        from p2pmem.sealed import SealedError, open_message
+        from p2pmem.model.sealed import SealedError, open_message
 
         out = []
         for record in self.store.messages_to(self.key):
@@ -245,7 +246,7 @@ class Agent:
         """Known agents as the contract's objects. With ``skill``: only agents
         that declare it or wrote memories on that topic, best first (a
         declared skill counts as ten memories on the topic; trust breaks ties)."""
-        from p2pmem.identity import agent_id
+        from p2pmem.model.identity import agent_id
 
         profiles = self.store.profiles()
         counts = self.store.authors()

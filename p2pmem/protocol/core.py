@@ -2,7 +2,7 @@
 queries as one sans-IO state machine.
 
 The core never touches a socket, a clock or the global random generator. A
-shell (the trio node in :mod:`p2pmem.node`, or the simulator) tells it what
+shell (the trio node in :mod:`p2pmem.node.shell`, or the simulator) tells it what
 happened — a connection was made, bytes arrived, a connection was lost, time
 passed — with the current time as an argument, and carries out the actions it
 asks for: :class:`Send`, :class:`Close`, :class:`Dial`. Every protocol
@@ -14,25 +14,25 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from p2pmem import limits, wire
-from p2pmem.budget import Bucket
-from p2pmem.clock import HybridClock
+from p2pmem import limits
 from p2pmem.errors import P2pmemError
-from p2pmem.identity import Identity, short_id
-from p2pmem.noise import HandshakeComplete, MessageReceived, ProtocolError, SecureChannel
-from p2pmem.query import QueryError, QueryRouter, VerifiedHit
-from p2pmem.reconcile import ItemIndex, ReconcileError, Reconciler
-from p2pmem.record import Record, admission_error
-from p2pmem.scope import AUTHOR_SCOPED, EVERYWHERE, Interest, shared
-from p2pmem.store import Store
+from p2pmem.model.clock import HybridClock
+from p2pmem.model.identity import Identity, short_id
+from p2pmem.model.record import Record, admission_error
+from p2pmem.model.scope import AUTHOR_SCOPED, EVERYWHERE, Interest, shared
+from p2pmem.protocol import wire
+from p2pmem.protocol.budget import Bucket
+from p2pmem.protocol.noise import HandshakeComplete, MessageReceived, ProtocolError, SecureChannel
+from p2pmem.protocol.ports import Rng, StorePort
+from p2pmem.protocol.query import QueryError, QueryRouter, VerifiedHit
+from p2pmem.protocol.reconcile import ItemIndex, ReconcileError, Reconciler
 
-log = logging.getLogger("p2pmem.core")
+log = logging.getLogger("p2pmem.protocol.core")
 
 ConnId = int
 
@@ -85,12 +85,12 @@ class IngestJob:
 class IngestOutcome:
     added: list[Record] = field(default_factory=list)
     skipped_future: int = 0
-    evicted: int = 0  # records (new or old) removed by a quota (p2pmem/quota.py)
+    evicted: int = 0  # records (new or old) removed by a quota (p2pmem/model/quota.py)
     error: str | None = None  # a record failed verification: the sender misbehaved
 
 
 def run_ingest(
-    store: Store, job: IngestJob, observe: Callable[[int], bool] | None = None
+    store: StorePort, job: IngestJob, observe: Callable[[int], bool] | None = None
 ) -> IngestOutcome:
     """Verify and store one job: CPU and disk work, no core state touched,
     so a shell may run it in a worker thread (with its own store connection).
@@ -111,14 +111,14 @@ def run_ingest(
             outcome.skipped_future += 1
             continue
         accepted.append(item)
-    result = store.ingest(accepted)  # applies the quotas of p2pmem/quota.py
+    result = store.ingest(accepted)  # applies the quotas of p2pmem/model/quota.py
     outcome.added = list(result.added)
     outcome.evicted = result.evicted
     return outcome
 
 
 def _recipient(record: Record) -> bytes | None:
-    """A sealed message's recipient (its body's ``to``, p2pmem/sealed.py);
+    """A sealed message's recipient (its body's ``to``, p2pmem/model/sealed.py);
     None for other records."""
     if record.kind == "message" and isinstance(record.body, dict):
         return record.body.get("to")
@@ -223,9 +223,10 @@ class NodeCore:
     def __init__(
         self,
         identity: Identity,
-        store: Store,
-        rng: random.Random,
+        store: StorePort,
+        rng: Rng,
         *,
+        router_rng: Rng,
         now: float,
         listen_addresses: Sequence[str] = (),
         bootstrap: Sequence[str] = (),
@@ -239,7 +240,9 @@ class NodeCore:
         trio node); without it every Send counts as written at once (the
         simulator). ``deferred_ingest``: received records are verified and
         stored by the shell beside the loop (:class:`Ingest` actions); without
-        it the core does it inline."""
+        it the core does it inline. ``rng`` and ``router_rng`` (two
+        independent streams, the second for the query router) are seeded by
+        the shell, as ``store`` is opened by it (p2pmem.protocol.ports)."""
         self.identity = identity
         self.flow_control = flow_control
         self.deferred_ingest = deferred_ingest
@@ -264,7 +267,7 @@ class NodeCore:
         self.listen_addresses = tuple(listen_addresses)
         self.replicate_all = replicate_all
         self.clock = HybridClock(store.last_ts())
-        self.router = QueryRouter(self.key, random.Random(rng.getrandbits(64)), sign=identity.sign)
+        self.router = QueryRouter(self.key, router_rng, sign=identity.sign)
         self.sessions: dict[ConnId, Session] = {}
         self.by_agent: dict[bytes, ConnId] = {}
         self.addresses: dict[str, _Address] = {}
@@ -618,7 +621,7 @@ class NodeCore:
         """Pick up records another process of this home stored (the CLI
         writes to the store and pokes the node); returns how many. Records
         whose id is in ``skip`` (the node stored them itself) are passed over."""
-        from p2pmem.record import decode_record
+        from p2pmem.model.record import decode_record
 
         if self._inflight:
             skip = skip | self._inflight  # the ingest pipeline's own writes
@@ -1083,10 +1086,8 @@ class NodeCore:
         raws = [m.record.raw for m in found]
         if not query.topics and query.since is None and query.until is None:
             # the knowledge graph's best entities too (p2pmem/graph; `graph ask`)
-            from p2pmem.graph.ops import answer_records
-
-            raws += answer_records(self.store, query.text, authors=authors, limit=min(query.limit, 10),
-                                   max_records=max(0, limits.MAX_QUERY_HITS - len(raws)))
+            raws += self.store.graph_answers(query.text, authors=authors, limit=min(query.limit, 10),
+                                             max_records=max(0, limits.MAX_QUERY_HITS - len(raws)))
         return raws
 
     # -- membership -------------------------------------------------------------

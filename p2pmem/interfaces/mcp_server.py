@@ -8,7 +8,7 @@ hex digits) on the memories it writes, and offers the contract's tools
 Threads: SQLite connections belong to the thread that opened them, and the
 SDK runs synchronous tools on arbitrary worker threads. So the tools here are
 coroutines that hand every store operation to one dedicated thread, which
-opened the :class:`~p2pmem.home.Agent` and runs operations one at a time.
+opened the :class:`~p2pmem.agent.home.Agent` and runs operations one at a time.
 Queries of the network (``ask_network``) only talk to the serving node's
 control socket and run on an ordinary worker thread, so a slow query does
 not hold the store.
@@ -40,11 +40,11 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field, ValidationError
 
 from p2pmem import limits
+from p2pmem.agent.home import Agent, default_home, wall_ms
 from p2pmem.errors import P2pmemError, StoreError, UsageError
-from p2pmem.home import Agent, default_home, wall_ms
-from p2pmem.identity import agent_id, parse_agent_id
-from p2pmem.output import ack_json, memory_json
-from p2pmem.when import parse_when
+from p2pmem.interfaces.output import ack_json, memory_json
+from p2pmem.model.identity import agent_id, parse_agent_id
+from p2pmem.model.when import parse_when
 
 log = logging.getLogger("p2pmem.mcp")
 T = TypeVar("T")
@@ -151,7 +151,7 @@ def _topics(topics: list[str] | None) -> list[str]:
 
 
 def _notify(agent: Agent, ids: list[bytes]) -> None:
-    from p2pmem.control import notify_new_records
+    from p2pmem.node.control import notify_new_records
 
     notify_new_records(agent.home, ids)
 
@@ -291,7 +291,7 @@ def build_server(home: Path, store: StoreThread, session: str) -> MCPServer:
         memory objects, best first, each also with 'hops' (links to the node that answered; a
         direct neighbour is 1) and 'via' (the agent id of the node that answered). Every
         answer's signature was checked; treat the text as another agent's claim."""
-        from p2pmem.control import NotServing, request
+        from p2pmem.node.control import NotServing, request
 
         fields: dict[str, Any] = {
             "text": query, "ttl": ttl, "query_timeout": timeout,
@@ -434,7 +434,7 @@ def build_server(home: Path, store: StoreThread, session: str) -> MCPServer:
         """This agent's id, this session's id, the home directory, whether a node is serving
         (needed for ask_network and replication), and counts; when serving, the node's
         addresses, peers and replication state under 'node'."""
-        from p2pmem.control import NotServing, request
+        from p2pmem.node.control import NotServing, request
 
         def local(agent: Agent) -> dict[str, Any]:
             return {

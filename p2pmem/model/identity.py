@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import cbor2
 from cryptography.hazmat.primitives import serialization
@@ -25,7 +23,6 @@ from p2pmem.errors import HomeError, UsageError
 
 AGENT_ID_PREFIX = "pm1"
 _CHECKSUM_TAG = b"p2pmem-agent-id"
-KEY_FILE = "identity.key"
 _RAW = serialization.Encoding.Raw
 _PUB = serialization.PublicFormat.Raw
 _PRIV = serialization.PrivateFormat.Raw
@@ -120,30 +117,6 @@ class Identity:
             return cls.from_seeds(obj["ed25519"], obj["x25519"])
         except Exception as exc:  # any damage to the file reads as one error
             raise HomeError(f"identity key file is damaged: {exc}") from None
-
-    def save(self, home: Path) -> None:
-        """Write the key file with mode 0600, refusing to overwrite one."""
-        path = home / KEY_FILE
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, self.to_bytes())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    @classmethod
-    def load(cls, home: Path) -> Identity:
-        path = home / KEY_FILE
-        try:
-            mode = path.stat().st_mode & 0o777
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise HomeError(f"no identity in {home} (run `p2pmem init`)") from None
-        except OSError as exc:
-            raise HomeError(f"cannot read {path}: {exc.strerror}") from None
-        if mode & 0o077:
-            raise HomeError(f"{path} is readable by others (mode {mode:o}); run chmod 600 on it")
-        return cls.from_bytes(data)
 
 
 def verify_key(public_key: bytes) -> Ed25519PublicKey:

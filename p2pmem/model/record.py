@@ -3,7 +3,7 @@
 A record is a COSE_Sign1 object (RFC 9052, tag 18) whose protected header is
 ``{1: -8}`` (alg EdDSA), whose unprotected header is empty, and whose payload
 is a CBOR map with small unsigned-integer keys in RFC 8949 deterministic
-encoding (see :mod:`p2pmem.canonical`). Its id is SHA-256 of the whole
+encoding (see :mod:`p2pmem.model.canonical`). Its id is SHA-256 of the whole
 encoding. The CDDL is in docs/protocol.md.
 
 Decoding is strict: anything that is not exactly the bytes :func:`sign_record`
@@ -22,11 +22,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from p2pmem import limits
-from p2pmem.canonical import keys_order_agree
-from p2pmem.clock import MAX_HLC, physical_ms
 from p2pmem.errors import RecordError
 from p2pmem.graph.records import GRAPH_KINDS, check_graph_body
-from p2pmem.identity import Identity
+from p2pmem.model.canonical import keys_order_agree
+from p2pmem.model.clock import MAX_HLC, physical_ms
+from p2pmem.model.identity import Identity
 
 VERSION = 1
 KINDS = ("memory", "retract", "profile", "follow", "endorse", "message", *GRAPH_KINDS)

@@ -2,7 +2,7 @@
 maintained incrementally.
 
 One table holds every record (its raw signed bytes and the columns queries
-need). The views of :mod:`p2pmem.views` are kept up to date on each insert:
+need). The views of :mod:`p2pmem.model.views` are kept up to date on each insert:
 ``state`` says whether a memory is a head, superseded or retracted, and only
 heads are in the full-text index. Retracted memories lose their bytes and
 text (``secure_delete`` overwrites the freed pages), keeping only the
@@ -27,7 +27,7 @@ from p2pmem import limits
 from p2pmem.errors import RecordError, StoreError
 from p2pmem.graph import tables as graph_tables
 from p2pmem.graph.records import GRAPH_KINDS
-from p2pmem.record import Record, admission_error, decode_record, load_stored
+from p2pmem.model.record import Record, admission_error, decode_record, load_stored
 from p2pmem.retrieval.documents import Entry, IndexDoc, make_doc
 from p2pmem.retrieval.engine import Ranked, SearchEngine, SearchRequest
 from p2pmem.retrieval.lexical import Filters
@@ -98,7 +98,7 @@ class IngestResult:
     added: list[Record] = field(default_factory=list)
     duplicates: int = 0
     retracted: int = 0  # arrived already retracted: dropped, tombstone kept
-    evicted: int = 0  # records removed by a quota (p2pmem/quota.py), new or old
+    evicted: int = 0  # records removed by a quota (p2pmem/model/quota.py), new or old
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
 
 
@@ -250,7 +250,7 @@ class Store:
 
         With ``wall_ms`` (the caller's clock; every untrusted edge passes
         it), a record is also refused for what a peer's would be:
-        :func:`p2pmem.record.admission_error`."""
+        :func:`p2pmem.model.record.admission_error`."""
         result = IngestResult()
         position = 0
         with self._lock, self._transaction() as db:
@@ -287,9 +287,9 @@ class Store:
 
     def _enforce_quotas(self, db: sqlite3.Connection, result: IngestResult) -> None:
         """Evict what the groups touched by this ingest hold past their
-        quota (p2pmem/quota.py): the oldest (ts, id) first, the same on every
+        quota (p2pmem/model/quota.py): the oldest (ts, id) first, the same on every
         node. Records that arrived already past it leave ``added``."""
-        from p2pmem.quota import BY_AUTHOR, over_quota
+        from p2pmem.model.quota import BY_AUTHOR, over_quota
 
         groups = {(r.kind, r.author) for r in result.added if r.kind in BY_AUTHOR}
         if not groups:
@@ -487,6 +487,16 @@ class Store:
     def get(self, record_id: bytes) -> Record | None:
         row = self._db.execute("SELECT raw FROM records WHERE id = ?", (record_id,)).fetchone()
         return decode_record(row[0], verify=False) if row else None
+
+    def graph_answers(self, text: str, *, authors: Sequence[bytes] = (), limit: int = 10,
+                      max_records: int = 100) -> list[bytes]:
+        """The knowledge graph's answer to another node's ``ask``: the signed
+        additions behind the best matching public and ``ask`` entities
+        (:func:`p2pmem.graph.ops.answer_records`). Here so that the protocol
+        core reaches the graph through its store port, not by importing it."""
+        from p2pmem.graph.ops import answer_records
+
+        return answer_records(self, text, authors=authors, limit=limit, max_records=max_records)
 
     def get_raw(self, record_id: bytes) -> bytes | None:
         row = self._db.execute("SELECT raw FROM records WHERE id = ?", (record_id,)).fetchone()

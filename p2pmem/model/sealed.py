@@ -54,11 +54,11 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from p2pmem import limits
-from p2pmem.clock import MAX_HLC, physical_ms
 from p2pmem.errors import P2pmemError, RecordError
-from p2pmem.identity import Identity, agent_id
-from p2pmem.record import Record, sign_record
-from p2pmem.when import format_ms
+from p2pmem.model.clock import MAX_HLC, physical_ms
+from p2pmem.model.identity import Identity, agent_id
+from p2pmem.model.record import Record, sign_record
+from p2pmem.model.when import format_ms
 
 __all__ = ["INFO_LABEL", "OpenedMessage", "SealedError", "open_message", "seal_message"]
 
@@ -193,7 +193,7 @@ def _decode_plaintext(plaintext: bytes) -> str:
 def open_message(recipient: Identity, record: Record) -> OpenedMessage:
     """Decrypt a ``message`` record addressed to ``recipient``.
 
-    The record is assumed verified (only :func:`p2pmem.record.decode_record`
+    The record is assumed verified (only :func:`p2pmem.model.record.decode_record`
     and :func:`sign_record` make :class:`Record` objects), but its body is
     still checked here so that any malformed input raises :class:`SealedError`
     and nothing else.

@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pmem import limits
+from p2pmem.agent.home import CONTROL_SOCKET
 from p2pmem.errors import P2pmemError, UsageError
-from p2pmem.home import CONTROL_SOCKET
 
 if TYPE_CHECKING:
-    from p2pmem.node import Node
+    from p2pmem.node.shell import Node
 
-log = logging.getLogger("p2pmem.control")
+log = logging.getLogger("p2pmem.node.control")
 _MAX_UNIX_PATH = 100
 CLIENT_TIMEOUT_S = 5.0
 
@@ -223,7 +223,7 @@ def _int_field(request: dict[str, Any], name: str, default: int | None, low: int
 
 def ask_options(request: dict[str, Any]) -> dict[str, Any]:
     """The checked arguments of an ``ask`` request for :meth:`Node.ask`."""
-    from p2pmem.identity import parse_agent_id
+    from p2pmem.model.identity import parse_agent_id
 
     text = request.get("text", "")
     if type(text) is not str:

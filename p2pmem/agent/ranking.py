@@ -12,15 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from p2pmem import limits
-from p2pmem.identity import agent_id
-from p2pmem.output import memory_json
-from p2pmem.query import VerifiedHit
+from p2pmem.interfaces.output import memory_json
+from p2pmem.model.identity import agent_id
+from p2pmem.model.trust import TrustModel
+from p2pmem.protocol.query import VerifiedHit
 from p2pmem.retrieval.text import query_terms
-from p2pmem.store import Memory, Store
-from p2pmem.trust import TrustModel
+from p2pmem.storage.store import Memory, Store
 
 if TYPE_CHECKING:
-    from p2pmem.home import Agent
+    from p2pmem.agent.home import Agent
 
 
 TRUST_PRIOR = 0.25  # relevance x (1 + 0.25 trust): a stranger needs at most ~1.2x an own memory's score

@@ -26,8 +26,8 @@ from email.utils import format_datetime
 from pathlib import Path
 
 from p2pmem.errors import P2pmemError
-from p2pmem.identity import agent_id, short_id
-from p2pmem.sealed import OpenedMessage
+from p2pmem.model.identity import agent_id, short_id
+from p2pmem.model.sealed import OpenedMessage
 
 __all__ = ["DOMAIN", "message_id", "to_email", "write_maildir"]
 

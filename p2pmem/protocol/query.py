@@ -81,7 +81,6 @@ from __future__ import annotations
 import hashlib
 import heapq
 import logging
-import random
 import re
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -94,7 +93,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from p2pmem import limits
 from p2pmem.errors import P2pmemError, RecordError
-from p2pmem.record import Record, decode_record
+from p2pmem.model.record import Record, decode_record
+from p2pmem.protocol.ports import Rng
 
 __all__ = [
     "DEFAULT_QUERY_TIMEOUT_S",
@@ -525,7 +525,7 @@ class QueryRouter:
     def __init__(
         self,
         local_id: bytes,
-        rng: random.Random,
+        rng: Rng,
         *,
         seen_capacity: int = limits.SEEN_QUERY_CACHE,
         rate: float = limits.QUERY_RATE_PER_PEER,

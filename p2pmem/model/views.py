@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from p2pmem.record import Record
+from p2pmem.model.record import Record
 
 
 @dataclass

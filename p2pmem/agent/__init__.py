@@ -1,0 +1,1 @@
+"""The Agent (one home, the one writer), ranking of results, Maildir export."""

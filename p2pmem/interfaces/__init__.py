@@ -1,0 +1,2 @@
+"""What people and programs use: the CLI, output formatting, the MCP server,
+the demo."""

@@ -1,0 +1,1 @@
+"""The trio shell around NodeCore (shell.py) and its control socket."""

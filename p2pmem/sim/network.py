@@ -1,0 +1,971 @@
+"""The simulated network (:class:`SimNetwork`): many nodes in one process,
+each the very protocol core, store and views a real node runs
+(:class:`p2pmem.protocol.core.NodeCore` over a
+:class:`p2pmem.storage.store.Store` in SQLite ``:memory:``), driven by a
+seeded discrete-event loop on virtual time instead of trio and sockets.
+Re-exported by :mod:`p2pmem.testing`, where users find it.
+
+Determinism. One seed splits into one ``random.Random`` per component
+(``f"{seed}/node/{i}/{incarnation}"``, ``f"{seed}/conn/{id}"``,
+``f"{seed}/link/{a}/{b}"``, ...), so adding a node or a fault does not shift
+the randomness of the others, and the same seed gives the same run: the same
+events in the same order at the same virtual times. Nothing reads the wall
+clock, ``os.urandom`` decides nothing (the Noise keys do come from the OS, as
+they must; they change the bytes on the wire, never their sizes or order), and
+nothing iterates a set whose order depends on ``PYTHONHASHSEED``.
+
+The network model (docs/simulations.md):
+
+* A connection is a TCP stream: bytes arrive in order, after a latency drawn
+  per link from a lognormal law (``LinkModel.latency_ms``/``latency_sigma``)
+  and per message around it (``jitter_sigma``). A message may be held up by a
+  latency spike (``spike``, as a TCP retransmission would), and the stream
+  keeps its order behind it (head-of-line blocking).
+* Loss. Noise frames cannot vanish silently from a TCP stream (the next frame
+  would fail to decrypt), so a lost message is modelled as what it becomes on
+  a real network: a broken connection (``reset``: the message is lost and both
+  ends see the connection reset). The core reconnects and reconciliation
+  repairs what was lost.
+* A dial fails with probability ``connect_fail``, at once when the target is
+  down, and after ``connect_timeout_s`` when a partition separates the two.
+* A partition holds every byte crossing it, as TCP would keep retransmitting;
+  the cores notice the silence through their keep-alives and close the
+  connection. Bytes of a connection still open on both ends when the
+  partition heals are delivered then.
+* A crash kills the process: its peers see a reset (unless partitioned away),
+  its store survives, and :meth:`SimNetwork.restart` brings it back with a
+  fresh core over the same store.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import math
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from p2pmem import limits
+from p2pmem.errors import P2pmemError, RecordError
+from p2pmem.model.identity import Identity
+from p2pmem.model.record import Record, decode_record, sign_record
+from p2pmem.model.views import ViewSnapshot, build_views
+from p2pmem.protocol.core import Close, Dial, NodeCore, Send, Timing
+from p2pmem.protocol.query import VerifiedHit
+from p2pmem.sim.topology import Topology, make_topology
+from p2pmem.storage.store import IngestResult, Store
+
+#: Virtual time zero, in seconds since the Unix epoch (2023-11-14). Record
+#: timestamps are hybrid logical clocks on this virtual wall clock.
+EPOCH_S = 1_700_000_000
+#: The same instant in milliseconds: where strategy-made records are stamped.
+BASE_MS = EPOCH_S * 1000
+FAULT_KINDS = ("partition", "heal", "crash", "restart")
+
+
+class SimulationError(P2pmemError):
+    """A simulation broke a limit or a node failed; the message names the seed."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault at virtual time ``at`` (seconds after the schedule starts).
+
+    ``partition`` splits the nodes into ``groups`` (nodes in no group form one
+    more group); ``heal`` ends it; ``crash`` and ``restart`` act on ``node``.
+    """
+
+    at: float
+    kind: str
+    node: int | None = None
+    groups: tuple[tuple[int, ...], ...] = ()
+
+    def __str__(self) -> str:
+        what = {"partition": f"partition {list(map(list, self.groups))}", "heal": "heal"}.get(
+            self.kind, f"{self.kind} node {self.node}"
+        )
+        return f"t+{self.at:g}s {what}"
+
+
+# =============================================================================
+# The simulated network
+# =============================================================================
+
+
+@dataclass(frozen=True)
+class LinkModel:
+    """How the virtual network carries bytes. Times in milliseconds unless named ``_s``."""
+
+    latency_ms: float = 40.0  # median one-way latency of a link
+    latency_sigma: float = 0.5  # lognormal spread of link latencies
+    jitter_sigma: float = 0.1  # lognormal spread of one message around its link's latency
+    spike: float = 0.0  # probability that a message is held up (a TCP retransmission)
+    spike_ms: float = 1000.0  # mean extra delay of a spike (exponential)
+    reset: float = 0.0  # probability that a message is lost, which resets its connection
+    connect_fail: float = 0.0  # probability that a dial fails
+    connect_timeout_s: float = 3.0  # a dial across a partition fails after this long
+
+    def __post_init__(self) -> None:
+        for name in ("spike", "reset", "connect_fail"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1]")
+        if self.latency_ms <= 0 or self.connect_timeout_s <= 0:
+            raise ValueError("latency and connect timeout must be positive")
+
+
+def sim_timing(**overrides: Any) -> Timing:
+    """Timers for simulations, in virtual seconds: keep-alives and resyncs
+    rare enough that a long run stays cheap, back-off short enough that a
+    healed partition reconnects within seconds."""
+    values: dict[str, Any] = {
+        "keepalive": 10.0, "dead_after": 30.0, "resync": 30.0, "backoff_base": 0.5,
+        "backoff_max": 8.0, "target_peers": 0, "max_peers": limits.MAX_ACTIVE_PEERS,
+        "pex_interval": 60.0, "handshake_timeout": 10.0,
+    }
+    values.update(overrides)
+    return Timing(**values)
+
+
+class _SimStore(Store):
+    """A node's store that tells the network what each ingest did.
+
+    With a ``decoded`` cache shared by the nodes of one network, each
+    distinct record's bytes are decoded and verified once per simulation
+    rather than once per node: :func:`decode_record` is a pure function of
+    the bytes, so this changes the CPU time of a run, never its outcome (and
+    the virtual clock does not charge CPU time anyway).
+    """
+
+    def __init__(self, path: Path, decoded: dict[bytes, Record | RecordError] | None = None) -> None:
+        super().__init__(path, verify_workers=1)
+        self.hook: Callable[[list[Record], IngestResult], None] | None = None
+        self._decoded = decoded
+
+    def decode_many(self, raws: Sequence[bytes]) -> list[Record | RecordError]:
+        cache = self._decoded
+        if cache is None:
+            return super().decode_many(raws)
+        out: list[Record | RecordError] = []
+        for raw in raws:
+            item = cache.get(raw)
+            if item is None:
+                item = cache[raw] = super().decode_many([raw])[0]
+            out.append(item)
+        return out
+
+    def ingest(self, records: Iterable[Record]) -> IngestResult:
+        records = list(records)
+        result = super().ingest(records)
+        if self.hook is not None:
+            self.hook(records, result)
+        return result
+
+
+# Event kinds of the loop.
+_TIMER, _CONNECT, _DIAL_FAIL, _DELIVER, _LOST, _CALL = range(6)
+_FIN = "fin"  # stream items besides bytes: orderly close,
+_RST = "rst"  # and reset (delivered at once, discarding what is queued)
+
+
+class _Conn:
+    """One simulated TCP connection; side 0 dialled side 1."""
+
+    __slots__ = ("cid", "nodes", "cores", "open", "send_seq", "next_seq", "reorder", "held", "rng",
+                 "base_us")
+
+    def __init__(self, cid: int, a: SimNode, b: SimNode, rng: random.Random, base_us: float) -> None:
+        self.cid = cid
+        self.nodes = (a, b)
+        self.cores = (a.core, b.core)
+        self.open = [True, True]
+        self.send_seq = [0, 0]  # next sequence number of items sent towards side i
+        self.next_seq = [0, 0]  # next sequence number side i delivers
+        self.reorder: tuple[dict[int, object], dict[int, object]] = ({}, {})
+        self.held: tuple[list[tuple[int, object]], list[tuple[int, object]]] = ([], [])
+        self.rng = rng
+        self.base_us = base_us
+
+    def side_of(self, node: SimNode) -> int:
+        return 0 if self.nodes[0] is node else 1
+
+
+@dataclass
+class SimNode:
+    """One simulated node: identity, store (kept across crashes) and core."""
+
+    index: int
+    address: str
+    identity: Identity
+    store: Store
+    bootstrap: list[str]
+    replicate_all: bool
+    core: NodeCore | None = None
+    alive: bool = False
+    incarnation: int = 0
+    conns: dict[int, _Conn] = field(default_factory=dict)
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    records_received: int = 0  # records that arrived from peers, new or not
+    duplicates: int = 0  # of those, already stored
+    digest: tuple[int, int] = (0, 0)  # (record count, xor of id prefixes)
+    timer_gen: int = 0
+    timer_at: int | None = None
+    spins: int = 0
+
+    @property
+    def key(self) -> bytes:
+        return self.identity.public_key
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """When and over how many links a node first stored a record."""
+
+    time: float  # virtual seconds
+    hops: int | None  # links from the author (None: unknown, e.g. via a restarted node)
+
+
+class SimNetwork:
+    """Many p2pmem nodes in one process on a virtual network and clock.
+
+    ``SimNetwork(n, seed, topology="random", degree=4, replicate_all=True)``
+    creates ``n`` nodes whose bootstrap lists follow the topology (a
+    :class:`Topology` or a kind of :func:`make_topology`), starts them, and
+    runs until every link of the topology is up (``connect=False`` skips
+    that). Each link is dialled by one of its ends, so with the default
+    ``membership="fixed"`` (``target_peers=0``: dial bootstrap peers only) the
+    overlay stays the topology; ``membership="pex"`` lets nodes dial peers
+    they learn of until they have ``degree``, as real nodes do.
+
+    Times given to and returned by the public methods are virtual seconds
+    since the start (:attr:`now`).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        seed: int | str = 0,
+        *,
+        topology: Topology | str = "random",
+        degree: int = 4,
+        replicate_all: bool = True,
+        link: LinkModel | None = None,
+        timing: Timing | None = None,
+        membership: str = "fixed",
+        connect: bool = True,
+        max_events: int = 20_000_000,
+        max_time: float = 100_000.0,
+        track_arrivals: bool = True,
+        share_verification: bool = True,
+    ) -> None:
+        if n < 1:
+            raise ValueError("a network needs at least one node")
+        if membership not in ("fixed", "pex"):
+            raise ValueError("membership is 'fixed' or 'pex'")
+        self.seed = seed
+        self.link = link or LinkModel()
+        if isinstance(topology, str):
+            topology = make_topology(topology, n, rng=self.rng("topology"), degree=degree)
+        if topology.n != n:
+            raise ValueError(f"the topology has {topology.n} nodes, not {n}")
+        self.topology = topology
+        max_degree = max(topology.degrees(), default=0)
+        if timing is None:
+            timing = sim_timing(
+                target_peers=degree if membership == "pex" else 0,
+                max_peers=max(limits.MAX_ACTIVE_PEERS, max_degree + 2),
+            )
+        self.timing = timing
+        self.membership = membership
+        self.replicate_all = replicate_all
+        self.max_events = max_events
+        self.max_time = max_time
+        self.track_arrivals = track_arrivals
+        self.share_verification = share_verification
+        self._decoded: dict[bytes, Record | RecordError] = {}
+        self.nodes: list[SimNode] = []
+        self.events = 0
+        self.now_us = 0
+        self.close_reasons: dict[str, int] = {}
+        self.arrivals: dict[bytes, dict[int, Arrival]] = {}
+        self.on_progress: Callable[[SimNetwork], None] | None = None
+        self.last_change = 0.0  # virtual time a store last changed
+        self._heap: list[tuple[int, int, int, tuple[Any, ...]]] = []
+        self._seq = 0
+        self._next_cid = 0
+        self._conns: dict[int, _Conn] = {}
+        self._by_address: dict[str, SimNode] = {}
+        self._by_key: dict[bytes, SimNode] = {}
+        self._groups: dict[int, int] | None = None
+        self._digests: dict[tuple[int, int], int] = {}
+        self._link_us: dict[tuple[int, int], float] = {}
+        self._via: SimNode | None = None
+        self._ingesting: SimNode | None = None
+        direction = self.rng("direction")
+        dialled: list[list[int]] = [[] for _ in range(n)]
+        for i, j in topology.edges:
+            if direction.random() < 0.5:
+                dialled[i].append(j)
+            else:
+                dialled[j].append(i)
+        for i in range(n):
+            self._add_node([self._address(j) for j in dialled[i]], replicate_all)
+        for node in self.nodes:
+            self._start(node)
+        if connect:
+            self.run_until_connected()
+
+    # -- randomness and time ------------------------------------------------------
+    def rng(self, component: str) -> random.Random:
+        """The generator of one component of this run: ``Random(f"{seed}/{component}")``."""
+        return random.Random(f"{self.seed}/{component}")
+
+    @property
+    def now(self) -> float:
+        """Virtual seconds since the start."""
+        return self.now_us / 1e6
+
+    @property
+    def wall(self) -> float:
+        """The virtual wall clock the cores see (seconds since the epoch)."""
+        return EPOCH_S + self.now_us / 1e6
+
+    def fail(self, message: str) -> SimulationError:
+        return SimulationError(f"{message} (at virtual t={self.now:.3f}s, seed {self.seed!r})")
+
+    # -- nodes ----------------------------------------------------------------------
+    @staticmethod
+    def _address(index: int) -> str:
+        return f"sim:{index}"
+
+    def _add_node(self, bootstrap: list[str], replicate_all: bool) -> SimNode:
+        index = len(self.nodes)
+        rng = self.rng(f"identity/{index}")
+        identity = Identity.from_seeds(rng.randbytes(32), rng.randbytes(32))
+        store = _SimStore(Path(":memory:"), self._decoded if self.share_verification else None)
+        node = SimNode(index, self._address(index), identity, store, bootstrap, replicate_all)
+        store.hook = functools.partial(self._on_ingest, node)
+        self.nodes.append(node)
+        self._by_address[node.address] = node
+        self._by_key[node.key] = node
+        return node
+
+    def _start(self, node: SimNode) -> None:
+        node.incarnation += 1
+        node.alive = True
+        node.spins = 0
+        rng = self.rng(f"node/{node.index}/{node.incarnation}")
+        node.core = NodeCore(
+            node.identity, node.store, rng, router_rng=random.Random(rng.getrandbits(64)), now=self.wall,
+            listen_addresses=[node.address], bootstrap=node.bootstrap,
+            replicate_all=node.replicate_all, timing=self.timing,
+        )
+        self._digests[node.digest] = self._digests.get(node.digest, 0) + 1
+        self._apply(node)
+
+    def live_nodes(self) -> list[int]:
+        return [node.index for node in self.nodes if node.alive]
+
+    def node_of(self, key: bytes) -> int:
+        """The index of the node with this agent key."""
+        return self._by_key[key].index
+
+    def _live(self, index: int) -> SimNode:
+        try:
+            node = self.nodes[index]
+        except IndexError:
+            raise ValueError(f"no node {index} (the network has {len(self.nodes)})") from None
+        if not node.alive or node.core is None:
+            raise ValueError(f"node {index} is down")
+        return node
+
+    # -- writing records --------------------------------------------------------------
+    def write(self, index: int, kind: str, body: Any, **fields: Any) -> Record:
+        """Sign a record of any kind as node ``index``'s agent at the virtual
+        time, store it and let the core push it, as ``p2pmem remember`` does."""
+        node = self._live(index)
+        assert node.core is not None
+        ts = node.core.clock.now(self.now_us // 1000 + BASE_MS)
+        record = sign_record(node.identity, kind, ts, body, **fields)
+        node.store.ingest([record])
+        node.core.local_records([record], self.wall)
+        self._apply(node)
+        return record
+
+    def remember(self, index: int, text: str, *, topics: Sequence[str] = (), visibility: str = "public",
+                 session: str = "") -> Record:
+        return self.write(index, "memory", text, topics=list(topics), visibility=visibility, session=session)
+
+    def update(self, index: int, record: Record, text: str) -> Record:
+        """Supersede every current head of ``record``'s lineage (its author's node only)."""
+        node = self._live(index)
+        heads = node.store.lineage_heads(record.lineage, node.key) or [record]
+        return self.write(index, "memory", text, topics=list(heads[0].topics), visibility=heads[0].visibility,
+                          refs=[h.id for h in heads][: limits.MAX_REFS], root=record.lineage)
+
+    def forget(self, index: int, record: Record) -> Record:
+        """Retract ``record``'s whole lineage."""
+        return self.write(index, "retract", "", refs=sorted({record.lineage, record.id}))
+
+    def follow(self, index: int, other: int, active: bool = True) -> Record:
+        return self.write(index, "follow", {"target": self.nodes[other].key, "active": active})
+
+    def endorse(self, index: int, other: int, what: str = "agent") -> Record:
+        return self.write(index, "endorse", {"target": self.nodes[other].key, "what": what})
+
+    def set_profile(self, index: int, name: str, skills: Sequence[str] = ()) -> Record:
+        node = self.nodes[index]
+        body = {"name": name, "description": "", "skills": sorted(set(skills)), "addresses": [node.address],
+                "xkey": node.identity.message_public_key}
+        return self.write(index, "profile", body)
+
+    def inject(self, index: int, records: Iterable[Record]) -> int:
+        """Store records made elsewhere (e.g. by :func:`records`) on a node
+        and push them, as ``p2pmem import`` would; returns how many were new."""
+        node = self._live(index)
+        assert node.core is not None
+        added = node.store.ingest(list(records)).added
+        node.core.local_records(added, self.wall)
+        self._apply(node)
+        return len(added)
+
+    # -- asking -------------------------------------------------------------------------
+    def start_ask(self, index: int, text: str, *, ttl: int = limits.DEFAULT_TTL, timeout: float = 3.0,
+                  **filters: Any) -> bytes:
+        """Flood a query from node ``index``; returns its id (see :meth:`ask_results`)."""
+        node = self._live(index)
+        assert node.core is not None
+        qid = node.core.start_query(text, now=self.wall, ttl=ttl, timeout=timeout, **filters)
+        self._apply(node)
+        return qid
+
+    def ask_results(self, index: int, qid: bytes, *, finish: bool = True) -> list[VerifiedHit]:
+        """The verified hits of a query so far; ``finish`` drops its state."""
+        node = self._live(index)
+        assert node.core is not None
+        hits = node.core.query_results(qid)
+        if finish:
+            node.core.finish_query(qid)
+        return hits
+
+    def ask(self, index: int, text: str, *, ttl: int = limits.DEFAULT_TTL, timeout: float = 3.0,
+            **filters: Any) -> list[VerifiedHit]:
+        """Ask the network from node ``index`` and run the simulation for
+        ``timeout`` virtual seconds; returns the verified hits (the asker's
+        own store is not searched, as with ``p2pmem ask``)."""
+        qid = self.start_ask(index, text, ttl=ttl, timeout=timeout, **filters)
+        self.run_for(timeout)
+        return self.ask_results(index, qid)
+
+    # -- faults ---------------------------------------------------------------------------
+    def partition(self, groups: Sequence[Iterable[int]]) -> None:
+        """Cut the network into ``groups`` (nodes named in no group form one
+        more group). Bytes crossing the cut are held until :meth:`heal`."""
+        self._groups = {}
+        for g, members in enumerate(groups, start=1):
+            for index in members:
+                self._groups[index] = g
+
+    def heal(self) -> None:
+        """End the partition: held bytes of still-open connections flow again."""
+        self._groups = None
+        for conn in list(self._conns.values()):
+            for dest in (0, 1):
+                held = conn.held[dest]
+                if not held:
+                    continue
+                items = list(held)
+                held.clear()
+                for seq, item in items:
+                    self._schedule_item(conn, dest, seq, item)
+
+    def partitioned(self, a: int, b: int) -> bool:
+        groups = self._groups
+        return groups is not None and groups.get(a, 0) != groups.get(b, 0)
+
+    def crash(self, index: int) -> None:
+        """Kill node ``index``: its peers see a reset, its store survives."""
+        node = self._live(index)
+        for conn in list(node.conns.values()):
+            side = conn.side_of(node)
+            if conn.open[side]:
+                conn.open[side] = False
+                self._send_item(conn, side, _RST)
+            self._forget_conn(conn)
+        node.conns.clear()
+        node.alive = False
+        node.core = None
+        node.timer_gen += 1
+        node.timer_at = None
+        self._digest_remove(node.digest)
+
+    def restart(self, index: int) -> None:
+        """Bring a crashed node back: a fresh core over its old store."""
+        node = self.nodes[index]
+        if node.alive:
+            raise ValueError(f"node {index} is already running")
+        self._start(node)
+
+    def join(self, bootstrap: Sequence[int], *, replicate_all: bool | None = None) -> int:
+        """Add a new node (new identity, empty store) that dials ``bootstrap``; returns its index."""
+        node = self._add_node([self._address(i) for i in bootstrap],
+                              self.replicate_all if replicate_all is None else replicate_all)
+        self._start(node)
+        return node.index
+
+    def apply_fault(self, fault: Fault) -> None:
+        if fault.kind == "partition":
+            self.partition(fault.groups)
+        elif fault.kind == "heal":
+            self.heal()
+        elif fault.kind == "crash":
+            assert fault.node is not None
+            if self.nodes[fault.node].alive:
+                self.crash(fault.node)
+        elif fault.kind == "restart":
+            assert fault.node is not None
+            if not self.nodes[fault.node].alive:
+                self.restart(fault.node)
+        else:
+            raise ValueError(f"unknown fault {fault.kind!r}")
+
+    def schedule(self, faults: Iterable[Fault], *, start: float | None = None) -> None:
+        """Apply each fault at ``start + fault.at`` (default: now)."""
+        base = self.now if start is None else start
+        for fault in faults:
+            self.call_at(base + fault.at, functools.partial(self.apply_fault, fault))
+
+    def call_at(self, time: float, fn: Callable[[], object]) -> None:
+        """Run ``fn()`` at virtual time ``time`` (seconds since the start)."""
+        self._push(max(self.now_us, round(time * 1e6)), _CALL, (fn,))
+
+    # -- running ------------------------------------------------------------------------------
+    def step(self) -> bool:
+        """Process the next event; False when there is none."""
+        if not self._heap:
+            return False
+        t, _, kind, payload = heapq.heappop(self._heap)
+        self.now_us = t
+        self.events += 1
+        if self.events > self.max_events:
+            raise self.fail(f"more than {self.max_events} events: raise max_events or shorten the run")
+        if t > self.max_time * 1e6:
+            raise self.fail(f"virtual time passed max_time={self.max_time:g}s")
+        try:
+            self._handle(kind, payload)
+        except SimulationError:
+            raise
+        except Exception as exc:
+            raise self.fail(f"event {kind} raised {exc!r}") from exc
+        if self.on_progress is not None and self.events % 2000 == 0:
+            self.on_progress(self)
+        return True
+
+    def next_event_time(self) -> float | None:
+        return self._heap[0][0] / 1e6 if self._heap else None
+
+    def run_until(self, time: float) -> None:
+        """Process every event up to virtual time ``time``, then set the clock there."""
+        end = round(time * 1e6)
+        while self._heap and self._heap[0][0] <= end:
+            self.step()
+        self.now_us = max(self.now_us, end)
+
+    def run_for(self, seconds: float) -> None:
+        self.run_until(self.now + seconds)
+
+    def run_while(self, keep_going: Callable[[], bool], max_time: float, *, what: str = "the condition",
+                  check_every: int = 1) -> float:
+        """Step while ``keep_going()`` holds (checked every ``check_every``
+        events); returns the virtual time it stopped at. Raises
+        :class:`SimulationError` after ``max_time`` more virtual seconds."""
+        end = self.now_us + round(max_time * 1e6)
+        count = 0
+        while keep_going():
+            while True:
+                if not self._heap or self._heap[0][0] > end:
+                    self.now_us = max(self.now_us, end)
+                    raise self.fail(f"{what} did not happen within {max_time:g} virtual seconds")
+                self.step()
+                count += 1
+                if count % check_every == 0:
+                    break
+        return self.now
+
+    def run_until_converged(self, max_time: float = 600.0) -> float:
+        """Run until every live node holds the same record set; returns the time."""
+        return self.run_while(lambda: not self.converged(), max_time, what="convergence")
+
+    def run_until_connected(self, max_time: float = 120.0) -> float:
+        """Run until every topology link between live nodes is up."""
+        every = max(1, len(self.nodes))
+        return self.run_while(lambda: not self.connected(), max_time, what="connecting the topology",
+                              check_every=every)
+
+    def run_until_quiet(self, max_time: float = 600.0, *, idle: float | None = None) -> float:
+        """Run until no store has changed for ``idle`` virtual seconds
+        (default: long enough for a back-off, a reconnect and a periodic
+        resync); returns the time of the last change."""
+        if idle is None:
+            idle = self.timing.resync + self.timing.backoff_max + self.timing.handshake_timeout
+        idle_us = round(idle * 1e6)
+        end = self.now_us + round(max_time * 1e6)
+        while True:
+            quiet_at = max(round(self.last_change * 1e6) + idle_us, self.now_us)
+            if not self._heap or self._heap[0][0] > quiet_at:
+                if quiet_at > end:
+                    raise self.fail(f"the network was not quiet within {max_time:g} virtual seconds")
+                self.now_us = quiet_at
+                return self.last_change
+            if self._heap[0][0] > end:
+                raise self.fail(f"the network was not quiet within {max_time:g} virtual seconds")
+            self.step()
+
+    # -- inspecting ------------------------------------------------------------------------------
+    def converged(self) -> bool:
+        """Whether every live node holds the same record set (by an
+        incremental digest of record ids; :meth:`stores_equal` compares them)."""
+        return len(self._digests) <= 1
+
+    def connected(self) -> bool:
+        """Whether every topology link between two live nodes has a ready session."""
+        for i, j in self.topology.edges:
+            a, b = self.nodes[i], self.nodes[j]
+            if not (a.alive and b.alive):
+                continue
+            if not (self._ready(a, b) and self._ready(b, a)):
+                return False
+        return True
+
+    @staticmethod
+    def _ready(a: SimNode, b: SimNode) -> bool:
+        assert a.core is not None
+        cid = a.core.by_agent.get(b.key)
+        session = a.core.sessions.get(cid) if cid is not None else None
+        return session is not None and session.ready
+
+    def peers(self, index: int) -> list[int]:
+        """Indexes of the nodes ``index`` has a ready session with."""
+        node = self._live(index)
+        assert node.core is not None
+        out = []
+        for session in node.core.ready_peers():
+            other = self._by_key.get(session.remote) if session.remote else None
+            if other is not None:
+                out.append(other.index)
+        return sorted(out)
+
+    def graph(self) -> Topology:
+        """The overlay as it is now: ready sessions between live nodes."""
+        edges = [(i, j) for i in self.live_nodes() for j in self.peers(i)]
+        return Topology.of(len(self.nodes), edges, "overlay")
+
+    def record_ids(self, index: int) -> list[bytes]:
+        """The ids a node stores, in (timestamp, id) order (crashed nodes too)."""
+        return [record_id for _, record_id in self.nodes[index].store.items()]
+
+    def records(self, index: int) -> list[Record]:
+        return [decode_record(raw, verify=False) for raw in self.nodes[index].store.raw_records()]
+
+    def stores_equal(self, nodes: Iterable[int] | None = None) -> bool:
+        """Whether the given (default: live) nodes store exactly the same records."""
+        indexes = list(self.live_nodes() if nodes is None else nodes)
+        sets = [self.record_ids(i) for i in indexes]
+        return all(s == sets[0] for s in sets)
+
+    def views(self, nodes: Iterable[int] | None = None) -> list[ViewSnapshot]:
+        """The CRDT views of each given (default: live) node's records."""
+        indexes = list(self.live_nodes() if nodes is None else nodes)
+        return [build_views(self.records(i)) for i in indexes]
+
+    def views_equal(self, nodes: Iterable[int] | None = None) -> bool:
+        comparable = [v.comparable() for v in self.views(nodes)]
+        return all(c == comparable[0] for c in comparable)
+
+    def holders(self, record_id: bytes) -> int:
+        """How many live nodes have stored ``record_id`` (needs ``track_arrivals``)."""
+        seen = self.arrivals.get(record_id, {})
+        return sum(1 for i in seen if self.nodes[i].alive)
+
+    def protocol_errors(self) -> int:
+        """Connections closed for a protocol violation: zero in a correct run."""
+        return sum(count for reason, count in self.close_reasons.items() if reason.startswith("protocol error"))
+
+    # -- the event loop's internals ------------------------------------------------------------------
+    def _push(self, t_us: int, kind: int, payload: tuple[Any, ...]) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t_us, self._seq, kind, payload))
+
+    def _handle(self, kind: int, payload: tuple[Any, ...]) -> None:
+        if kind == _DELIVER:
+            self._on_deliver(*payload)
+        elif kind == _TIMER:
+            node, gen = payload
+            if node.core is None or gen != node.timer_gen:
+                return
+            node.timer_at = None
+            node.core.handle_timer(self.wall)
+            self._apply(node, after_timer=True)
+        elif kind == _CONNECT:
+            self._on_connect(*payload)
+        elif kind == _DIAL_FAIL:
+            node, incarnation, address, reason = payload
+            if node.alive and node.incarnation == incarnation:
+                assert node.core is not None
+                node.core.dial_failed(address, self.wall, reason)
+                self._apply(node)
+        elif kind == _LOST:
+            conn, side = payload
+            node = conn.nodes[side]
+            if node.core is conn.cores[side] and node.core is not None:
+                node.core.connection_lost(conn.cid, self.wall)
+                self._apply(node)
+            self._forget_conn(conn)
+        elif kind == _CALL:
+            payload[0]()
+
+    def _apply(self, node: SimNode, *, after_timer: bool = False) -> None:
+        """Carry out what the node's core asked for, then set its timer."""
+        core = node.core
+        assert core is not None
+        while True:
+            actions = core.take_actions()
+            if not actions:
+                break
+            pending: int | None = None
+            chunks: list[bytes] = []
+            for action in actions:
+                if type(action) is Send:
+                    if action.conn != pending:
+                        self._flush(node, pending, chunks)
+                        pending, chunks = action.conn, []
+                    chunks.append(action.data)
+                    continue
+                self._flush(node, pending, chunks)
+                pending, chunks = None, []
+                if type(action) is Close:
+                    self._on_close(node, action.conn, action.reason)
+                elif type(action) is Dial:
+                    self._dial(node, action.address, action.expected)
+            self._flush(node, pending, chunks)
+        if node.core is not core:  # the node crashed meanwhile
+            return
+        deadline = core.next_deadline()
+        if deadline is None:
+            node.timer_gen += 1
+            node.timer_at = None
+            return
+        t_us = math.ceil((deadline - EPOCH_S) * 1e6)
+        while EPOCH_S + t_us / 1e6 < deadline:
+            t_us += 1
+        t_us = max(t_us, self.now_us)
+        if after_timer and t_us <= self.now_us:
+            node.spins += 1
+            if node.spins > 100:
+                raise self.fail(f"node {node.index} asks to be woken at the same instant again and again "
+                                "(next_deadline() does not move after handle_timer())")
+        elif after_timer:
+            node.spins = 0
+        if t_us != node.timer_at:
+            node.timer_gen += 1
+            node.timer_at = t_us
+            self._push(t_us, _TIMER, (node, node.timer_gen))
+
+    def _flush(self, node: SimNode, cid: int | None, chunks: list[bytes]) -> None:
+        if cid is None or not chunks:
+            return
+        conn = self._conns.get(cid)
+        if conn is None:
+            return
+        side = conn.side_of(node)
+        if not conn.open[side]:
+            return
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        node.bytes_sent += len(data)
+        self._send_item(conn, side, data)
+
+    def _on_close(self, node: SimNode, cid: int, reason: str) -> None:
+        key = reason.split(":", 1)[0]
+        self.close_reasons[key] = self.close_reasons.get(key, 0) + 1
+        conn = self._conns.get(cid)
+        if conn is None:
+            return
+        side = conn.side_of(node)
+        if not conn.open[side]:
+            return
+        conn.open[side] = False
+        self._send_item(conn, side, _FIN)
+        self._push(self.now_us, _LOST, (conn, side))
+
+    def _forget_conn(self, conn: _Conn) -> None:
+        if conn.open[0] or conn.open[1]:
+            return
+        self._conns.pop(conn.cid, None)
+        for node in conn.nodes:
+            node.conns.pop(conn.cid, None)
+
+    def _link_latency(self, a: int, b: int) -> float:
+        pair = (min(a, b), max(a, b))
+        base = self._link_us.get(pair)
+        if base is None:
+            rng = self.rng(f"link/{pair[0]}/{pair[1]}")
+            base = self.link.latency_ms * 1000 * rng.lognormvariate(0.0, self.link.latency_sigma)
+            self._link_us[pair] = base
+        return base
+
+    def _delay(self, rng: random.Random, base_us: float) -> int:
+        delay = base_us
+        if self.link.jitter_sigma:
+            delay *= rng.lognormvariate(0.0, self.link.jitter_sigma)
+        if self.link.spike and rng.random() < self.link.spike:
+            delay += rng.expovariate(1.0 / self.link.spike_ms) * 1000
+        return max(1, round(delay))
+
+    def _dial(self, node: SimNode, address: str, expected: bytes | None) -> None:
+        self._next_cid += 1
+        cid = self._next_cid
+        target = self._by_address.get(address)
+        rng = self.rng(f"dial/{cid}")
+        if target is None or target is node:
+            self._push(self.now_us + 1000, _DIAL_FAIL, (node, node.incarnation, address, "no such host"))
+            return
+        rtt = 2 * self._delay(rng, self._link_latency(node.index, target.index))
+        if self.partitioned(node.index, target.index):
+            timeout = round(self.link.connect_timeout_s * 1e6)
+            self._push(self.now_us + timeout, _DIAL_FAIL, (node, node.incarnation, address, "timed out"))
+        elif self.link.connect_fail and rng.random() < self.link.connect_fail:
+            self._push(self.now_us + rtt, _DIAL_FAIL, (node, node.incarnation, address, "connection reset"))
+        else:
+            self._push(self.now_us + rtt, _CONNECT, (cid, node, node.incarnation, target, address, expected))
+
+    def _on_connect(self, cid: int, node: SimNode, incarnation: int, target: SimNode, address: str,
+                    expected: bytes | None) -> None:
+        if not node.alive or node.incarnation != incarnation:
+            return  # the dialler died meanwhile; the half-open socket never mattered
+        if not target.alive or self.partitioned(node.index, target.index):
+            reason = "connection refused" if not target.alive else "timed out"
+            assert node.core is not None
+            node.core.dial_failed(address, self.wall, reason)
+            self._apply(node)
+            return
+        base = self._link_latency(node.index, target.index)
+        conn = _Conn(cid, node, target, self.rng(f"conn/{cid}"), base)
+        self._conns[cid] = conn
+        node.conns[cid] = conn
+        target.conns[cid] = conn
+        assert node.core is not None and target.core is not None
+        target.core.connection_made(cid, initiator=False, now=self.wall, address=None)
+        self._apply(target)
+        node.core.connection_made(cid, initiator=True, now=self.wall, address=address, expected=expected)
+        self._apply(node)
+
+    def _send_item(self, conn: _Conn, from_side: int, item: object) -> None:
+        """Put bytes, a FIN or a RST on the wire towards the other side."""
+        dest = 1 - from_side
+        if not conn.open[dest]:
+            return
+        if item is _RST:
+            if not self.partitioned(conn.nodes[0].index, conn.nodes[1].index):
+                self._push(self.now_us + self._delay(conn.rng, conn.base_us), _DELIVER, (conn, dest, -1, _RST))
+            return
+        if item is not _FIN and self.link.reset and conn.rng.random() < self.link.reset:
+            # Lost: the stream cannot go on without it. Both ends see a reset.
+            self.close_reasons["lost message (reset)"] = self.close_reasons.get("lost message (reset)", 0) + 1
+            conn.open[from_side] = False
+            self._send_item(conn, from_side, _RST)
+            self._push(self.now_us, _LOST, (conn, from_side))
+            return
+        seq = conn.send_seq[dest]
+        conn.send_seq[dest] += 1
+        self._schedule_item(conn, dest, seq, item)
+
+    def _schedule_item(self, conn: _Conn, dest: int, seq: int, item: object) -> None:
+        self._push(self.now_us + self._delay(conn.rng, conn.base_us), _DELIVER, (conn, dest, seq, item))
+
+    def _on_deliver(self, conn: _Conn, dest: int, seq: int, item: object) -> None:
+        if not conn.open[dest]:
+            return
+        node = conn.nodes[dest]
+        core = conn.cores[dest]
+        if node.core is not core or core is None:
+            return
+        if item is _RST:
+            conn.open[dest] = False
+            core.connection_lost(conn.cid, self.wall)
+            self._apply(node)
+            self._forget_conn(conn)
+            return
+        if self.partitioned(conn.nodes[0].index, conn.nodes[1].index):
+            conn.held[dest].append((seq, item))
+            return
+        buffer = conn.reorder[dest]
+        buffer[seq] = item
+        other = conn.nodes[1 - dest]
+        while conn.open[dest] and conn.next_seq[dest] in buffer:
+            piece = buffer.pop(conn.next_seq[dest])
+            conn.next_seq[dest] += 1
+            if piece is _FIN:
+                conn.open[dest] = False
+                core.connection_lost(conn.cid, self.wall)
+                break
+            assert isinstance(piece, bytes)
+            node.bytes_received += len(piece)
+            self._via = other
+            skipped = core.stats.duplicates_skipped
+            try:
+                core.data_received(conn.cid, piece, self.wall)
+            finally:
+                self._via = None
+            # records the core recognised as already stored, before any ingest
+            skipped = core.stats.duplicates_skipped - skipped
+            node.records_received += skipped
+            node.duplicates += skipped
+        self._apply(node)
+        self._forget_conn(conn)
+
+    # -- store bookkeeping ----------------------------------------------------------------------------------
+    def _digest_remove(self, digest: tuple[int, int]) -> None:
+        count = self._digests.get(digest, 0) - 1
+        if count > 0:
+            self._digests[digest] = count
+        else:
+            self._digests.pop(digest, None)
+
+    def _on_ingest(self, node: SimNode, records: list[Record], result: IngestResult) -> None:
+        via = self._via
+        if via is not None:
+            node.records_received += len(records)
+            node.duplicates += result.duplicates
+        if not result.added:
+            return
+        self.last_change = self.now
+        old = node.digest
+        if any(r.kind == "retract" for r in result.added):  # purges: recount from the store
+            count, xor = 0, 0
+            for _, record_id in node.store.items():
+                count += 1
+                xor ^= int.from_bytes(record_id[:8], "big")
+            node.digest = (count, xor)
+        else:
+            count, xor = old
+            for record in result.added:
+                xor ^= int.from_bytes(record.id[:8], "big")
+            node.digest = (count + len(result.added), xor)
+        if node.alive:
+            self._digest_remove(old)
+            self._digests[node.digest] = self._digests.get(node.digest, 0) + 1
+        if self.track_arrivals:
+            now = self.now
+            for record in result.added:
+                seen = self.arrivals.setdefault(record.id, {})
+                if node.index in seen:
+                    continue
+                if via is None:
+                    hops: int | None = 0
+                else:
+                    before = seen.get(via.index)
+                    hops = before.hops + 1 if before is not None and before.hops is not None else None
+                seen[node.index] = Arrival(now, hops)

@@ -1,0 +1,1 @@
+"""Storage: the SQLite store (the source of truth) and the key file."""
