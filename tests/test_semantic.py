@@ -18,7 +18,7 @@ pytest.importorskip("safetensors")
 
 from test_embed import make_static_model  # noqa: E402
 
-from p2pmem.home import Agent, init_home  # noqa: E402
+from p2pmem.agent.home import Agent, init_home  # noqa: E402
 
 
 def _agent(home: Path, model: Path) -> Agent:

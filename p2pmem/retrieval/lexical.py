@@ -135,6 +135,9 @@ class LexicalIndex:
         leaves the new document: deletes apply to earlier documents only."""
         writer = self._index.writer(heap_size=_WRITER_HEAP * threads, num_threads=threads)
         try:
+            # a writer killed mid-commit leaves files no commit names (a
+            # segment's .del among them) that the next commit would collide with
+            writer.garbage_collect_files()
             if reset:
                 writer.delete_all_documents()
             for rid in removed:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import secrets
 import shutil
@@ -34,6 +35,8 @@ from pathlib import Path
 from typing import Protocol
 
 from p2pmem.retrieval.lexical import FORMAT, IndexDoc, LexicalIndex
+
+log = logging.getLogger("p2pmem.retrieval")
 
 CONSUMER = "lexical"
 _BATCH = 20_000  # log entries applied per commit: bounds memory during catch-up
@@ -131,7 +134,11 @@ class IndexSync:
             ) or self.source.log_high() - state["seq"] > max(REBUILD_BACKLOG, self.index.size // 2):
                 self._rebuild()
             else:
-                self._catch_up(state["seq"])
+                try:
+                    self._catch_up(state["seq"])
+                except (ValueError, OSError) as exc:  # tantivy's errors: a damaged index
+                    log.warning("search index damaged (%s): rebuilding it from the store", exc)
+                    self._rebuild()
         assert self.index is not None
         return self.index
 
