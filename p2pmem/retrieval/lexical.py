@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,10 +256,3 @@ class LexicalIndex:
         if f.visibilities:
             out.append(tantivy.Query.term_set_query(self.schema, "visibility", list(f.visibilities)))
         return out
-
-    def doc_freq(self, term: str) -> int:
-        return self._searcher.doc_freq("text", term)
-
-
-def remove_index(directory: Path) -> None:
-    shutil.rmtree(directory, ignore_errors=True)

@@ -83,10 +83,6 @@ class SemanticIndex:
         os.replace(tmp, self._state)
         self.source.index_applied(CONSUMER, seq)
 
-    def backlog(self) -> int:
-        seq = self._seq()
-        return self.source.log_high() - seq if seq >= 0 else max(1, self.source.log_high())
-
     # -- keeping up ------------------------------------------------------------
     def catch_up(self, progress: Progress | None = None, *, limit: int | None = None) -> bool:
         """Embed what changed since the last call. Returns False without

@@ -71,7 +71,6 @@ class IndexSync:
         self.index: LexicalIndex | None = None
         self._generation: str | None = None
         self._seq = -1  # the log position our searcher reflects
-        self.rebuilds = 0
 
     # -- paths and locking ---------------------------------------------------
     def _pointer(self) -> Path:
@@ -190,7 +189,6 @@ class IndexSync:
 
     def _build_generation(self, progress: Progress | None) -> bool:
         """One rebuild; True if a retraction arrived while it ran."""
-        self.rebuilds += 1
         high, batches = self.source.all_index_docs(_BATCH)
         if self.root is None:
             fresh = LexicalIndex(None)
