@@ -28,7 +28,7 @@ from p2pmem import limits
 from p2pmem.model.clock import from_ms
 from p2pmem.model.identity import Identity
 from p2pmem.model.record import VISIBILITIES, Record, sign_record
-from p2pmem.model.scope import Interest, shared, travels
+from p2pmem.model.scope import ReplicationInterest, shared, travels
 from p2pmem.protocol import wire
 from p2pmem.protocol.core import Close, Dial, NodeCore, Send, Timing
 from p2pmem.protocol.noise import HandshakeComplete, MessageReceived, SecureChannel
@@ -409,10 +409,10 @@ def kept(records: list[Record]) -> set[tuple[int, bytes]]:
     return set(store.items())
 
 
-def final_interest(node: int, all_records: list[Record], replicate_all: bool) -> Interest:
+def final_interest(node: int, all_records: list[Record], replicate_all: bool) -> ReplicationInterest:
     follows = {r.body["target"] for r in all_records
                if r.kind == "follow" and r.author == KEYS[node] and r.body["active"]}
-    return Interest(replicate_all, frozenset({KEYS[node]} | follows))
+    return ReplicationInterest(replicate_all, frozenset({KEYS[node]} | follows))
 
 
 def connect_two(a_records: list[Record], b_records: list[Record], seed: int, replicate_all: bool) -> SimNet:

@@ -17,7 +17,7 @@ from p2pmem.graph import ops, tables
 from p2pmem.graph.search import entity_documents, query_terms, rank
 from p2pmem.graph.view import build_graph
 from p2pmem.model.record import decode_record, sign_record
-from p2pmem.model.scope import Interest, travels
+from p2pmem.model.scope import ReplicationInterest, travels
 from p2pmem.storage.store import Store
 from tests.strategies import BASE_MS, identity
 
@@ -78,7 +78,7 @@ def test_graph_records_round_trip_and_may_be_private_and_carry_no_refs() -> None
 
 
 def test_graph_records_replicate_like_memories() -> None:
-    follows_alice = Interest(False, frozenset({ALICE.public_key}))
+    follows_alice = ReplicationInterest(False, frozenset({ALICE.public_key}))
     for kind in ("entity", "observation", "relation", "unlink"):
         assert travels(kind, "public") and not travels(kind, "ask") and not travels(kind, "private")
         assert follows_alice.wants(kind, ALICE.public_key, "public")

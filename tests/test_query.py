@@ -44,7 +44,7 @@ from p2pmem.protocol.query import (
     decode_query,
     encode_hits,
     encode_query,
-    rank_hits,
+    order_hits_by_overlap,
     verify_hits,
 )
 
@@ -788,14 +788,14 @@ def test_verify_hits_drops_other_kinds() -> None:
     assert verify_hits(q, [Hit(follow.raw, 1, b"r" * 32)]) == []
 
 
-def test_rank_hits_prefers_overlap_then_fewer_hops() -> None:
+def test_order_hits_by_overlap_prefers_overlap_then_fewer_hops() -> None:
     def vh(text: str, hops: int) -> VerifiedHit:
         return VerifiedHit(
             sign_record(ALICE, "memory", from_ms(BASE_MS + hops), text), hops, b"r" * 32
         )
 
     a, b, c = vh("the cat sat on the mat", 3), vh("a dog", 1), vh("cat and mat", 2)
-    assert rank_hits("Cat mat", [b, a, c]) == [c, a, b]
+    assert order_hits_by_overlap("Cat mat", [b, a, c]) == [c, a, b]
 
 
 # --- (9) the asker authenticates who answered and bounds what it holds -----------------

@@ -42,7 +42,7 @@ from p2pmem.protocol.reconcile import (
     Reconciler,
     fingerprint,
     reconcile_in_memory,
-    run_session,
+    run_reconciliation,
 )
 
 Item = tuple[int, bytes]
@@ -85,7 +85,7 @@ def sync(
     if validate:
         messages, total = _run_validating(ra, rb)
     else:
-        messages, total = run_session(ra, rb)
+        messages, total = run_reconciliation(ra, rb)
     assert ra.done and rb.done
     assert ra.have == rb.need and ra.need == rb.have
     return ra, rb, messages, total
@@ -613,19 +613,19 @@ def test_a_side_that_caps_its_own_replies_still_reconciles(a_items, b_items, ini
     """``max_reply`` is local: a side whose messages are cut short (the core
     caps them so one peer message costs bounded CPU) still interoperates
     with a side that is not, and both learn the exact differences."""
-    from p2pmem.protocol.reconcile import MIN_MESSAGE, ItemIndex, Reconciler, run_session
+    from p2pmem.protocol.reconcile import MIN_MESSAGE, ItemIndex, Reconciler, run_reconciliation
 
     a, b = ItemIndex(a_items), ItemIndex(b_items)
     ra = Reconciler(a, max_reply=MIN_MESSAGE if initiator_caps else None)
     rb = Reconciler(b, max_reply=None if initiator_caps else MIN_MESSAGE)
-    run_session(ra, rb)
+    run_reconciliation(ra, rb)
     ids_a, ids_b = {i for _, i in a_items}, {i for _, i in b_items}
     assert ra.have == ids_a - ids_b and ra.need == ids_b - ids_a
     assert rb.have == ids_b - ids_a and rb.need == ids_a - ids_b
 
 
 def test_capped_replies_carry_a_large_difference_over_several_rounds():
-    from p2pmem.protocol.reconcile import MIN_MESSAGE, ItemIndex, Reconciler, run_session
+    from p2pmem.protocol.reconcile import MIN_MESSAGE, ItemIndex, Reconciler, run_reconciliation
 
     rng = random.Random(5)
     a_items = {(rng.randrange(1 << 40), rng.randbytes(32)) for _ in range(6000)}
@@ -633,7 +633,7 @@ def test_capped_replies_carry_a_large_difference_over_several_rounds():
     for caps in (True, False):
         ra = Reconciler(ItemIndex(a_items), max_reply=MIN_MESSAGE if caps else None)
         rb = Reconciler(ItemIndex(b_items), max_reply=None if caps else MIN_MESSAGE)
-        messages, _ = run_session(rb, ra)
+        messages, _ = run_reconciliation(rb, ra)
         ids_a, ids_b = {i for _, i in a_items}, {i for _, i in b_items}
         assert ra.have == ids_a - ids_b and rb.have == ids_b - ids_a
         assert ra.need == ids_b - ids_a and rb.need == ids_a - ids_b

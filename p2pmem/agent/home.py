@@ -26,7 +26,7 @@ from p2pmem.model.trust import TrustModel
 from p2pmem.retrieval.embed import configured_model_path
 from p2pmem.retrieval.text import query_terms
 from p2pmem.storage.keyfile import KEY_FILE, load_identity, save_identity
-from p2pmem.storage.store import DB_FILE, Memory, Store
+from p2pmem.storage.store import DB_FILE, IngestResult, Memory, Store
 
 CONTROL_SOCKET = "node.sock"
 
@@ -99,15 +99,39 @@ class Agent:
         self.clock.observe(self.store.last_ts(self.key), wall_ms(), limits.MAX_FUTURE_SKEW_MS)
         return self.clock.now(wall_ms())
 
-    def _sign(self, kind: str, body: object, **fields: object) -> Record:
+    # -- writing: every record of this agent is signed and stored here -----
+    # The CLI, the MCP server and the graph's tools write through these
+    # methods; nothing else signs with the agent's key or ingests into its store
+    # (the node's ingest pipeline stores what peers send, and the simulator,
+    # which has no Agent, signs for its virtual nodes itself).
+    def sign(self, kind: str, body: object, *, ts: int | None = None, **fields: object) -> Record:
+        """A record of ``kind`` signed by this agent, not stored yet (see
+        :meth:`commit`); ``ts`` defaults to the next tick of its clock.
+        A schema error is the caller's: :class:`UsageError`."""
         try:
-            return sign_record(self.identity, kind, self.next_ts(), body, **fields)  # type: ignore[arg-type]
+            return sign_record(self.identity, kind, self.next_ts() if ts is None else ts,
+                               body, **fields)  # type: ignore[arg-type]
         except RecordError as exc:
             raise UsageError(str(exc)) from None
 
+    def commit(self, records: Sequence[Record]) -> list[Record]:
+        """Store records this agent signed, in one transaction."""
+        records = list(records)
+        for record in records:
+            if record.author != self.key:
+                raise UsageError("an agent commits only records it signed itself")
+        if records:
+            self.store.ingest(records)
+        return records
+
     def _commit(self, record: Record) -> Record:
-        self.store.ingest([record])
+        self.commit([record])
         return record
+
+    def import_raw(self, raws: Sequence[bytes]) -> IngestResult:
+        """Verify and store records from outside (an exported file): the same
+        checks as records from a peer (Store.ingest_raw)."""
+        return self.store.ingest_raw(raws, wall_ms=wall_ms())
 
     # -- memories --------------------------------------------------------
     def make_memory(
@@ -124,7 +148,7 @@ class Agent:
     ) -> Record:
         if not text.strip():
             raise UsageError("a memory needs some text")
-        return self._sign(
+        return self.sign(
             "memory", text, topics=list(topics), session=session, at=at,
             visibility=visibility, refs=list(refs), root=root, meta=meta,
         )
@@ -170,7 +194,7 @@ class Agent:
         """Retract the whole lineage: every version, known or not yet seen."""
         old = self.own_memory(id_text)
         refs = sorted({old.lineage, old.id})
-        return self._commit(self._sign("retract", "", refs=refs))
+        return self._commit(self.sign("retract", "", refs=refs))
 
     # -- social ----------------------------------------------------------
     def set_profile(
@@ -196,17 +220,17 @@ class Agent:
         body["skills"] = list(body["skills"])
         body["addresses"] = list(body["addresses"])
         body["xkey"] = self.identity.message_public_key
-        return self._commit(self._sign("profile", body))
+        return self._commit(self.sign("profile", body))
 
     def follow(self, target: bytes, active: bool = True) -> Record:
         if target == self.key:
             raise UsageError("an agent cannot follow itself")
-        return self._commit(self._sign("follow", {"target": target, "active": active}))
+        return self._commit(self.sign("follow", {"target": target, "active": active}))
 
     def endorse(self, target: bytes, what: str) -> Record:
         if what == "agent" and target == self.key:
             raise UsageError("an agent cannot endorse itself")
-        return self._commit(self._sign("endorse", {"target": target, "what": what}))
+        return self._commit(self.sign("endorse", {"target": target, "what": what}))
 
     # -- messages --------------------------------------------------------
     def send_message(self, recipient: bytes, text: str) -> Record:

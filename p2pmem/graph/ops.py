@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from p2pmem.errors import P2pmemError, RecordError, UsageError
+from p2pmem.errors import P2pmemError, UsageError
 from p2pmem.graph import search, tables
 from p2pmem.graph.records import (
     ENTITY,
@@ -29,7 +29,7 @@ from p2pmem.graph.records import (
 )
 from p2pmem.graph.view import Graph
 from p2pmem.model.identity import agent_id
-from p2pmem.model.record import VISIBILITIES, Record, sign_record
+from p2pmem.model.record import VISIBILITIES, Record
 
 _WIDTH = {"private": 0, "ask": 1, "public": 2}
 
@@ -62,17 +62,14 @@ class Signer:
             self.first = False
         else:
             ts = self.agent.clock.now(wall_ms())
-        try:
-            record = sign_record(self.agent.identity, kind, ts, body, session=self.session,
+        record = self.agent.sign(kind, body, ts=ts, session=self.session,
                                  visibility=visibility or self.visibility)
-        except RecordError as exc:
-            raise UsageError(str(exc)) from None
         self.records.append(record)
         return record
 
     def commit(self) -> list[Record]:
         if self.records:
-            self.agent.store.ingest(self.records)
+            self.agent.commit(self.records)
         done, self.records = self.records, []
         self.done.extend(done)
         return done

@@ -12,8 +12,13 @@ Graph records may be ``public``, ``ask`` or ``private``, like memories, and
 carry no refs: a removal names what it removes by value, so it needs no ids
 and applies to additions it has not seen yet if they are older.
 
-This module imports nothing of p2pmem but errors and limits, so the record
-schema (:mod:`p2pmem.model.record`) can use it.
+The four kinds register themselves in the record-kind registry
+(:mod:`p2pmem.model.kinds`) at the end of this module: their body schema,
+their scope (like memories: public ones travel to the author's nodes and
+followers) and the store's ``graph`` view hook (p2pmem/graph/tables.py).
+
+This module imports nothing of p2pmem but errors, limits and the pure kind
+registry, so the record schema (:mod:`p2pmem.model.record`) can use it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 
 from p2pmem import limits
 from p2pmem.errors import RecordError
+from p2pmem.model.kinds import SCOPE_AUTHOR, RecordKind, register
 
 ENTITY, OBSERVATION, RELATION, UNLINK = "entity", "observation", "relation", "unlink"
 ADD_KINDS = (ENTITY, OBSERVATION, RELATION)
@@ -132,3 +138,16 @@ def unlink_body(what: str, a: str, b: str = "", c: str = "") -> dict[str, str]:
     if what == OBSERVATION:
         return {"entity": a, "text": b}
     return {"from": a, "type": b, "to": c}
+
+
+def _body_check(kind: str) -> Any:
+    def check(body: Any) -> dict[str, Any]:
+        return check_graph_body(kind, body)
+
+    check.__name__ = f"check_{kind}_body"
+    return check
+
+
+for _kind in GRAPH_KINDS:
+    register(RecordKind(_kind, _body_check(_kind), SCOPE_AUTHOR, view="graph", visible=True))
+del _kind

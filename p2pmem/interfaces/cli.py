@@ -374,7 +374,7 @@ def _remember_batch(agent: Agent, args: argparse.Namespace, default_session: str
             progress.stop()
         if stream is not sys.stdin:
             stream.close()
-    agent.store.ingest(records)
+    agent.commit(records)
     _notify(agent, records)
     for number, reason in rejected:
         print(f"p2pmem: line {number}: {reason}", file=sys.stderr)
@@ -604,7 +604,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         if stream is not sys.stdin:
             stream.close()
     with _open(args) as agent:
-        result = agent.store.ingest_raw(raws, wall_ms=wall_ms())
+        result = agent.import_raw(raws)
         for position, reason in result.rejected:
             rejected.append((numbers[position], reason))
         _notify(agent, result.added)

@@ -14,6 +14,9 @@ endorsements of one       MAX_ENDORSEMENTS_PER_AUTHOR
 messages of one sender    MAX_MESSAGES_PER_SENDER, MAX_MESSAGE_BYTES_PER_SENDER
 ========================  ==============================================
 
+Each kind's limit is the ``quota`` of its entry in the record-kind registry
+(p2pmem/model/kinds.py).
+
 Why deterministic and viewer-independent: which records survive is a
 function of the record set alone (the newest ``(ts, id)`` of each group), so
 two honest nodes that saw the same records keep the same ones, whatever the
@@ -43,16 +46,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from p2pmem import limits
+from p2pmem.model.kinds import REGISTRY
 from p2pmem.model.record import Record
 
-# kind -> (max records, max bytes) per author
-BY_AUTHOR: dict[str, tuple[int, int | None]] = {
-    "profile": (limits.MAX_PROFILES_PER_AUTHOR, None),
-    "follow": (limits.MAX_FOLLOWS_PER_AUTHOR, None),
-    "endorse": (limits.MAX_ENDORSEMENTS_PER_AUTHOR, None),
-    "message": (limits.MAX_MESSAGES_PER_SENDER, limits.MAX_MESSAGE_BYTES_PER_SENDER),
-}
+
+def group_limit(kind: str) -> tuple[int, int | None] | None:
+    """(max records, max bytes or None) per author for ``kind``, or None if
+    its records are not under a quota: the ``quota`` of its registry entry
+    (p2pmem/model/kinds.py; the built-in kinds' are in p2pmem/model/record.py)."""
+    spec = REGISTRY.get(kind)
+    return spec.quota if spec is not None else None
 
 
 def over_quota(rows: list[tuple[bytes, int, int]], count: int, size: int | None) -> list[bytes]:
@@ -72,10 +75,11 @@ def kept(records: Iterable[Record]) -> list[Record]:
     records = list(records)
     groups: dict[tuple[str, bytes], list[Record]] = {}
     for record in {r.id: r for r in records}.values():
-        if record.kind in BY_AUTHOR:
+        if group_limit(record.kind) is not None:
             groups.setdefault((record.kind, record.author), []).append(record)
     victims: set[bytes] = set()
     for (kind, _), members in groups.items():
         members.sort(key=lambda r: (r.ts, r.id), reverse=True)
-        victims.update(over_quota([(r.id, r.ts, len(r.raw)) for r in members], *BY_AUTHOR[kind]))
+        count, size = group_limit(kind) or (len(members), None)
+        victims.update(over_quota([(r.id, r.ts, len(r.raw)) for r in members], count, size))
     return [r for r in records if r.id not in victims]

@@ -23,15 +23,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from p2pmem import limits
 from p2pmem.errors import RecordError
-from p2pmem.graph.records import GRAPH_KINDS, check_graph_body
+from p2pmem.graph.records import GRAPH_KINDS  # also registers the graph's kinds
 from p2pmem.model.canonical import keys_order_agree
 from p2pmem.model.clock import MAX_HLC, physical_ms
 from p2pmem.model.identity import Identity
+from p2pmem.model.kinds import REGISTRY, SCOPE_AUTHOR, SCOPE_EVERYWHERE, RecordKind, register
 
 VERSION = 1
-KINDS = ("memory", "retract", "profile", "follow", "endorse", "message", *GRAPH_KINDS)
-# Kinds whose records may be public, ask or private (the others are public).
-VISIBLE_KINDS = ("memory", *GRAPH_KINDS)
 VISIBILITIES = ("public", "ask", "private")
 COSE_SIGN1_TAG = 18
 PROTECTED = b"\xa1\x01\x27"  # {1: -8}: alg = EdDSA
@@ -145,42 +143,71 @@ def _check_map(value: Any, what: str, keys: tuple[str, ...]) -> dict[str, Any]:
     return value
 
 
-def _check_body(kind: str, body: Any) -> Body:
-    if kind == "memory":
-        return _check_text(body, "memory text", limits.MAX_BODY, allow_empty=False)
-    if kind == "retract":
-        if body != "" or type(body) is not str:
-            raise RecordError("a retract record has an empty text body")
-        return body
-    if kind == "profile":
-        m = _check_map(body, "profile body", PROFILE_KEYS)
-        _check_text(m["name"], "profile name", limits.MAX_NAME)
-        _check_text(m["description"], "profile description", limits.MAX_DESCRIPTION)
-        _check_text_list(m["skills"], "profile skills", limits.MAX_SKILLS, limits.MAX_SKILL)
-        _check_text_list(m["addresses"], "profile addresses", limits.MAX_ADDRESSES, limits.MAX_ADDRESS)
-        _check_bytes(m["xkey"], "profile message key", size=32)
-        return m
-    if kind == "follow":
-        m = _check_map(body, "follow body", FOLLOW_KEYS)
-        _check_bytes(m["target"], "follow target", size=32)
-        if type(m["active"]) is not bool:
-            raise RecordError("follow 'active' must be a boolean")
-        return m
-    if kind == "endorse":
-        m = _check_map(body, "endorse body", ENDORSE_KEYS)
-        _check_bytes(m["target"], "endorse target", size=32)
-        if m["what"] not in ENDORSE_WHAT or type(m["what"]) is not str:
-            raise RecordError("endorse 'what' must be 'agent' or 'memory'")
-        return m
-    if kind == "message":
-        m = _check_map(body, "message body", MESSAGE_KEYS)
-        _check_bytes(m["to"], "message recipient", size=32)
-        _check_bytes(m["epk"], "message ephemeral key", size=32)
-        _check_bytes(m["ct"], "message ciphertext", max_size=limits.MAX_MESSAGE_CIPHERTEXT)
-        return m
-    if kind in GRAPH_KINDS:
-        return check_graph_body(kind, body)
-    raise RecordError(f"unknown kind {kind!r}")
+def _check_memory_body(body: Any) -> Body:
+    return _check_text(body, "memory text", limits.MAX_BODY, allow_empty=False)
+
+
+def _check_retract_body(body: Any) -> Body:
+    if body != "" or type(body) is not str:
+        raise RecordError("a retract record has an empty text body")
+    return body
+
+
+def _check_profile_body(body: Any) -> Body:
+    m = _check_map(body, "profile body", PROFILE_KEYS)
+    _check_text(m["name"], "profile name", limits.MAX_NAME)
+    _check_text(m["description"], "profile description", limits.MAX_DESCRIPTION)
+    _check_text_list(m["skills"], "profile skills", limits.MAX_SKILLS, limits.MAX_SKILL)
+    _check_text_list(m["addresses"], "profile addresses", limits.MAX_ADDRESSES, limits.MAX_ADDRESS)
+    _check_bytes(m["xkey"], "profile message key", size=32)
+    return m
+
+
+def _check_follow_body(body: Any) -> Body:
+    m = _check_map(body, "follow body", FOLLOW_KEYS)
+    _check_bytes(m["target"], "follow target", size=32)
+    if type(m["active"]) is not bool:
+        raise RecordError("follow 'active' must be a boolean")
+    return m
+
+
+def _check_endorse_body(body: Any) -> Body:
+    m = _check_map(body, "endorse body", ENDORSE_KEYS)
+    _check_bytes(m["target"], "endorse target", size=32)
+    if m["what"] not in ENDORSE_WHAT or type(m["what"]) is not str:
+        raise RecordError("endorse 'what' must be 'agent' or 'memory'")
+    return m
+
+
+def _check_message_body(body: Any) -> Body:
+    m = _check_map(body, "message body", MESSAGE_KEYS)
+    _check_bytes(m["to"], "message recipient", size=32)
+    _check_bytes(m["epk"], "message ephemeral key", size=32)
+    _check_bytes(m["ct"], "message ciphertext", max_size=limits.MAX_MESSAGE_CIPHERTEXT)
+    return m
+
+
+# The built-in kinds (p2pmem/model/kinds.py); the graph's register in
+# p2pmem/graph/records.py, imported above. Quotas: p2pmem/model/quota.py.
+for _kind in (
+    RecordKind("memory", _check_memory_body, SCOPE_AUTHOR, view="memory", visible=True,
+               refs="optional", timed=True),
+    RecordKind("retract", _check_retract_body, SCOPE_AUTHOR, view="retract", refs="required"),
+    RecordKind("profile", _check_profile_body, SCOPE_EVERYWHERE,
+               quota=(limits.MAX_PROFILES_PER_AUTHOR, None)),
+    RecordKind("follow", _check_follow_body, SCOPE_EVERYWHERE, target="target",
+               quota=(limits.MAX_FOLLOWS_PER_AUTHOR, None)),
+    RecordKind("endorse", _check_endorse_body, SCOPE_EVERYWHERE, target="target",
+               quota=(limits.MAX_ENDORSEMENTS_PER_AUTHOR, None)),
+    RecordKind("message", _check_message_body, SCOPE_EVERYWHERE, target="to",
+               quota=(limits.MAX_MESSAGES_PER_SENDER, limits.MAX_MESSAGE_BYTES_PER_SENDER)),
+):
+    register(_kind)
+del _kind
+
+KINDS = ("memory", "retract", "profile", "follow", "endorse", "message", *GRAPH_KINDS)
+# Kinds whose records may be public, ask or private (the others are public).
+VISIBLE_KINDS = tuple(k for k in KINDS if REGISTRY[k].visible)
 
 
 def _check_payload(obj: Any) -> dict[int, Any]:
@@ -200,27 +227,29 @@ def _check_payload(obj: Any) -> dict[int, Any]:
         raise RecordError(f"unsupported record version {obj[K_VERSION]!r}")
     _check_bytes(obj[K_AUTHOR], "author", size=32)
     kind = obj[K_KIND]
-    if type(kind) is not str or kind not in KINDS:
+    if type(kind) is not str or kind not in REGISTRY:
         raise RecordError(f"unknown kind {kind!r}"[:120])
+    spec = REGISTRY[kind]
     ts = _check_uint(obj[K_TS], "timestamp", MAX_TIME)
     if ts == 0:
         raise RecordError("timestamp must not be zero")
     _check_text(obj[K_SESSION], "session", limits.MAX_SESSION)
     _check_text_list(obj[K_TOPICS], "topics", limits.MAX_TOPICS, limits.MAX_TOPIC)
-    _check_body(kind, obj[K_BODY])
+    spec.check_body(obj[K_BODY])
     visibility = obj[K_VISIBILITY]
     if type(visibility) is not str or visibility not in VISIBILITIES:
         raise RecordError(f"unknown visibility {visibility!r}"[:120])
-    if kind not in VISIBLE_KINDS and visibility != "public":
+    if not spec.visible and visibility != "public":
         raise RecordError(f"a {kind} record must have visibility 'public'")
     refs = _check_list(obj[K_REFS], "refs", limits.MAX_REFS)
     for ref in refs:
         _check_bytes(ref, "each ref", size=32)
     if len(set(refs)) != len(refs) or refs != sorted(refs):
         raise RecordError("refs must be sorted and without duplicates")
-    if kind == "retract" and not refs:
-        raise RecordError("a retract record must name what it retracts")
-    if kind not in ("memory", "retract") and refs:
+    if spec.refs == "required" and not refs:
+        raise RecordError(f"a {kind} record must name what it {kind}s" if kind == "retract"
+                          else f"a {kind} record must name the records it refers to")
+    if spec.refs == "none" and refs:
         raise RecordError(f"a {kind} record has no refs")
     meta = obj[K_META]
     if type(meta) is not dict:
@@ -234,11 +263,11 @@ def _check_payload(obj: Any) -> dict[int, Any]:
         else:
             _check_text(value, "meta value", limits.MAX_META_VALUE)
     if K_AT in obj:
-        if kind != "memory":
+        if not spec.timed:
             raise RecordError("only a memory has an 'at' time")
         _check_uint(obj[K_AT], "at", MAX_TIME)
     if K_ROOT in obj:
-        if kind != "memory":
+        if not spec.timed:
             raise RecordError("only a memory has a lineage root")
         _check_bytes(obj[K_ROOT], "root", size=32)
         if not refs:

@@ -9,6 +9,9 @@
   public memories.
 - ``ask`` and ``private`` memories and graph records never travel by gossip.
 
+Which kind has which scope is in the record-kind registry
+(:mod:`p2pmem.model.kinds`); this module applies it.
+
 Reconciliation between two nodes runs over the records *both* interests
 admit, so both sides compute their fingerprints over the same filter and a
 sync that is complete stays complete.
@@ -18,37 +21,51 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-EVERYWHERE = frozenset(("profile", "follow", "endorse", "message"))
-# Graph records (p2pmem/graph) replicate like memories: public ones only.
-AUTHOR_SCOPED = frozenset(("memory", "retract", "entity", "observation", "relation", "unlink"))
+# The registry is filled by p2pmem.model.record (and the graph's kinds it imports).
+import p2pmem.model.record  # noqa: F401
+from p2pmem.model.kinds import AUTHOR_SCOPED, EVERYWHERE, REGISTRY, SCOPE_AUTHOR, SCOPE_EVERYWHERE
+
+__all__ = ["AUTHOR_SCOPED", "EVERYWHERE", "Interest", "ReplicationInterest", "shared", "travels"]
 
 
 @dataclass(frozen=True)
-class Interest:
-    """What one node wants of public memories."""
+class ReplicationInterest:
+    """What one node wants of public memories (not the wire message that
+    announces it, :class:`p2pmem.protocol.wire.Interest`)."""
 
     replicate_all: bool
     authors: frozenset[bytes]
 
     def wants(self, kind: str, author: bytes, visibility: str) -> bool:
-        if kind in EVERYWHERE:
+        spec = REGISTRY.get(kind)
+        if spec is None:
+            return False
+        if spec.scope == SCOPE_EVERYWHERE:
             return True
-        if kind not in AUTHOR_SCOPED or visibility != "public":
+        if spec.scope != SCOPE_AUTHOR or visibility != "public":
             return False
         return self.replicate_all or author in self.authors
 
 
-def shared(a: Interest, b: Interest) -> Interest:
+# The old name, still used by p2pmem/protocol/core.py (being rewritten on
+# another branch): drop once core says ReplicationInterest.
+Interest = ReplicationInterest
+
+
+def shared(a: ReplicationInterest, b: ReplicationInterest) -> ReplicationInterest:
     """The records both interests admit, itself an interest."""
     if a.replicate_all and b.replicate_all:
-        return Interest(True, frozenset())
+        return ReplicationInterest(True, frozenset())
     if a.replicate_all:
-        return Interest(False, b.authors)
+        return ReplicationInterest(False, b.authors)
     if b.replicate_all:
-        return Interest(False, a.authors)
-    return Interest(False, a.authors & b.authors)
+        return ReplicationInterest(False, a.authors)
+    return ReplicationInterest(False, a.authors & b.authors)
 
 
 def travels(kind: str, visibility: str) -> bool:
     """Whether a record may ever leave its node by gossip."""
-    return kind in EVERYWHERE or (kind in AUTHOR_SCOPED and visibility == "public")
+    spec = REGISTRY.get(kind)
+    if spec is None:
+        return False
+    return spec.scope == SCOPE_EVERYWHERE or (spec.scope == SCOPE_AUTHOR and visibility == "public")

@@ -113,7 +113,7 @@ __all__ = [
     "encode_hits",
     "encode_query",
     "hit_matches",
-    "rank_hits",
+    "order_hits_by_overlap",
     "verify_hits",
 ]
 
@@ -1002,7 +1002,7 @@ def _terms(text: str) -> set[str]:
     return {w.casefold() for w in _WORD.findall(text)}
 
 
-def rank_hits(text: str, hits: Iterable[VerifiedHit]) -> list[VerifiedHit]:
+def order_hits_by_overlap(text: str, hits: Iterable[VerifiedHit]) -> list[VerifiedHit]:
     """A fallback ranking, best first: query terms shared with the memory's
     text and topics, then fewer hops, then newer. The node may use the store's
     scorer instead; this one only needs the hits themselves."""

@@ -71,17 +71,17 @@ range is skipped. See :data:`CDDL`. Modes:
 
 A message that contains a ``Fingerprint`` or an ``IdList`` must be answered
 (possibly with an empty message ``[1]``); a message that contains neither ends
-the session for both sides. Every message stays below ``max_message`` bytes:
+the reconciliation for both sides. Every message stays below ``max_message`` bytes:
 when a reply would not fit, the reply stops and covers everything from that
-point to infinity with one ``Fingerprint`` range, and the session continues
+point to infinity with one ``Fingerprint`` range, and the reconciliation continues
 there in the next round (Negentropy's ``frameSizeLimit``). Both sides must use
 the same ``max_message`` (the default, :data:`p2pmem.limits.MAX_RECONCILE_MESSAGE`,
 is part of the protocol).
 
-If an index changes during a session (records arriving while syncing), the
-session still terminates and never reports an id in ``have`` that we did not
+If an index changes during a reconciliation (records arriving while syncing), the
+reconciliation still terminates and never reports an id in ``have`` that we did not
 hold when we reported it; a difference it misses is repaired by the next
-session, which is how anti-entropy works anyway.
+reconciliation, which is how anti-entropy works anyway.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ __all__ = [
     "Reconciler",
     "fingerprint",
     "reconcile_in_memory",
-    "run_session",
+    "run_reconciliation",
 ]
 
 PROTOCOL_VERSION = 1
@@ -172,8 +172,8 @@ id-concat = bstr
 
 
 class ReconcileError(P2pmemError):
-    """A reconciliation message is malformed or breaks the protocol, or the
-    session is used out of order. ``reason`` is a one-line description."""
+    """A reconciliation message is malformed or breaks the protocol, or a
+    reconciler is used out of order. ``reason`` is a one-line description."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -666,7 +666,7 @@ _IDLE, _WAITING, _DONE, _FAILED = "idle", "waiting", "done", "failed"
 
 
 class Reconciler:
-    """One side of one reconciliation session (sans-IO).
+    """One side of one reconciliation (sans-IO).
 
     The initiator calls :meth:`start` and sends the result; from then on each
     side passes every message it gets to :meth:`receive` and sends back the
@@ -680,7 +680,7 @@ class Reconciler:
     are local tuning (a peer with different values still interoperates);
     ``max_message`` must be the same on both sides. ``max_reply`` (local) caps the size of
     our own messages. ``max_rounds`` bounds the
-    messages this side accepts, so a peer cannot keep a session alive forever.
+    messages this side accepts, so a peer cannot keep a reconciliation alive forever.
     """
 
     def __init__(
@@ -732,9 +732,9 @@ class Reconciler:
         return self._state == _DONE
 
     def start(self) -> bytes:
-        """Open the session as the initiator; return the first message."""
+        """Open the reconciliation as the initiator; return the first message."""
         if self._state != _IDLE:
-            raise ReconcileError("start() called on a session already under way")
+            raise ReconcileError("start() called on a reconciliation already under way")
         self.is_initiator = True
         self.index._ensure()
         w = _Writer(self._out_limit, self._max_ranges)
@@ -743,13 +743,13 @@ class Reconciler:
         return self._send(w)
 
     def receive(self, msg: bytes) -> bytes | None:
-        """Process a peer message; return the reply, or None when the session
+        """Process a peer message; return the reply, or None when the reconciliation
         is over. Raises :class:`ReconcileError` on any bad input, after which
-        the session is unusable."""
+        the reconciliation is unusable."""
         if self._state == _FAILED:
-            raise ReconcileError("session already failed")
+            raise ReconcileError("reconciliation already failed")
         if self._state == _DONE:
-            raise ReconcileError("message received after the session ended")
+            raise ReconcileError("message received after the reconciliation ended")
         try:
             return self._receive(msg)
         except ReconcileError:
@@ -775,7 +775,7 @@ class Reconciler:
         if len(data) > self.max_message:
             raise ReconcileError(f"message of {len(data)} bytes exceeds {self.max_message}")
         if self.messages_received >= self.max_rounds:
-            raise ReconcileError(f"more than {self.max_rounds} messages in one session")
+            raise ReconcileError(f"more than {self.max_rounds} messages in one reconciliation")
         self.messages_received += 1
         self.bytes_received += len(data)
         ranges = _decode(data, self._max_ranges)
@@ -885,8 +885,8 @@ class Reconciler:
 # --- helpers for tests, benchmarks and the simulator -------------------------
 
 
-def run_session(initiator: Reconciler, responder: Reconciler) -> tuple[int, int]:
-    """Run a whole session between two local reconcilers; return
+def run_reconciliation(initiator: Reconciler, responder: Reconciler) -> tuple[int, int]:
+    """Run a whole reconciliation between two local reconcilers; return
     ``(messages, bytes)`` exchanged in both directions."""
     msg = initiator.start()
     messages, total = 1, len(msg)
@@ -910,5 +910,5 @@ def reconcile_in_memory(
     round trip is two)."""
     ra = Reconciler(a, max_message=max_message)
     rb = Reconciler(b, max_message=max_message)
-    rounds, total = run_session(ra, rb)
+    rounds, total = run_reconciliation(ra, rb)
     return ra.have, ra.need, rounds, total

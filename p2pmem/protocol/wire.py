@@ -2,7 +2,7 @@
 
 Each message is a CBOR array ``[type, body]`` (CDDL in docs/protocol.md).
 Decoding is strict and bounded: anything unexpected raises
-:class:`WireError`, and the peer session closes the connection.
+:class:`WireError`, and the peer's connection is closed.
 """
 
 from __future__ import annotations
@@ -44,8 +44,14 @@ class Interest:
 
 @dataclass(frozen=True)
 class Recon:
-    session: int
+    recon_id: int  # which reconciliation of this connection (not an agent's work session)
     payload: bytes
+
+    @property
+    def session(self) -> int:
+        """The old name of ``recon_id``, still read by p2pmem/protocol/core.py
+        (being rewritten on another branch); drop once core says recon_id."""
+        return self.recon_id
 
 
 @dataclass(frozen=True)
@@ -106,7 +112,7 @@ def encode(message: Message) -> bytes:
         case Interest():
             kind, body = T_INTEREST, {0: message.replicate_all, 1: list(message.authors)}
         case Recon():
-            kind, body = T_RECON, [message.session, message.payload]
+            kind, body = T_RECON, [message.recon_id, message.payload]
         case Records():
             kind, body = T_RECORDS, list(message.records)
         case Want():
@@ -201,8 +207,8 @@ def decode(data: bytes) -> Message:
     if kind == T_RECON:
         items = _list(body, "recon", 2)
         if len(items) != 2:
-            raise WireError("recon is [session, payload]")
-        return Recon(_uint(items[0], "session"), _bytes(items[1], "payload", max_size=limits.MAX_MESSAGE))
+            raise WireError("recon is [recon id, payload]")
+        return Recon(_uint(items[0], "recon id"), _bytes(items[1], "payload", max_size=limits.MAX_MESSAGE))
     if kind == T_RECORDS:
         raws = _list(body, "records", limits.MAX_RECORDS_PER_MESSAGE)
         return Records(tuple(_bytes(r, "record", max_size=limits.MAX_RECORD) for r in raws))

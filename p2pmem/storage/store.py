@@ -26,7 +26,8 @@ from pathlib import Path
 from p2pmem import limits
 from p2pmem.errors import RecordError, StoreError
 from p2pmem.graph import tables as graph_tables
-from p2pmem.graph.records import GRAPH_KINDS
+from p2pmem.model.kinds import REGISTRY
+from p2pmem.model.quota import group_limit, over_quota
 from p2pmem.model.record import Record, admission_error, decode_record, load_stored
 from p2pmem.retrieval.documents import Entry, IndexDoc, make_doc
 from p2pmem.retrieval.engine import Ranked, SearchEngine, SearchRequest
@@ -289,14 +290,12 @@ class Store:
         """Evict what the groups touched by this ingest hold past their
         quota (p2pmem/model/quota.py): the oldest (ts, id) first, the same on every
         node. Records that arrived already past it leave ``added``."""
-        from p2pmem.model.quota import BY_AUTHOR, over_quota
-
-        groups = {(r.kind, r.author) for r in result.added if r.kind in BY_AUTHOR}
+        groups = {(r.kind, r.author) for r in result.added if group_limit(r.kind) is not None}
         if not groups:
             return
         victims: set[bytes] = set()
         for kind, author in sorted(groups):
-            count, size = BY_AUTHOR[kind]
+            count, size = group_limit(kind) or (0, None)
             rows = db.execute(
                 "SELECT id, ts, length(raw) FROM records WHERE kind = ? AND author = ? ORDER BY ts DESC, id DESC",
                 (kind, author),
@@ -389,61 +388,77 @@ class Store:
         return bool(self.ingest([record]).added)
 
     def _insert(self, db: sqlite3.Connection, r: Record) -> str:
+        """Insert one record and maintain its kind's view: the registry names
+        the hook (p2pmem/model/kinds.py, ``RecordKind.view``)."""
         if db.execute("SELECT 1 FROM records WHERE id = ?", (r.id,)).fetchone():
             return "duplicate"
-        if r.kind == "memory":
-            if db.execute(
-                "SELECT 1 FROM tombstones WHERE author = ? AND target IN (?, ?)",
-                (r.author, r.id, r.lineage),
-            ).fetchone():
-                return "retracted"
-            superseded = db.execute(
-                "SELECT 1 FROM supersedes WHERE target = ? AND author = ? LIMIT 1",
-                (r.id, r.author),
+        return self._VIEWS[REGISTRY[r.kind].view](self, db, r)
+
+    def _view_memory(self, db: sqlite3.Connection, r: Record) -> str:
+        """A memory: its lineage, what it supersedes, and the search log."""
+        if db.execute(
+            "SELECT 1 FROM tombstones WHERE author = ? AND target IN (?, ?)",
+            (r.author, r.id, r.lineage),
+        ).fetchone():
+            return "retracted"
+        superseded = db.execute(
+            "SELECT 1 FROM supersedes WHERE target = ? AND author = ? LIMIT 1",
+            (r.id, r.author),
+        ).fetchone()
+        state = SUPERSEDED if superseded else HEAD
+        rowid = self._insert_row(db, r, r.lineage, None, state)
+        if r.topics:
+            db.executemany(
+                "INSERT OR IGNORE INTO topics(topic, rid) VALUES (?, ?)",
+                [(t, rowid) for t in r.topics],
+            )
+        if state == HEAD:
+            self._log(db, rowid)
+        for ref in r.refs:
+            db.execute(
+                "INSERT OR IGNORE INTO supersedes(target, author, source) VALUES (?, ?, ?)",
+                (ref, r.author, r.id),
+            )
+            row = db.execute(
+                "SELECT rowid FROM records WHERE id = ? AND author = ? AND kind = 'memory' AND state = ?",
+                (ref, r.author, HEAD),
             ).fetchone()
-            state = SUPERSEDED if superseded else HEAD
-            rowid = self._insert_row(db, r, r.lineage, None, state)
-            if r.topics:
-                db.executemany(
-                    "INSERT OR IGNORE INTO topics(topic, rid) VALUES (?, ?)",
-                    [(t, rowid) for t in r.topics],
-                )
-            if state == HEAD:
-                self._log(db, rowid)
-            for ref in r.refs:
-                db.execute(
-                    "INSERT OR IGNORE INTO supersedes(target, author, source) VALUES (?, ?, ?)",
-                    (ref, r.author, r.id),
-                )
-                row = db.execute(
-                    "SELECT rowid FROM records WHERE id = ? AND author = ? AND kind = 'memory' AND state = ?",
-                    (ref, r.author, HEAD),
-                ).fetchone()
-                if row:
-                    db.execute("UPDATE records SET state = ? WHERE rowid = ?", (SUPERSEDED, row[0]))
-                    self._log(db, row[0])
-            return "added"
-        if r.kind in GRAPH_KINDS:  # the knowledge graph's view (p2pmem/graph/tables.py)
-            self._insert_row(db, r, None, None, HEAD)
-            graph_tables.on_insert(db, r)
-            return "added"
-        target = None
-        if isinstance(r.body, dict):
-            target = r.body.get("target", r.body.get("to"))
-        self._insert_row(db, r, None, target, HEAD)
-        if r.kind == "retract":
-            for ref in r.refs:
-                db.execute(
-                    "INSERT OR IGNORE INTO tombstones(target, author) VALUES (?, ?)", (ref, r.author)
-                )
-                victims = db.execute(
-                    "SELECT rowid, id, raw FROM records WHERE kind = 'memory' AND author = ? "
-                    "AND (id = ? OR lineage = ?)",
-                    (r.author, ref, ref),
-                ).fetchall()
-                for rowid, victim_id, raw in victims:
-                    self._purge(db, rowid, victim_id, r.author, raw)
+            if row:
+                db.execute("UPDATE records SET state = ? WHERE rowid = ?", (SUPERSEDED, row[0]))
+                self._log(db, row[0])
         return "added"
+
+    def _view_graph(self, db: sqlite3.Connection, r: Record) -> str:
+        """A graph record: the knowledge graph's view (p2pmem/graph/tables.py)."""
+        self._insert_row(db, r, None, None, HEAD)
+        graph_tables.on_insert(db, r)
+        return "added"
+
+    def _view_row(self, db: sqlite3.Connection, r: Record) -> str:
+        """The record row alone, with the body key the kind names as its target."""
+        key = REGISTRY[r.kind].target
+        target = r.body.get(key) if key is not None and isinstance(r.body, dict) else None
+        self._insert_row(db, r, None, target, HEAD)
+        return "added"
+
+    def _view_retract(self, db: sqlite3.Connection, r: Record) -> str:
+        """A retraction: tombstones for good, and the targets' bodies purged."""
+        self._insert_row(db, r, None, None, HEAD)
+        for ref in r.refs:
+            db.execute(
+                "INSERT OR IGNORE INTO tombstones(target, author) VALUES (?, ?)", (ref, r.author)
+            )
+            victims = db.execute(
+                "SELECT rowid, id, raw FROM records WHERE kind = 'memory' AND author = ? "
+                "AND (id = ? OR lineage = ?)",
+                (r.author, ref, ref),
+            ).fetchall()
+            for rowid, victim_id, raw in victims:
+                self._purge(db, rowid, victim_id, r.author, raw)
+        return "added"
+
+    # RecordKind.view -> hook (p2pmem/model/kinds.py, VIEW_HOOKS)
+    _VIEWS = {"memory": _view_memory, "graph": _view_graph, "row": _view_row, "retract": _view_retract}
 
     def _insert_row(
         self, db: sqlite3.Connection, r: Record, lineage: bytes | None, target: bytes | None, state: int
