@@ -31,6 +31,14 @@ from p2pmem.model.record import VISIBILITIES, Record, sign_record
 from p2pmem.model.scope import Interest, shared, travels
 from p2pmem.protocol import wire
 from p2pmem.protocol.core import Close, Dial, NodeCore, Send, Timing
+from p2pmem.protocol.events import (
+    CloseReason,
+    IngestFinished,
+    PeerClosed,
+    PeerReady,
+    QueryFinished,
+    RecordsStored,
+)
 from p2pmem.protocol.noise import HandshakeComplete, MessageReceived, SecureChannel
 from p2pmem.storage.store import Store
 
@@ -84,7 +92,13 @@ class SimNet:
         self.raw_closed: dict[int, str] = {}
         self.dials: list[tuple[float, int, str, bool]] = []  # (time, node, address, connected)
         self.closes: list[tuple[float, int, str]] = []
+        self.events: list[tuple[float, int, object]] = []  # the cores' events (p2pmem.protocol.events)
         self._next_conn = 0
+
+    @property
+    def wall_ms(self) -> int:
+        """The wall clock the cores see: the same virtual instant as ``now``."""
+        return int(self.now * 1000)
 
     # -- nodes -------------------------------------------------------------
     def add(
@@ -218,13 +232,13 @@ class SimNet:
             elif end.peer in self.inbox:
                 self.inbox[end.peer].append(action.data)
         elif isinstance(action, Close):
-            self.closes.append((self.now, i, action.reason))
+            self.closes.append((self.now, i, str(action)))
             end = self.ends.pop(action.conn, None)
             if end is None:
                 return
             self.inbox.pop(action.conn, None)
             if end.peer is None:
-                self.raw_closed[action.conn] = action.reason
+                self.raw_closed[action.conn] = str(action)
             elif end.peer in self.inbox:
                 self.inbox[end.peer].append(None)  # FIN after the bytes already sent
             core.connection_lost(action.conn, self.now)
@@ -242,6 +256,8 @@ class SimNet:
             core.connection_made(mine, initiator=True, now=self.now, address=action.address,
                                  expected=action.expected)
             self.cores[target].connection_made(theirs, initiator=False, now=self.now)
+        elif isinstance(action, PeerReady | PeerClosed | RecordsStored | IngestFinished | QueryFinished):
+            self.events.append((self.now, i, action))
         else:  # pragma: no cover
             raise AssertionError(f"unknown action {action!r}")
 
@@ -268,7 +284,7 @@ class SimNet:
                 self.inbox.pop(conn, None)
                 core.connection_lost(conn, self.now)
             else:
-                core.data_received(conn, item, self.now)
+                core.data_received(conn, item, self.now, wall_ms=self.wall_ms)
 
     def quiet(self) -> bool:
         return not self._deliverable()
@@ -289,7 +305,7 @@ class SimNet:
             for d, i in due:
                 if d <= self.now and i in self.cores:
                     core = self.cores[i]
-                    core.handle_timer(self.now)
+                    core.handle_timer(self.now, wall_ms=self.wall_ms)
                     self.drain()
                     after = core.next_deadline()
                     # A deadline left at or before now would make a real shell
@@ -314,7 +330,7 @@ class SimNet:
         end = self.ends.get(conn)
         if end is None:
             return
-        self.cores[end.node].data_received(conn, data, self.now)
+        self.cores[end.node].data_received(conn, data, self.now, wall_ms=self.wall_ms)
         self.drain()
         self.settle()
 
