@@ -587,7 +587,7 @@ class NodeCore:
         if self._interest_dirty:
             deadlines.append(self._next_interest_at)
         active = self._active_count()
-        for entry in self.addresses.values():
+        for entry in () if self.stopping else self.addresses.values():  # no dial once shut down
             if self._room_for(entry, active) and self._dialable(entry):  # cheap test first
                 deadlines.append(max(entry.next_attempt, self._dial_bucket.ready_at(0.999)))
         router = self.router.next_deadline()
