@@ -114,10 +114,10 @@ class HostilePeers(RuleBasedStateMachine):
             return
         if not self.core.readable(peer.conn):
             return  # the shell does not read this peer now (backpressure)
-        self.core.data_received(peer.conn, data, self.now)
+        self.core.data_received(peer.conn, data, self.now, wall_ms=int(self.now * 1000))
         self._apply()
         while self.core.has_backlog(peer.conn):  # the shell's turns
-            self.core.resume(peer.conn, self.now)
+            self.core.resume(peer.conn, self.now, wall_ms=int(self.now * 1000))
             self._apply()
 
     def _send(self, peer: _Peer, message: wire.Message | bytes) -> None:
@@ -202,7 +202,7 @@ class HostilePeers(RuleBasedStateMachine):
             n = int(self.unsent[conn] * fraction)
             if n:
                 self.unsent[conn] -= n
-                self.core.sent(conn, n, self.now)
+                self.core.sent(conn, n, self.now, wall_ms=int(self.now * 1000))
         self._apply()
 
     @precondition(lambda self: self.jobs)
@@ -210,13 +210,13 @@ class HostilePeers(RuleBasedStateMachine):
     def shell_ingests(self) -> None:
         jobs, self.jobs = self.jobs, []
         for job in jobs:
-            self.core.ingest_done(job, run_ingest(self.store, job), self.now)
+            self.core.ingest_done(job, run_ingest(self.store, job), self.now, wall_ms=int(self.now * 1000))
             self._apply()
 
     @rule(dt=st.floats(0.01, 30.0))
     def time_passes(self, dt: float) -> None:
         self.now += dt
-        self.core.handle_timer(self.now)
+        self.core.handle_timer(self.now, wall_ms=int(self.now * 1000))
         self._apply()
 
     # -- the bounds -------------------------------------------------------------------

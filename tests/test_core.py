@@ -31,6 +31,14 @@ from p2pmem.model.record import VISIBILITIES, Record, sign_record
 from p2pmem.model.scope import ReplicationInterest, shared, travels
 from p2pmem.protocol import wire
 from p2pmem.protocol.core import Close, Dial, NodeCore, Send, Timing
+from p2pmem.protocol.events import (
+    CloseReason,
+    IngestFinished,
+    PeerClosed,
+    PeerReady,
+    QueryFinished,
+    RecordsStored,
+)
 from p2pmem.protocol.noise import HandshakeComplete, MessageReceived, SecureChannel
 from p2pmem.storage.store import Store
 
@@ -84,7 +92,13 @@ class SimNet:
         self.raw_closed: dict[int, str] = {}
         self.dials: list[tuple[float, int, str, bool]] = []  # (time, node, address, connected)
         self.closes: list[tuple[float, int, str]] = []
+        self.events: list[tuple[float, int, object]] = []  # the cores' events (p2pmem.protocol.events)
         self._next_conn = 0
+
+    @property
+    def wall_ms(self) -> int:
+        """The wall clock the cores see: the same virtual instant as ``now``."""
+        return int(self.now * 1000)
 
     # -- nodes -------------------------------------------------------------
     def add(
@@ -218,13 +232,13 @@ class SimNet:
             elif end.peer in self.inbox:
                 self.inbox[end.peer].append(action.data)
         elif isinstance(action, Close):
-            self.closes.append((self.now, i, action.reason))
+            self.closes.append((self.now, i, str(action)))
             end = self.ends.pop(action.conn, None)
             if end is None:
                 return
             self.inbox.pop(action.conn, None)
             if end.peer is None:
-                self.raw_closed[action.conn] = action.reason
+                self.raw_closed[action.conn] = str(action)
             elif end.peer in self.inbox:
                 self.inbox[end.peer].append(None)  # FIN after the bytes already sent
             core.connection_lost(action.conn, self.now)
@@ -242,6 +256,8 @@ class SimNet:
             core.connection_made(mine, initiator=True, now=self.now, address=action.address,
                                  expected=action.expected)
             self.cores[target].connection_made(theirs, initiator=False, now=self.now)
+        elif isinstance(action, PeerReady | PeerClosed | RecordsStored | IngestFinished | QueryFinished):
+            self.events.append((self.now, i, action))
         else:  # pragma: no cover
             raise AssertionError(f"unknown action {action!r}")
 
@@ -268,7 +284,7 @@ class SimNet:
                 self.inbox.pop(conn, None)
                 core.connection_lost(conn, self.now)
             else:
-                core.data_received(conn, item, self.now)
+                core.data_received(conn, item, self.now, wall_ms=self.wall_ms)
 
     def quiet(self) -> bool:
         return not self._deliverable()
@@ -289,7 +305,7 @@ class SimNet:
             for d, i in due:
                 if d <= self.now and i in self.cores:
                     core = self.cores[i]
-                    core.handle_timer(self.now)
+                    core.handle_timer(self.now, wall_ms=self.wall_ms)
                     self.drain()
                     after = core.next_deadline()
                     # A deadline left at or before now would make a real shell
@@ -314,7 +330,7 @@ class SimNet:
         end = self.ends.get(conn)
         if end is None:
             return
-        self.cores[end.node].data_received(conn, data, self.now)
+        self.cores[end.node].data_received(conn, data, self.now, wall_ms=self.wall_ms)
         self.drain()
         self.settle()
 
@@ -859,3 +875,75 @@ class Replication(RuleBasedStateMachine):
 
 TestReplication = Replication.TestCase
 TestReplication.settings = settings(stateful_step_count=15)
+
+
+# -- the core's explicit surface (p2pmem.protocol.events) ----------------------------------
+
+
+def test_events_report_ready_stored_ingested_and_closed_peers():
+    """A shell learns everything from the output queue: who became a peer,
+    what was stored from whom, how each records message went, and why a
+    session ended (an enum, never a string to parse)."""
+    net = SimNet(5)
+    net.add(1)
+    net.add(0, bootstrap=[1])
+    net.settle()
+    ready = {(n, e.agent) for _, n, e in net.events if isinstance(e, PeerReady)}
+    assert ready == {(0, KEYS[1]), (1, KEYS[0])}
+    record = net.remember(1, "pushed to node 0")
+    stored = [e for _, n, e in net.events if n == 0 and isinstance(e, RecordsStored)]
+    assert [record.id] in [list(e.ids) for e in stored]
+    finished = [e for _, n, e in net.events if n == 0 and isinstance(e, IngestFinished)]
+    assert finished and sum(e.added for e in finished) >= 1 and all(e.error is None for e in finished)
+    net.cores[0].shutdown(net.now)
+    net.drain()
+    net.settle()
+    closed = {(n, e.reason) for _, n, e in net.events if isinstance(e, PeerClosed)}
+    assert (0, CloseReason.SHUTDOWN) in closed
+    assert (1, CloseReason.PEER_BYE) in closed  # node 1 heard the bye
+    assert not net.cores[0].sessions
+    # a node shutting down dials nobody, and closes what still comes in
+    net.advance(60.0)
+    assert not net.cores[0].sessions
+
+
+def test_a_finished_query_is_an_event_with_its_hits():
+    net = SimNet(6)
+    net.add(1)
+    net.add(0, bootstrap=[1])
+    net.settle()
+    net.remember(1, "where the keys are kept")
+    qid = net.cores[0].start_query("keys", now=net.now, timeout=1.0)
+    net.drain()
+    net.settle()
+    net.advance(2.0)
+    done = [e for _, n, e in net.events if n == 0 and isinstance(e, QueryFinished)]
+    assert [e.qid for e in done] == [qid]
+    assert [h.record.body for h in done[0].hits] == ["where the keys are kept"]
+
+
+def test_a_seeded_key_source_makes_handshakes_replay_byte_for_byte():
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    def first_bytes(seed: int) -> bytes:
+        keys = random.Random(seed)
+        store = Store(Path(":memory:"), verify_workers=1)
+        rng = random.Random(seed)
+        core = NodeCore(IDENTS[0], store, rng, router_rng=random.Random(1), now=T0,
+                        key_source=lambda: X25519PrivateKey.from_private_bytes(keys.randbytes(32)))
+        core.connection_made(1, initiator=True, now=T0, address="x:1")
+        return b"".join(a.data for a in core.take_actions() if isinstance(a, Send))
+
+    assert first_bytes(1) == first_bytes(1) != first_bytes(2)
+
+
+def test_the_shells_use_only_the_cores_public_surface():
+    """No shell calls a private method of the core or reads its session
+    tables: what they need comes as an event (issue: a node that never stalls)."""
+    import re
+
+    from tests.conftest import PROJECT_ROOT
+
+    for rel in ("p2pmem/node/shell.py", "p2pmem/sim/network.py"):
+        text = (PROJECT_ROOT / rel).read_text()
+        assert not re.findall(r"core\._\w+|\.sessions\b|\.by_agent\b|core\.stats\b", text), rel

@@ -4,7 +4,9 @@ sockets and the real clock, and carries out the actions it returns.
 No protocol decision lives here. The shell owns tasks and sockets only: one
 listener, one reader and one writer task per connection, a timer task that
 wakes the core at its next deadline, dial tasks, and the local control socket
-through which the other commands of the home reach the running node.
+through which the other commands of the home reach the running node. It calls
+only the core's public inputs (p2pmem.protocol.events.INPUTS), with the
+monotonic clock as ``now`` and the wall clock in milliseconds as ``wall_ms``.
 """
 
 from __future__ import annotations
@@ -31,18 +33,8 @@ from p2pmem import limits
 from p2pmem.agent.home import Agent
 from p2pmem.errors import P2pmemError, UsageError
 from p2pmem.node.control import ControlServer
-from p2pmem.protocol.core import (
-    Close,
-    ConnId,
-    Dial,
-    Ingest,
-    IngestJob,
-    IngestOutcome,
-    NodeCore,
-    Send,
-    Timing,
-    run_ingest,
-)
+from p2pmem.protocol.core import IngestOutcome, NodeCore, Timing, run_ingest
+from p2pmem.protocol.events import Close, ConnId, Dial, Ingest, IngestJob, QueryFinished, Send
 from p2pmem.storage.store import Store
 
 log = logging.getLogger("p2pmem.node.shell")
@@ -75,8 +67,15 @@ def format_address(host: str, port: int) -> str:
 INDEX_INTERVAL_S = 1.0  # how stale the index the network's queries see may be
 
 
-def wall() -> float:
-    return time.time()
+def mono() -> float:
+    """The core's ``now``: monotonic seconds (timers, deadlines, buckets)."""
+    return time.monotonic()
+
+
+def wall_ms() -> int:
+    """The core's ``wall_ms``: the wall clock in milliseconds (the HLC and
+    record admission)."""
+    return time.time_ns() // 1_000_000
 
 
 @dataclass
@@ -124,6 +123,9 @@ class Node:
         # stops reading a peer past it, so the channel needs no bound of its own.
         self._ingest_send, self._ingest_receive = trio.open_memory_channel[IngestJob](math.inf)
         self._thread_stores = threading.local()
+        # own queries being waited on: qid -> the event set when the core finishes it
+        self._query_waiters: dict[bytes, trio.Event] = {}
+        self._query_hits: dict[bytes, tuple[Any, ...]] = {}
 
     # -- lifecycle -------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -141,7 +143,7 @@ class Node:
         rng = random.Random()
         self.core = NodeCore(
             self.agent.identity, self.agent.store, rng, router_rng=random.Random(rng.getrandbits(64)),
-            now=wall(), listen_addresses=[self.address], bootstrap=self.peers,
+            now=mono(), listen_addresses=[self.address], bootstrap=self.peers,
             replicate_all=self.replicate_all, timing=self.timing,
             flow_control=True, deferred_ingest=True,
         )
@@ -208,8 +210,7 @@ class Node:
         core = self.core
         self._stopping = True  # no new connections, in or out, from here on
         if core is not None:
-            for session in list(core.sessions.values()):
-                core._close(session, "node stopping", wall())
+            core.shutdown(mono())
             self._apply()
             with trio.move_on_after(1.0):
                 while self._conns:
@@ -240,9 +241,13 @@ class Node:
                     self._nursery.start_soon(self._cancel_later, conn)
             elif isinstance(action, Ingest):
                 self._ingest_send.send_nowait(action.job)
+            elif isinstance(action, QueryFinished):
+                waiter = self._query_waiters.get(action.qid)
+                if waiter is not None:
+                    self._query_hits[action.qid] = action.hits
+                    waiter.set()
+            # PeerReady, PeerClosed, RecordsStored, IngestFinished: the core logs them
             elif isinstance(action, Dial):
-                if self._stopping:
-                    continue
                 assert self._nursery is not None
                 self._nursery.start_soon(self._dial, action.address, action.expected)
         if wake:
@@ -274,13 +279,13 @@ class Node:
             except Exception as exc:  # the store failed (disk full, locked...): drop the job, keep serving
                 log.warning("could not store received records: %s", exc)
                 outcome = IngestOutcome()  # reconciliation brings them again later
-            self.core.ingest_done(job, outcome, wall())
+            self.core.ingest_done(job, outcome, mono(), wall_ms=wall_ms())
             self._apply()
 
     def poke(self) -> None:
         """Something changed in the store (a CLI command wrote)."""
         assert self.core is not None
-        self.core.poll_store(wall())
+        self.core.poll_store(mono())
         self._apply()
 
     # -- tasks --------------------------------------------------------------
@@ -301,11 +306,11 @@ class Node:
             try:
                 stream = await trio.open_tcp_stream(host, port)
             except OSError as exc:
-                self.core.dial_failed(address, wall(), exc.strerror or str(exc))
+                self.core.dial_failed(address, mono(), exc.strerror or str(exc))
                 self._apply()
                 return
         if stream is None:
-            self.core.dial_failed(address, wall(), "timed out")
+            self.core.dial_failed(address, mono(), "timed out")
             self._apply()
             return
         await self._run_connection(stream, initiator=True, address=address, expected=expected)
@@ -327,7 +332,7 @@ class Node:
                 host = str(stream.socket.getpeername()[0])
         try:
             with conn.scope:
-                self.core.connection_made(conn_id, initiator=initiator, now=wall(), address=address,
+                self.core.connection_made(conn_id, initiator=initiator, now=mono(), address=address,
                                           expected=expected, host=host)
                 self._apply()
                 async with trio.open_nursery() as nursery:
@@ -338,7 +343,7 @@ class Node:
                                 # what the last read held, a turn at a time,
                                 # letting every other task run in between
                                 await trio.sleep(0)
-                                self.core.resume(conn_id, wall())
+                                self.core.resume(conn_id, mono(), wall_ms=wall_ms())
                                 self._apply()
                             elif self.core.readable(conn_id):
                                 break
@@ -352,12 +357,12 @@ class Node:
                             break
                         if not data:
                             break
-                        self.core.data_received(conn_id, data, wall())
+                        self.core.data_received(conn_id, data, mono(), wall_ms=wall_ms())
                         self._apply()
                     nursery.cancel_scope.cancel()
         finally:
             del self._conns[conn_id]
-            self.core.connection_lost(conn_id, wall())
+            self.core.connection_lost(conn_id, mono())
             self._apply()
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
@@ -372,7 +377,7 @@ class Node:
                 if data is None:
                     break
                 await conn.stream.send_all(data)
-                self.core.sent(conn_id, len(data), wall())
+                self.core.sent(conn_id, len(data), mono(), wall_ms=wall_ms())
                 self._apply()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -383,12 +388,12 @@ class Node:
         next_poll = 0.0
         while True:
             deadline = self.core.next_deadline()
-            now = wall()
+            now = mono()
             wait = POLL_STORE_S if deadline is None else max(0.0, min(deadline - now, POLL_STORE_S))
             with trio.move_on_after(wait):
                 await self._wakeup.wait()
             self._wakeup = trio.Event()
-            now = wall()
+            now = mono()
             if now >= next_poll:
                 next_poll = now + POLL_STORE_S
                 version = self.agent.store.data_version()
@@ -397,7 +402,7 @@ class Node:
                     self.core.poll_store(now)
             deadline = self.core.next_deadline()
             if deadline is not None and now >= deadline:
-                self.core.handle_timer(now)
+                self.core.handle_timer(now, wall_ms=wall_ms())
             self._apply(wake=False)
 
     # -- control requests ------------------------------------------------------
@@ -411,12 +416,12 @@ class Node:
         out = self.core.status()
         out["id"] = agent_id(self.agent.key)
         out["pid"] = os.getpid()
-        out["uptime_s"] = round(wall() - self.core.started, 1)
+        out["uptime_s"] = round(mono() - self.core.started, 1)
         # QueryStats is a slots dataclass (no __dict__): read its fields.
         router = self.core.router
         out["queries"] = {
             **dataclasses.asdict(router.stats),
-            "in_flight": router.in_flight(wall()),
+            "in_flight": router.in_flight(mono()),
         }
         out["local"] = dict(sorted(self.local_stats.items()))
         return out
@@ -445,15 +450,23 @@ class Node:
         return rank_hits(self.agent, text, hits, limit=options.get("limit", 10))
 
     async def _collect_hits(self, text: str, timeout: float, options: dict[str, Any]) -> list[Any]:
-        """Flood a query and gather the verified hits until its timeout."""
+        """Flood a query and gather the verified hits until the core says it
+        is finished (its QueryFinished event, at the query's deadline)."""
         assert self.core is not None
         timeout = max(0.05, min(timeout, limits.MAX_QUERY_TIMEOUT_S))
-        qid = self.core.start_query(text, now=wall(), timeout=timeout, **options)
+        qid = self.core.start_query(text, now=mono(), timeout=timeout, **options)
+        waiter = self._query_waiters[qid] = trio.Event()
         self._apply()
         try:
-            await trio.sleep(timeout)
-            return self.core.query_results(qid)
+            # the core decides when the query ends; the bound only guards
+            # against a timer task that is gone (the node stopping)
+            with trio.move_on_after(timeout + CLOSE_GRACE_S):
+                await waiter.wait()
+            hits = self._query_hits.pop(qid, None)
+            return list(hits) if hits is not None else self.core.query_results(qid)
         finally:
+            self._query_waiters.pop(qid, None)
+            self._query_hits.pop(qid, None)
             self.core.finish_query(qid)
 
     async def ask_graph(self, text: str, *, timeout: float, **options: Any) -> dict[str, Any]:
@@ -501,10 +514,7 @@ def run_serve(
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s p2pmem %(message)s", datefmt="%H:%M:%S"
     )
-    # Dial out only up to half the limit (as the defaults do, 8 of 16): the
-    # other half stays free for incoming peers, or nodes that fill every slot
-    # by dialling refuse newcomers and a restarted node is shut out for good.
-    timing = Timing(max_peers=max_peers, target_peers=min(Timing.target_peers, max(1, max_peers // 2)))
+    timing = Timing.for_max_peers(max_peers)
     node = Node(agent, listen=listen, peers=peers, replicate_all=replicate_all, timing=timing)
 
     def ready(address: str) -> None:

@@ -4,9 +4,12 @@ queries as one sans-IO state machine.
 The core never touches a socket, a clock or the global random generator. A
 shell (the trio node in :mod:`p2pmem.node.shell`, or the simulator) tells it what
 happened — a connection was made, bytes arrived, a connection was lost, time
-passed — with the current time as an argument, and carries out the actions it
-asks for: :class:`Send`, :class:`Close`, :class:`Dial`. Every protocol
-decision lives here, so a simulation drives exactly what a real node runs.
+passed — with a monotonic ``now`` and, where records may be admitted, the wall
+clock in milliseconds (``wall_ms``) as arguments, and carries out the actions
+it asks for and watches the events it reports (the closed set of
+:mod:`p2pmem.protocol.events`). Randomness comes from the generators it is
+given, Noise keys from the key source it is given. Every protocol decision
+lives here, so a simulation drives exactly what a real node runs.
 """
 
 from __future__ import annotations
@@ -27,14 +30,34 @@ from p2pmem.model.record import Record, admission_error
 from p2pmem.model.scope import AUTHOR_SCOPED, EVERYWHERE, Interest, shared
 from p2pmem.protocol import wire
 from p2pmem.protocol.budget import Bucket
+from p2pmem.protocol.events import (
+    Action,
+    Close,
+    CloseReason,
+    ConnId,
+    Dial,
+    Ingest,
+    IngestFinished,
+    IngestJob,
+    Output,
+    PeerClosed,
+    PeerReady,
+    QueryFinished,
+    RecordsStored,
+    Send,
+    describe,
+)
 from p2pmem.protocol.noise import HandshakeComplete, MessageReceived, ProtocolError, SecureChannel
-from p2pmem.protocol.ports import Rng, StorePort
+from p2pmem.protocol.ports import KeySource, Rng, StorePort
 from p2pmem.protocol.query import QueryError, QueryRouter, VerifiedHit
 from p2pmem.protocol.reconcile import ItemIndex, ReconcileError, Reconciler
 
 log = logging.getLogger("p2pmem.protocol.core")
 
-ConnId = int
+__all__ = [  # the actions live in p2pmem.protocol.events; re-exported for the shells
+    "Action", "Close", "CloseReason", "ConnId", "Dial", "Ingest", "IngestJob", "IngestOutcome",
+    "NodeCore", "Send", "Timing", "run_ingest",
+]
 
 # Timers (seconds). Tunable per node for simulations and tests.
 KEEPALIVE_S = 5.0
@@ -46,46 +69,13 @@ TARGET_PEERS = 8
 PEX_INTERVAL_S = 15.0
 
 
-@dataclass(frozen=True)
-class Send:
-    conn: ConnId
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Close:
-    conn: ConnId
-    reason: str
-
-
-@dataclass(frozen=True)
-class Dial:
-    address: str
-    expected: bytes | None
-
-
-@dataclass(frozen=True)
-class IngestJob:
-    """Records received from ``conn`` to verify and store beside the event
-    loop. ``interest`` and ``wall_ms`` are the core's filter when the job was
-    made: out-of-scope records and records stamped too far ahead are dropped."""
-
-    conn: ConnId
-    raws: tuple[bytes, ...]
-    ids: frozenset[bytes]
-    interest: Interest
-    wall_ms: int
-
-    @property
-    def size(self) -> int:
-        return sum(len(raw) for raw in self.raws)
-
-
 @dataclass
 class IngestOutcome:
     added: list[Record] = field(default_factory=list)
     skipped_future: int = 0
     evicted: int = 0  # records (new or old) removed by a quota (p2pmem/model/quota.py)
+    offered: int = 0  # records that passed verification, scope and clock and went to the store
+    duplicates: int = 0  # of those, records the store already held
     error: str | None = None  # a record failed verification: the sender misbehaved
 
 
@@ -114,6 +104,8 @@ def run_ingest(
     result = store.ingest(accepted)  # applies the quotas of p2pmem/model/quota.py
     outcome.added = list(result.added)
     outcome.evicted = result.evicted
+    outcome.offered = len(accepted)
+    outcome.duplicates = result.duplicates
     return outcome
 
 
@@ -123,17 +115,6 @@ def _recipient(record: Record) -> bytes | None:
     if record.kind == "message" and isinstance(record.body, dict):
         return record.body.get("to")
     return None
-
-
-@dataclass(frozen=True)
-class Ingest:
-    """Run :func:`run_ingest` on ``job`` off the event loop, then call
-    :meth:`NodeCore.ingest_done`. Only asked for with ``deferred_ingest``."""
-
-    job: IngestJob
-
-
-Action = Send | Close | Dial | Ingest
 
 
 @dataclass
@@ -147,6 +128,14 @@ class Timing:
     max_peers: int = limits.MAX_ACTIVE_PEERS
     pex_interval: float = PEX_INTERVAL_S
     handshake_timeout: float = limits.HANDSHAKE_TIMEOUT_S
+
+    @classmethod
+    def for_max_peers(cls, max_peers: int) -> Timing:
+        """Defaults for a node allowed ``max_peers`` connections. It dials
+        out only up to half of them (as the defaults do, 8 of 16): the other
+        half stays free for incoming peers, or nodes that fill every slot by
+        dialling refuse newcomers and a restarted node is shut out for good."""
+        return cls(max_peers=max_peers, target_peers=min(TARGET_PEERS, max(1, max_peers // 2)))
 
 
 @dataclass
@@ -234,6 +223,7 @@ class NodeCore:
         timing: Timing | None = None,
         flow_control: bool = False,
         deferred_ingest: bool = False,
+        key_source: KeySource | None = None,
     ) -> None:
         """``flow_control``: the shell reports written bytes with :meth:`sent`
         and stops reading a connection while :meth:`readable` is false (the
@@ -242,10 +232,19 @@ class NodeCore:
         stored by the shell beside the loop (:class:`Ingest` actions); without
         it the core does it inline. ``rng`` and ``router_rng`` (two
         independent streams, the second for the query router) are seeded by
-        the shell, as ``store`` is opened by it (p2pmem.protocol.ports)."""
+        the shell, as ``store`` is opened by it (p2pmem.protocol.ports).
+        ``key_source`` makes the X25519 keys of every Noise handshake
+        (default: the OS's randomness; the simulator passes a seeded one so
+        a run replays byte for byte). ``now`` here and in every input is
+        monotonic seconds: timers, deadlines and rate buckets only."""
         self.identity = identity
         self.flow_control = flow_control
         self.deferred_ingest = deferred_ingest
+        self.key_source = key_source
+        self.stopping = False  # shutdown() was called: no new sessions, no dials
+        # The wall clock (ms) of the input being handled: record admission and
+        # the HLC only, never a timer (inputs that may admit records set it).
+        self._wall_ms = 0
         # name -> how many times that limit bit (status --json "limits")
         self.limited: dict[str, int] = {}
         self._inflight: set[bytes] = set()  # ids of records in the ingest pipeline
@@ -273,7 +272,7 @@ class NodeCore:
         self.addresses: dict[str, _Address] = {}
         self.stats = Stats()
         self.started = now
-        self._actions: list[Action] = []
+        self._actions: list[Output] = []
         self._seen_rowid = store.max_rowid()
         self._indexes: dict[Interest, ItemIndex] = {}
         # Keys ((ts, id) as 40 bytes) of every record that can travel, kept
@@ -311,9 +310,19 @@ class NodeCore:
         return bucket.take(now, size)
 
     # -- the shell's side --------------------------------------------------
-    def take_actions(self) -> list[Action]:
+    def take_actions(self) -> list[Output]:
+        """The actions to carry out and the events that happened since the
+        last call, in order (p2pmem.protocol.events)."""
         actions, self._actions = self._actions, []
         return actions
+
+    def shutdown(self, now: float) -> None:
+        """Say goodbye to every peer (:attr:`CloseReason.SHUTDOWN`) and open
+        nothing new from here on: no dial, and an incoming connection is
+        closed at once."""
+        self.stopping = True
+        for session in list(self.sessions.values()):
+            self._close(session, CloseReason.SHUTDOWN, now)
 
     def connection_made(
         self, conn: ConnId, *, initiator: bool, now: float, address: str | None = None,
@@ -321,7 +330,8 @@ class NodeCore:
     ) -> None:
         """A TCP connection is up (we dialled ``address``, or accepted one
         from the remote IP ``host``)."""
-        channel = SecureChannel(initiator, self.identity.signing_key, expected_peer=expected)
+        channel = SecureChannel(initiator, self.identity.signing_key, expected_peer=expected,
+                                key_source=self.key_source)
         session = Session(conn, channel, initiator, address, opened=now, last_heard=now)
         session.push_bucket = Bucket(limits.PUSH_BYTES_PER_S, limits.PUSH_BURST_BYTES, now)
         session.recon_bucket = Bucket(limits.RECON_STARTS_PER_S, limits.RECON_STARTS_BURST, now)
@@ -329,6 +339,9 @@ class NodeCore:
         self.sessions[conn] = session
         if address is not None and address in self.addresses:
             self.addresses[address].dialing = False
+        if self.stopping:
+            self._close(session, CloseReason.SHUTDOWN, now, quiet=True)
+            return
         if initiator:
             self._send_raw(session, channel.initiate())
             return
@@ -344,14 +357,14 @@ class NodeCore:
             return False
         if not self._handshake_bucket.take(now):
             self._bite("handshakes_rate")
-            self._close(session, "too many connections", now, quiet=True)
+            self._close(session, CloseReason.HANDSHAKE_RATE, now, quiet=True)
             return False
         pending = [s for s in self.sessions.values() if not s.ready and not s.closed
                    and not s.initiator and s is not session]
         if len(pending) >= limits.MAX_PENDING_HANDSHAKES:
             self._bite("pending_handshakes")
             oldest = min(pending, key=lambda s: (s.opened, s.conn))
-            self._close(oldest, "handshake evicted by a newer one", now, quiet=True)
+            self._close(oldest, CloseReason.HANDSHAKE_EVICTED, now, quiet=True)
         if host is not None:
             session.host = host
             self._pending_hosts[host] = self._pending_hosts.get(host, 0) + 1
@@ -369,11 +382,11 @@ class NodeCore:
             self._host_buckets[host] = bucket
         if not bucket.take(now):
             self._bite("handshakes_per_host_rate")
-            self._close(session, "too many connections from this address", now, quiet=True)
+            self._close(session, CloseReason.HOST_RATE, now, quiet=True)
             return False
         if self._pending_hosts.get(host, 0) >= limits.MAX_PENDING_PER_HOST:
             self._bite("pending_handshakes_per_host")
-            self._close(session, "too many pending handshakes from this address", now, quiet=True)
+            self._close(session, CloseReason.HOST_PENDING, now, quiet=True)
             return False
         return True
 
@@ -409,7 +422,9 @@ class NodeCore:
             del self.addresses[entry.address]
             self._bite("addresses_aged_out")
 
-    def data_received(self, conn: ConnId, data: bytes, now: float) -> None:
+    def data_received(self, conn: ConnId, data: bytes, now: float, *, wall_ms: int) -> None:
+        """Bytes arrived on ``conn``."""
+        self._wall_ms = wall_ms
         session = self.sessions.get(conn)
         if session is None or session.closed:
             return
@@ -419,7 +434,7 @@ class NodeCore:
             session.channel.receive_data(data)
         except ProtocolError as exc:
             self.stats.protocol_errors += 1
-            self._close(session, f"protocol error: {exc}", now)
+            self._close(session, CloseReason.PROTOCOL_ERROR, now, detail=str(exc))
             return
         while (event := session.channel.next_event()) is not None:
             session.backlog.append(event)
@@ -450,7 +465,7 @@ class NodeCore:
                     self._dispatch(session, message, now)
         except (ProtocolError, wire.WireError, ReconcileError, QueryError) as exc:
             self.stats.protocol_errors += 1
-            self._close(session, f"protocol error: {exc}", now)
+            self._close(session, CloseReason.PROTOCOL_ERROR, now, detail=str(exc))
         if session.closed:
             backlog.clear()
 
@@ -461,8 +476,9 @@ class NodeCore:
         return (session is not None and not session.closed and bool(session.backlog)
                 and self.readable(conn))
 
-    def resume(self, conn: ConnId, now: float) -> None:
+    def resume(self, conn: ConnId, now: float, *, wall_ms: int) -> None:
         """Handle the next turn of ``conn``'s backlog."""
+        self._wall_ms = wall_ms
         session = self.sessions.get(conn)
         if session is not None and not session.closed:
             self._pump(session, now)
@@ -493,8 +509,9 @@ class NodeCore:
             or len(session.push_pending) >= limits.MAX_PUSH_PENDING
         )
 
-    def sent(self, conn: ConnId, nbytes: int, now: float) -> None:
+    def sent(self, conn: ConnId, nbytes: int, now: float, *, wall_ms: int) -> None:
         """The shell wrote ``nbytes`` of this connection's queued data."""
+        self._wall_ms = wall_ms
         session = self.sessions.get(conn)
         if session is None:
             return
@@ -508,21 +525,21 @@ class NodeCore:
         self._pump(session, now)
         self._flush(session)
 
-    def ingest_done(self, job: IngestJob, outcome: IngestOutcome, now: float) -> None:
+    def ingest_done(self, job: IngestJob, outcome: IngestOutcome, now: float, *, wall_ms: int) -> None:
         """The shell ran an :class:`Ingest` job."""
+        self._wall_ms = wall_ms
         self._inflight.difference_update(job.ids)
         session = self.sessions.get(job.conn)
         if session is not None:
             session.ingest_pending = max(0, session.ingest_pending - job.size)
-        wall_ms = int(now * 1000)
         for record in outcome.added:
             self.clock.observe(record.ts, max(wall_ms, job.wall_ms), limits.MAX_FUTURE_SKEW_MS)
         try:
-            self._ingested(session, len(job.raws), outcome, now)
+            self._ingested(job.conn, session, job, outcome, now)
         except wire.WireError as exc:
             if session is not None:
                 self.stats.protocol_errors += 1
-                self._close(session, f"protocol error: {exc}", now)
+                self._close(session, CloseReason.PROTOCOL_ERROR, now, detail=str(exc))
         if session is not None and not session.closed:
             self._relieve(session, now)
         self.flush_all()
@@ -531,6 +548,9 @@ class NodeCore:
         session = self.sessions.pop(conn, None)
         if session is None:
             return
+        if not session.closed:
+            self._actions.append(PeerClosed(conn, session.remote, CloseReason.CONNECTION_LOST,
+                                            was_ready=session.ready))
         session.closed = True
         self._unpend(session)
         if session.remote is not None and self.by_agent.get(session.remote) == conn:
@@ -567,7 +587,7 @@ class NodeCore:
         if self._interest_dirty:
             deadlines.append(self._next_interest_at)
         active = self._active_count()
-        for entry in self.addresses.values():
+        for entry in () if self.stopping else self.addresses.values():  # no dial once shut down
             if self._room_for(entry, active) and self._dialable(entry):  # cheap test first
                 deadlines.append(max(entry.next_attempt, self._dial_bucket.ready_at(0.999)))
         router = self.router.next_deadline()
@@ -575,16 +595,18 @@ class NodeCore:
             deadlines.append(router)
         return min(deadlines) if deadlines else None
 
-    def handle_timer(self, now: float) -> None:
+    def handle_timer(self, now: float, *, wall_ms: int) -> None:
+        """Time passed: keep-alives, timeouts, resyncs, dials, query deadlines."""
+        self._wall_ms = wall_ms
         for session in list(self.sessions.values()):
             if session.closed:
                 continue
             if not session.ready:
                 if now >= session.opened + self.timing.handshake_timeout:
-                    self._close(session, "handshake timed out", now)
+                    self._close(session, CloseReason.HANDSHAKE_TIMEOUT, now)
                 continue
             if now >= session.last_heard + self.timing.dead_after:
-                self._close(session, "peer silent for too long", now)
+                self._close(session, CloseReason.PEER_SILENT, now)
                 continue
             if now >= session.last_heard + self.timing.keepalive and session.ping_sent is None:
                 session.ping_sent = now
@@ -599,7 +621,8 @@ class NodeCore:
                 self._relieve(session, now)
         if self._interest_dirty and now >= self._next_interest_at:
             self._interest_changed(now)
-        self.router.handle_timer(now)
+        for qid in self.router.handle_timer(now):
+            self._actions.append(QueryFinished(qid, tuple(self.router.results(qid))))
         self._flush_router()
         self._maintain(now)
         self.flush_all()
@@ -681,7 +704,7 @@ class NodeCore:
         if remote == self.key:
             if session.address in self.addresses:
                 self.addresses[session.address].is_self = True
-            self._close(session, "connected to itself", now)
+            self._close(session, CloseReason.SELF_CONNECTION, now)
             return
         other = self.by_agent.get(remote)
         if other is not None and other in self.sessions:
@@ -690,12 +713,12 @@ class NodeCore:
             # A reconnect in the same direction replaces the old connection.
             existing = self.sessions[other]
             if existing.initiator != session.initiator and existing.initiator == (self.key < remote):
-                self._close(session, "duplicate connection", now)
+                self._close(session, CloseReason.DUPLICATE, now)
                 return
-            self._close(existing, "duplicate connection", now)
+            self._close(existing, CloseReason.DUPLICATE, now)
         if not session.initiator and len(self.ready_peers()) >= self.timing.max_peers and not self._evict_for_newcomer(now):
             self._bite("peer_limit")
-            self._close(session, "peer limit reached", now)
+            self._close(session, CloseReason.PEER_LIMIT, now)
             return
         self.by_agent[remote] = session.conn
         if session.address is not None:
@@ -722,7 +745,7 @@ class NodeCore:
         victim = self.rng.choice(victims)
         self._last_eviction = now
         self._bite("peers_evicted_for_newcomer")
-        self._close(victim, "evicted to let a newcomer in", now)
+        self._close(victim, CloseReason.EVICTED, now)
         return True
 
     def _hello(self) -> wire.Hello:
@@ -778,7 +801,7 @@ class NodeCore:
                 self.router.receive_hits(session.remote, message.payload, now)
                 self._flush_router()
             case wire.Bye():
-                self._close(session, f"peer said bye: {message.reason}", now, send_bye=False)
+                self._close(session, CloseReason.PEER_BYE, now, detail=message.reason, send_bye=False)
 
     def _on_hello(self, session: Session, hello: wire.Hello, now: float) -> None:
         if session.ready:
@@ -796,6 +819,7 @@ class NodeCore:
         session.next_pex = now + self.timing.pex_interval * self.rng.random()
         session.next_resync = now + self.timing.resync
         log.info("peer %s ready (%s)", short_id(hello.agent), session.address or "incoming")
+        self._actions.append(PeerReady(session.conn, hello.agent, session.address, session.initiator))
         if session.initiator:
             self._start_sync(session, now)
         self._send_pex(session, now)
@@ -999,23 +1023,33 @@ class NodeCore:
             pairs = list(zip(ids, raws, strict=True))
         if not pairs:
             session.received_records += len(raws)
+            self._actions.append(IngestFinished(session.conn, len(raws), known=len(raws)))
             return
+        wall_ms = self._wall_ms
         job = IngestJob(session.conn, tuple(raw for _, raw in pairs), frozenset(i for i, _ in pairs),
-                        self._interest, int(now * 1000))
+                        self._interest, wall_ms, known=len(raws) - len(pairs))
+        session.received_records += job.known
         if self.deferred_ingest:
             session.ingest_pending += job.size
             self._inflight.update(job.ids)
             self._actions.append(Ingest(job))
             return
-        wall_ms = int(now * 1000)
         outcome = run_ingest(
             self.store, job, lambda ts: self.clock.observe(ts, wall_ms, limits.MAX_FUTURE_SKEW_MS)
         )
-        session.received_records += len(raws) - len(pairs)
-        self._ingested(session, len(pairs), outcome, now)
+        self._ingested(session.conn, session, job, outcome, now)
 
-    def _ingested(self, session: Session | None, received: int, outcome: IngestOutcome, now: float) -> None:
+    def _ingested(self, conn: ConnId, session: Session | None, job: IngestJob, outcome: IngestOutcome,
+                  now: float) -> None:
         """What follows a stored ingest job: indexes, interest, eager push."""
+        added = outcome.added
+        self._actions.append(IngestFinished(
+            conn, job.known + len(job.raws), known=job.known, offered=outcome.offered,
+            duplicates=outcome.duplicates, added=len(added), rejected=outcome.skipped_future,
+            error=outcome.error,
+        ))
+        if added and outcome.error is None:
+            self._actions.append(RecordsStored(conn, tuple(r.id for r in added)))
         if outcome.error is not None:
             # A forged or broken record is a protocol violation: honest
             # nodes only forward what they verified.
@@ -1025,8 +1059,7 @@ class NodeCore:
         if outcome.evicted:
             self._bite("quota_evicted", outcome.evicted)
         if session is not None:
-            session.received_records += received
-        added = outcome.added
+            session.received_records += len(job.raws)
         self.stats.records_in += len(added)
         if added:
             # Move past the rows just stored without losing any that a CLI
@@ -1159,6 +1192,8 @@ class NodeCore:
     def _maintain(self, now: float) -> None:
         """Keep the active view filled: bootstrap peers and followed agents
         always, others until the target is reached."""
+        if self.stopping:
+            return
         active = self._active_count()
         candidates = [e for e in self.addresses.values() if self._dialable(e) and e.next_attempt <= now]
         candidates.sort(key=lambda e: (not e.bootstrap, not self._followed(e), not e.verified, e.failures, e.address))
@@ -1222,12 +1257,14 @@ class NodeCore:
             self._flush(session)
 
     def _close(
-        self, session: Session, reason: str, now: float, *, send_bye: bool = True, quiet: bool = False
+        self, session: Session, reason: CloseReason, now: float, *, detail: str = "",
+        send_bye: bool = True, quiet: bool = False,
     ) -> None:
         if session.closed:
             return
+        text = describe(reason, detail)
         if send_bye and session.channel.is_established:
-            self._send(session, wire.Bye(reason[:200]))
+            self._send(session, wire.Bye(text[:200]))
             self._flush(session)
         session.closed = True
         self._unpend(session)
@@ -1235,5 +1272,6 @@ class NodeCore:
         session.push_queued.clear()
         if not quiet:
             log.info("closing connection %s (%s): %s", session.conn,
-                     short_id(session.remote) if session.remote else "?", reason)
-        self._actions.append(Close(session.conn, reason))
+                     short_id(session.remote) if session.remote else "?", text)
+        self._actions.append(Close(session.conn, reason, detail))
+        self._actions.append(PeerClosed(session.conn, session.remote, reason, detail, was_ready=session.ready))

@@ -309,8 +309,10 @@ _XX: tuple[tuple[str, ...], ...] = (("e",), ("e", "ee", "s", "es"), ("s", "se"))
 class HandshakeState:
     """One side of a Noise XX handshake (spec section 5.3).
 
-    ``s`` defaults to a fresh key; ``e`` may be injected (test vectors,
-    simulations) and is otherwise generated when the ``e`` token is written.
+    ``s`` defaults to a fresh key; ``e`` may be injected (test vectors) and
+    is otherwise generated when the ``e`` token is written. Fresh keys come
+    from ``key_source`` (default: ``X25519PrivateKey.generate``, the OS's
+    randomness); a simulation passes a seeded one to replay byte for byte.
 
     A payload may be given as a function of ``h``: it is called after the
     message's tokens are processed and just before the payload is encrypted,
@@ -326,13 +328,15 @@ class HandshakeState:
         prologue: bytes = b"",
         s: X25519PrivateKey | None = None,
         e: X25519PrivateKey | None = None,
+        key_source: Callable[[], X25519PrivateKey] | None = None,
     ) -> None:
         hash_function = _parse_protocol_name(protocol_name)
         self.initiator = initiator
         self.protocol_name = protocol_name
         self._symmetric = SymmetricState(protocol_name.encode("ascii"), hash_function)
         self._symmetric.mix_hash(prologue)
-        self._s = s if s is not None else X25519PrivateKey.generate()
+        self._key_source = key_source if key_source is not None else X25519PrivateKey.generate
+        self._s = s if s is not None else self._key_source()
         self._e = e
         self._rs: bytes | None = None
         self._re: bytes | None = None
@@ -398,7 +402,7 @@ class HandshakeState:
         for token in _XX[self._index]:
             if token == "e":
                 if self._e is None:
-                    self._e = X25519PrivateKey.generate()
+                    self._e = self._key_source()
                 e_pub = _public_bytes(self._e)
                 out += e_pub
                 self._symmetric.mix_hash(e_pub)
@@ -503,6 +507,7 @@ class SecureChannel:
         *,
         static_key: X25519PrivateKey | None = None,
         ephemeral_key: X25519PrivateKey | None = None,
+        key_source: Callable[[], X25519PrivateKey] | None = None,
         max_message: int = MAX_MESSAGE,
         max_frame: int = MAX_FRAME,
     ) -> None:
@@ -521,7 +526,8 @@ class SecureChannel:
         self._identity_public = _public_bytes(identity)
         self._expected_peer = bytes(expected_peer) if expected_peer is not None else None
         self._handshake = HandshakeState(
-            PROTOCOL_NAME, initiator, prologue=prologue, s=static_key, e=ephemeral_key
+            PROTOCOL_NAME, initiator, prologue=prologue, s=static_key, e=ephemeral_key,
+            key_source=key_source,
         )
         self._state = _State.START if initiator else _State.AWAIT_MSG1
         self._send: CipherState | None = None

@@ -6,8 +6,10 @@ cannot open a database, read a clock or seed its own randomness."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, MutableSequence, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableSequence, Sequence
 from typing import Any, Protocol, TypeVar
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from p2pmem.errors import RecordError
 from p2pmem.model.record import Record
@@ -31,6 +33,12 @@ class Rng(Protocol):
     def shuffle(self, x: MutableSequence[Any], /) -> None: ...
 
 
+#: Where the X25519 keys of Noise handshakes come from (static and ephemeral,
+#: one call per key). Default: ``X25519PrivateKey.generate`` (the OS). The
+#: simulator derives them from its seed with ``X25519PrivateKey.from_private_bytes``.
+KeySource = Callable[[], X25519PrivateKey]
+
+
 class IngestReport(Protocol):
     """What storing a batch did (:class:`p2pmem.storage.store.IngestResult`)."""
 
@@ -39,6 +47,9 @@ class IngestReport(Protocol):
 
     @property
     def evicted(self) -> int: ...
+
+    @property
+    def duplicates(self) -> int: ...
 
 
 class Found(Protocol):

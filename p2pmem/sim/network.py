@@ -9,10 +9,16 @@ Determinism. One seed splits into one ``random.Random`` per component
 (``f"{seed}/node/{i}/{incarnation}"``, ``f"{seed}/conn/{id}"``,
 ``f"{seed}/link/{a}/{b}"``, ...), so adding a node or a fault does not shift
 the randomness of the others, and the same seed gives the same run: the same
-events in the same order at the same virtual times. Nothing reads the wall
-clock, ``os.urandom`` decides nothing (the Noise keys do come from the OS, as
-they must; they change the bytes on the wire, never their sizes or order), and
-nothing iterates a set whose order depends on ``PYTHONHASHSEED``.
+events in the same order at the same virtual times, and the same bytes on
+the wire: nothing reads the wall clock, ``os.urandom`` decides nothing (the
+X25519 keys of the Noise handshakes come from each core's seeded key source,
+``f"{seed}/keys/{i}/{incarnation}"``), and nothing iterates a set whose order
+depends on ``PYTHONHASHSEED``.
+
+The network is a shell like the trio node: it carries out the core's actions
+and learns what happened from its events (p2pmem.protocol.events) — who is
+ready, why a connection closed, what was stored from whom — never from the
+core's internals.
 
 The network model (docs/simulations.md):
 
@@ -48,12 +54,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from p2pmem import limits
 from p2pmem.errors import P2pmemError, RecordError
 from p2pmem.model.identity import Identity
 from p2pmem.model.record import Record, decode_record, sign_record
 from p2pmem.model.views import ViewSnapshot, build_views
-from p2pmem.protocol.core import Close, Dial, NodeCore, Send, Timing
+from p2pmem.protocol.core import NodeCore, Timing
+from p2pmem.protocol.events import (
+    Close,
+    CloseReason,
+    Dial,
+    IngestFinished,
+    PeerClosed,
+    PeerReady,
+    QueryFinished,
+    RecordsStored,
+    Send,
+)
 from p2pmem.protocol.query import VerifiedHit
 from p2pmem.sim.topology import Topology, make_topology
 from p2pmem.storage.store import IngestResult, Store
@@ -214,6 +233,8 @@ class SimNode:
     timer_gen: int = 0
     timer_at: int | None = None
     spins: int = 0
+    ready: dict[int, bytes] = field(default_factory=dict)  # conn -> agent, from PeerReady/PeerClosed
+    finished: dict[bytes, tuple[VerifiedHit, ...]] = field(default_factory=dict)  # QueryFinished hits
 
     @property
     def key(self) -> bytes:
@@ -289,7 +310,8 @@ class SimNetwork:
         self.nodes: list[SimNode] = []
         self.events = 0
         self.now_us = 0
-        self.close_reasons: dict[str, int] = {}
+        self.close_reasons: dict[str, int] = {}  # by CloseReason value, and "lost message (reset)"
+        self.closes: dict[CloseReason, int] = {}
         self.arrivals: dict[bytes, dict[int, Arrival]] = {}
         self.on_progress: Callable[[SimNetwork], None] | None = None
         self.last_change = 0.0  # virtual time a store last changed
@@ -302,8 +324,6 @@ class SimNetwork:
         self._groups: dict[int, int] | None = None
         self._digests: dict[tuple[int, int], int] = {}
         self._link_us: dict[tuple[int, int], float] = {}
-        self._via: SimNode | None = None
-        self._ingesting: SimNode | None = None
         direction = self.rng("direction")
         dialled: list[list[int]] = [[] for _ in range(n)]
         for i, j in topology.edges:
@@ -330,8 +350,14 @@ class SimNetwork:
 
     @property
     def wall(self) -> float:
-        """The virtual wall clock the cores see (seconds since the epoch)."""
+        """The virtual clock the cores see as their monotonic ``now``
+        (seconds since the epoch, so it reads as the wall clock too)."""
         return EPOCH_S + self.now_us / 1e6
+
+    @property
+    def wall_ms(self) -> int:
+        """The virtual wall clock in milliseconds: the cores' ``wall_ms``."""
+        return int(self.wall * 1000)
 
     def fail(self, message: str) -> SimulationError:
         return SimulationError(f"{message} (at virtual t={self.now:.3f}s, seed {self.seed!r})")
@@ -358,10 +384,14 @@ class SimNetwork:
         node.alive = True
         node.spins = 0
         rng = self.rng(f"node/{node.index}/{node.incarnation}")
+        keys = self.rng(f"keys/{node.index}/{node.incarnation}")
+        node.ready.clear()
+        node.finished.clear()
         node.core = NodeCore(
             node.identity, node.store, rng, router_rng=random.Random(rng.getrandbits(64)), now=self.wall,
             listen_addresses=[node.address], bootstrap=node.bootstrap,
             replicate_all=node.replicate_all, timing=self.timing,
+            key_source=lambda: X25519PrivateKey.from_private_bytes(keys.randbytes(32)),
         )
         self._digests[node.digest] = self._digests.get(node.digest, 0) + 1
         self._apply(node)
@@ -390,7 +420,8 @@ class SimNetwork:
         assert node.core is not None
         ts = node.core.clock.now(self.now_us // 1000 + BASE_MS)
         record = sign_record(node.identity, kind, ts, body, **fields)
-        node.store.ingest([record])
+        added = node.store.ingest([record]).added
+        self._arrived(node, [r.id for r in added], None)
         node.core.local_records([record], self.wall)
         self._apply(node)
         return record
@@ -428,6 +459,7 @@ class SimNetwork:
         node = self._live(index)
         assert node.core is not None
         added = node.store.ingest(list(records)).added
+        self._arrived(node, [r.id for r in added], None)
         node.core.local_records(added, self.wall)
         self._apply(node)
         return len(added)
@@ -448,6 +480,7 @@ class SimNetwork:
         assert node.core is not None
         hits = node.core.query_results(qid)
         if finish:
+            node.finished.pop(qid, None)
             node.core.finish_query(qid)
         return hits
 
@@ -642,18 +675,14 @@ class SimNetwork:
 
     @staticmethod
     def _ready(a: SimNode, b: SimNode) -> bool:
-        assert a.core is not None
-        cid = a.core.by_agent.get(b.key)
-        session = a.core.sessions.get(cid) if cid is not None else None
-        return session is not None and session.ready
+        return b.key in a.ready.values()
 
     def peers(self, index: int) -> list[int]:
         """Indexes of the nodes ``index`` has a ready session with."""
         node = self._live(index)
-        assert node.core is not None
         out = []
-        for session in node.core.ready_peers():
-            other = self._by_key.get(session.remote) if session.remote else None
+        for agent in node.ready.values():
+            other = self._by_key.get(agent)
             if other is not None:
                 out.append(other.index)
         return sorted(out)
@@ -692,7 +721,7 @@ class SimNetwork:
 
     def protocol_errors(self) -> int:
         """Connections closed for a protocol violation: zero in a correct run."""
-        return sum(count for reason, count in self.close_reasons.items() if reason.startswith("protocol error"))
+        return sum(count for reason, count in self.closes.items() if reason.is_protocol_error)
 
     # -- the event loop's internals ------------------------------------------------------------------
     def _push(self, t_us: int, kind: int, payload: tuple[Any, ...]) -> None:
@@ -707,7 +736,7 @@ class SimNetwork:
             if node.core is None or gen != node.timer_gen:
                 return
             node.timer_at = None
-            node.core.handle_timer(self.wall)
+            node.core.handle_timer(self.wall, wall_ms=self.wall_ms)
             self._apply(node, after_timer=True)
         elif kind == _CONNECT:
             self._on_connect(*payload)
@@ -746,10 +775,24 @@ class SimNetwork:
                     continue
                 self._flush(node, pending, chunks)
                 pending, chunks = None, []
-                if type(action) is Close:
+                kind = type(action)
+                if kind is Close:
                     self._on_close(node, action.conn, action.reason)
-                elif type(action) is Dial:
+                elif kind is Dial:
                     self._dial(node, action.address, action.expected)
+                elif kind is IngestFinished:
+                    # records that came from a peer, new or not (known ones
+                    # were skipped by the core before any check)
+                    node.records_received += action.known + action.offered
+                    node.duplicates += action.known + action.duplicates
+                elif kind is RecordsStored:
+                    self._arrived(node, action.ids, self._other_end(node, action.conn))
+                elif kind is PeerReady:
+                    node.ready[action.conn] = action.agent
+                elif kind is PeerClosed:
+                    node.ready.pop(action.conn, None)
+                elif kind is QueryFinished:
+                    node.finished[action.qid] = action.hits
             self._flush(node, pending, chunks)
         if node.core is not core:  # the node crashed meanwhile
             return
@@ -787,9 +830,13 @@ class SimNetwork:
         node.bytes_sent += len(data)
         self._send_item(conn, side, data)
 
-    def _on_close(self, node: SimNode, cid: int, reason: str) -> None:
-        key = reason.split(":", 1)[0]
-        self.close_reasons[key] = self.close_reasons.get(key, 0) + 1
+    def _other_end(self, node: SimNode, cid: int) -> SimNode | None:
+        conn = self._conns.get(cid)
+        return conn.nodes[1 - conn.side_of(node)] if conn is not None else None
+
+    def _on_close(self, node: SimNode, cid: int, reason: CloseReason) -> None:
+        self.closes[reason] = self.closes.get(reason, 0) + 1
+        self.close_reasons[reason.value] = self.close_reasons.get(reason.value, 0) + 1
         conn = self._conns.get(cid)
         if conn is None:
             return
@@ -903,7 +950,6 @@ class SimNetwork:
             return
         buffer = conn.reorder[dest]
         buffer[seq] = item
-        other = conn.nodes[1 - dest]
         while conn.open[dest] and conn.next_seq[dest] in buffer:
             piece = buffer.pop(conn.next_seq[dest])
             conn.next_seq[dest] += 1
@@ -913,16 +959,7 @@ class SimNetwork:
                 break
             assert isinstance(piece, bytes)
             node.bytes_received += len(piece)
-            self._via = other
-            skipped = core.stats.duplicates_skipped
-            try:
-                core.data_received(conn.cid, piece, self.wall)
-            finally:
-                self._via = None
-            # records the core recognised as already stored, before any ingest
-            skipped = core.stats.duplicates_skipped - skipped
-            node.records_received += skipped
-            node.duplicates += skipped
+            core.data_received(conn.cid, piece, self.wall, wall_ms=self.wall_ms)
         self._apply(node)
         self._forget_conn(conn)
 
@@ -935,10 +972,8 @@ class SimNetwork:
             self._digests.pop(digest, None)
 
     def _on_ingest(self, node: SimNode, records: list[Record], result: IngestResult) -> None:
-        via = self._via
-        if via is not None:
-            node.records_received += len(records)
-            node.duplicates += result.duplicates
+        """Every store's writes (the core's ingests and local writes alike):
+        the digest that tells convergence."""
         if not result.added:
             return
         self.last_change = self.now
@@ -957,15 +992,19 @@ class SimNetwork:
         if node.alive:
             self._digest_remove(old)
             self._digests[node.digest] = self._digests.get(node.digest, 0) + 1
-        if self.track_arrivals:
-            now = self.now
-            for record in result.added:
-                seen = self.arrivals.setdefault(record.id, {})
-                if node.index in seen:
-                    continue
-                if via is None:
-                    hops: int | None = 0
-                else:
-                    before = seen.get(via.index)
-                    hops = before.hops + 1 if before is not None and before.hops is not None else None
-                seen[node.index] = Arrival(now, hops)
+    def _arrived(self, node: SimNode, ids: Iterable[bytes], via: SimNode | None) -> None:
+        """``node`` stored ``ids``: written there (``via`` None, hop 0) or
+        received from ``via`` (a RecordsStored event)."""
+        if not self.track_arrivals:
+            return
+        now = self.now
+        for record_id in ids:
+            seen = self.arrivals.setdefault(record_id, {})
+            if node.index in seen:
+                continue
+            if via is None:
+                hops: int | None = 0
+            else:
+                before = seen.get(via.index)
+                hops = before.hops + 1 if before is not None and before.hops is not None else None
+            seen[node.index] = Arrival(now, hops)
