@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import p2pmem.model.record  # noqa: F401
 from p2pmem.model.kinds import AUTHOR_SCOPED, EVERYWHERE, REGISTRY, SCOPE_AUTHOR, SCOPE_EVERYWHERE
 
-__all__ = ["AUTHOR_SCOPED", "EVERYWHERE", "Interest", "ReplicationInterest", "shared", "travels"]
+__all__ = ["AUTHOR_SCOPED", "EVERYWHERE", "ReplicationInterest", "shared", "travels"]
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,6 @@ class ReplicationInterest:
         return self.replicate_all or author in self.authors
 
 
-# The old name, still used by p2pmem/protocol/core.py (being rewritten on
-# another branch): drop once core says ReplicationInterest.
-Interest = ReplicationInterest
 
 
 def shared(a: ReplicationInterest, b: ReplicationInterest) -> ReplicationInterest:

@@ -79,7 +79,7 @@ def wall_ms() -> int:
 
 
 @dataclass
-class _Conn:
+class _StreamConn:
     stream: trio.SocketStream
     outbox: trio.MemorySendChannel[bytes | None]
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -110,7 +110,7 @@ class Node:
         self.announce = announce
         self.core: NodeCore | None = None
         self.address: str | None = None
-        self._conns: dict[ConnId, _Conn] = {}
+        self._conns: dict[ConnId, _StreamConn] = {}
         self._next_conn = 0
         self._nursery: trio.Nursery | None = None
         self._wakeup = trio.Event()
@@ -256,7 +256,7 @@ class Node:
             conn.resume.set()  # readers waiting on backpressure look again
 
     @staticmethod
-    async def _cancel_later(conn: _Conn) -> None:
+    async def _cancel_later(conn: _StreamConn) -> None:
         await trio.sleep(CLOSE_GRACE_S)
         conn.scope.cancel()
 
@@ -324,7 +324,7 @@ class Node:
         # Unbounded in count, bounded in bytes: the core stops producing for
         # (and reading from) a peer with limits.MAX_SEND_QUEUE bytes queued.
         send, receive = trio.open_memory_channel[bytes | None](math.inf)
-        conn = _Conn(stream, send)
+        conn = _StreamConn(stream, send)
         self._conns[conn_id] = conn
         host = None
         if not initiator:
@@ -368,7 +368,7 @@ class Node:
                 await stream.aclose()
 
     async def _writer(
-        self, conn_id: ConnId, conn: _Conn, receive: trio.MemoryReceiveChannel[bytes | None],
+        self, conn_id: ConnId, conn: _StreamConn, receive: trio.MemoryReceiveChannel[bytes | None],
         scope: trio.CancelScope,
     ) -> None:
         assert self.core is not None

@@ -27,7 +27,7 @@ from p2pmem.errors import P2pmemError
 from p2pmem.model.clock import HybridClock
 from p2pmem.model.identity import Identity, short_id
 from p2pmem.model.record import Record, admission_error
-from p2pmem.model.scope import AUTHOR_SCOPED, EVERYWHERE, Interest, shared
+from p2pmem.model.scope import AUTHOR_SCOPED, EVERYWHERE, ReplicationInterest, shared
 from p2pmem.protocol import wire
 from p2pmem.protocol.budget import Bucket
 from p2pmem.protocol.events import (
@@ -186,10 +186,10 @@ class Session:
     backlog: deque[Any] = field(default_factory=deque)  # received events not handled yet
 
     @property
-    def interest(self) -> Interest | None:
+    def interest(self) -> ReplicationInterest | None:
         if self.hello is None:
             return None
-        return Interest(self.hello.replicate_all, frozenset(self.hello.authors))
+        return ReplicationInterest(self.hello.replicate_all, frozenset(self.hello.authors))
 
 
 @dataclass
@@ -274,14 +274,13 @@ class NodeCore:
         self.started = now
         self._actions: list[Output] = []
         self._seen_rowid = store.max_rowid()
-        self._indexes: dict[Interest, ItemIndex] = {}
+        self._indexes: dict[ReplicationInterest, ItemIndex] = {}
         # Keys ((ts, id) as 40 bytes) of every record that can travel, kept
         # in memory so a peer's new interest builds its index from them
         # without scanning the store (issue #11, CPU amplification).
         self._everywhere_keys: list[bytes] | None = None
         self._public_keys: dict[bytes, list[bytes]] = {}
         self._interest = self._compute_interest()
-        self._pending_answers: dict[bytes, list[VerifiedHit]] = {}
         for address in bootstrap:
             self.addresses[address] = _Address(address, bootstrap=True, verified=True)
         self._maintain(now)
@@ -825,9 +824,9 @@ class NodeCore:
         self._send_pex(session, now)
 
     # -- replication ------------------------------------------------------------
-    def _compute_interest(self) -> Interest:
+    def _compute_interest(self) -> ReplicationInterest:
         follows = {followee for follower, followee in self.store.follows() if follower == self.key}
-        return Interest(self.replicate_all, frozenset({self.key} | follows))
+        return ReplicationInterest(self.replicate_all, frozenset({self.key} | follows))
 
     def _interest_changed(self, now: float) -> None:
         new = self._compute_interest()
@@ -861,7 +860,7 @@ class NodeCore:
             self._everywhere_keys, self._public_keys = everywhere, public
         return self._everywhere_keys, self._public_keys
 
-    def _index_for(self, scope: Interest) -> ItemIndex:
+    def _index_for(self, scope: ReplicationInterest) -> ItemIndex:
         index = self._indexes.get(scope)
         if index is None:
             everywhere, public = self._catalogue()
@@ -889,7 +888,7 @@ class NodeCore:
             if scope.wants(record.kind, record.author, record.visibility) and (record.ts, record.id) not in index:
                 index.add(record.ts, record.id)
 
-    def _scope_with(self, session: Session) -> Interest:
+    def _scope_with(self, session: Session) -> ReplicationInterest:
         remote = session.interest
         assert remote is not None
         return shared(self._interest, remote)
@@ -909,7 +908,7 @@ class NodeCore:
     def _on_recon(self, session: Session, message: wire.Recon, now: float) -> None:
         self.stats.recon_messages += 1
         self.stats.recon_bytes += len(message.payload)
-        reconciler = session.recon.get(message.session)
+        reconciler = session.recon.get(message.recon_id)
         if reconciler is None:
             if session.initiator:
                 return  # a late reply to a session we already ended
@@ -922,15 +921,15 @@ class NodeCore:
                 raise wire.WireError("reconciliations started too often")
             reconciler = Reconciler(self._index_for(self._scope_with(session)),
                                     max_reply=limits.RECON_REPLY_BYTES)
-            session.recon[message.session] = reconciler
-            session.pushed[message.session] = set()
+            session.recon[message.recon_id] = reconciler
+            session.pushed[message.recon_id] = set()
         reply = reconciler.receive(message.payload)
-        self._push_have(session, message.session, now)
+        self._push_have(session, message.recon_id, now)
         if reply is not None:
-            self._send(session, wire.Recon(message.session, reply))
+            self._send(session, wire.Recon(message.recon_id, reply))
         if reconciler.done:
-            session.recon.pop(message.session, None)
-            session.pushed.pop(message.session, None)
+            session.recon.pop(message.recon_id, None)
+            session.pushed.pop(message.recon_id, None)
 
     def _push_have(self, session: Session, recon_id: int, now: float) -> None:
         """Send the records reconciliation found the peer lacks: each side

@@ -27,7 +27,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from p2pmem.model.scope import Interest
+from p2pmem.model.scope import ReplicationInterest
 
 ConnId = int
 
@@ -111,7 +111,7 @@ class IngestJob:
     conn: ConnId
     raws: tuple[bytes, ...]
     ids: frozenset[bytes]
-    interest: Interest
+    interest: ReplicationInterest
     wall_ms: int
     known: int = 0  # records of the same message skipped as already held
 

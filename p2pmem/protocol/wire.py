@@ -47,12 +47,6 @@ class Recon:
     recon_id: int  # which reconciliation of this connection (not an agent's work session)
     payload: bytes
 
-    @property
-    def session(self) -> int:
-        """The old name of ``recon_id``, still read by p2pmem/protocol/core.py
-        (being rewritten on another branch); drop once core says recon_id."""
-        return self.recon_id
-
 
 @dataclass(frozen=True)
 class Records:

@@ -189,7 +189,7 @@ _FIN = "fin"  # stream items besides bytes: orderly close,
 _RST = "rst"  # and reset (delivered at once, discarding what is queued)
 
 
-class _Conn:
+class _SimLink:
     """One simulated TCP connection; side 0 dialled side 1."""
 
     __slots__ = ("cid", "nodes", "cores", "open", "send_seq", "next_seq", "reorder", "held", "rng",
@@ -224,7 +224,7 @@ class SimNode:
     core: NodeCore | None = None
     alive: bool = False
     incarnation: int = 0
-    conns: dict[int, _Conn] = field(default_factory=dict)
+    conns: dict[int, _SimLink] = field(default_factory=dict)
     bytes_sent: int = 0
     bytes_received: int = 0
     records_received: int = 0  # records that arrived from peers, new or not
@@ -318,7 +318,7 @@ class SimNetwork:
         self._heap: list[tuple[int, int, int, tuple[Any, ...]]] = []
         self._seq = 0
         self._next_cid = 0
-        self._conns: dict[int, _Conn] = {}
+        self._conns: dict[int, _SimLink] = {}
         self._by_address: dict[str, SimNode] = {}
         self._by_key: dict[bytes, SimNode] = {}
         self._groups: dict[int, int] | None = None
@@ -847,7 +847,7 @@ class SimNetwork:
         self._send_item(conn, side, _FIN)
         self._push(self.now_us, _LOST, (conn, side))
 
-    def _forget_conn(self, conn: _Conn) -> None:
+    def _forget_conn(self, conn: _SimLink) -> None:
         if conn.open[0] or conn.open[1]:
             return
         self._conns.pop(conn.cid, None)
@@ -899,7 +899,7 @@ class SimNetwork:
             self._apply(node)
             return
         base = self._link_latency(node.index, target.index)
-        conn = _Conn(cid, node, target, self.rng(f"conn/{cid}"), base)
+        conn = _SimLink(cid, node, target, self.rng(f"conn/{cid}"), base)
         self._conns[cid] = conn
         node.conns[cid] = conn
         target.conns[cid] = conn
@@ -909,7 +909,7 @@ class SimNetwork:
         node.core.connection_made(cid, initiator=True, now=self.wall, address=address, expected=expected)
         self._apply(node)
 
-    def _send_item(self, conn: _Conn, from_side: int, item: object) -> None:
+    def _send_item(self, conn: _SimLink, from_side: int, item: object) -> None:
         """Put bytes, a FIN or a RST on the wire towards the other side."""
         dest = 1 - from_side
         if not conn.open[dest]:
@@ -929,10 +929,10 @@ class SimNetwork:
         conn.send_seq[dest] += 1
         self._schedule_item(conn, dest, seq, item)
 
-    def _schedule_item(self, conn: _Conn, dest: int, seq: int, item: object) -> None:
+    def _schedule_item(self, conn: _SimLink, dest: int, seq: int, item: object) -> None:
         self._push(self.now_us + self._delay(conn.rng, conn.base_us), _DELIVER, (conn, dest, seq, item))
 
-    def _on_deliver(self, conn: _Conn, dest: int, seq: int, item: object) -> None:
+    def _on_deliver(self, conn: _SimLink, dest: int, seq: int, item: object) -> None:
         if not conn.open[dest]:
             return
         node = conn.nodes[dest]
