@@ -75,7 +75,7 @@ from p2pmem.protocol.events import (
 )
 from p2pmem.protocol.query import VerifiedHit
 from p2pmem.sim.topology import Topology, make_topology
-from p2pmem.storage.store import IngestResult, Store
+from p2pmem.storage.store import Store, decode_or_error
 
 #: Virtual time zero, in seconds since the Unix epoch (2023-11-14). Record
 #: timestamps are hybrid logical clocks on this virtual wall clock.
@@ -148,39 +148,23 @@ def sim_timing(**overrides: Any) -> Timing:
     return Timing(**values)
 
 
-class _SimStore(Store):
-    """A node's store that tells the network what each ingest did.
+def shared_decoder(cache: dict[bytes, Record | RecordError]) -> Callable[[Sequence[bytes]], list[Record | RecordError]]:
+    """Decode-and-verify for the stores of one network, each distinct
+    record's bytes once per simulation rather than once per node:
+    :func:`decode_record` is a pure function of the bytes, so this changes
+    the CPU time of a run, never its outcome (and the virtual clock does not
+    charge CPU time anyway)."""
 
-    With a ``decoded`` cache shared by the nodes of one network, each
-    distinct record's bytes are decoded and verified once per simulation
-    rather than once per node: :func:`decode_record` is a pure function of
-    the bytes, so this changes the CPU time of a run, never its outcome (and
-    the virtual clock does not charge CPU time anyway).
-    """
-
-    def __init__(self, path: Path, decoded: dict[bytes, Record | RecordError] | None = None) -> None:
-        super().__init__(path, verify_workers=1)
-        self.hook: Callable[[list[Record], IngestResult], None] | None = None
-        self._decoded = decoded
-
-    def decode_many(self, raws: Sequence[bytes]) -> list[Record | RecordError]:
-        cache = self._decoded
-        if cache is None:
-            return super().decode_many(raws)
+    def decode(raws: Sequence[bytes]) -> list[Record | RecordError]:
         out: list[Record | RecordError] = []
         for raw in raws:
             item = cache.get(raw)
             if item is None:
-                item = cache[raw] = super().decode_many([raw])[0]
+                item = cache[raw] = decode_or_error(raw)
             out.append(item)
         return out
 
-    def ingest(self, records: Iterable[Record]) -> IngestResult:
-        records = list(records)
-        result = super().ingest(records)
-        if self.hook is not None:
-            self.hook(records, result)
-        return result
+    return decode
 
 
 # Event kinds of the loop.
@@ -371,9 +355,9 @@ class SimNetwork:
         index = len(self.nodes)
         rng = self.rng(f"identity/{index}")
         identity = Identity.from_seeds(rng.randbytes(32), rng.randbytes(32))
-        store = _SimStore(Path(":memory:"), self._decoded if self.share_verification else None)
+        decoder = shared_decoder(self._decoded) if self.share_verification else None
+        store = Store(Path(":memory:"), verify_workers=1, decoder=decoder)
         node = SimNode(index, self._address(index), identity, store, bootstrap, replicate_all)
-        store.hook = functools.partial(self._on_ingest, node)
         self.nodes.append(node)
         self._by_address[node.address] = node
         self._by_key[node.key] = node
@@ -420,8 +404,9 @@ class SimNetwork:
         assert node.core is not None
         ts = node.core.clock.now(self.now_us // 1000 + BASE_MS)
         record = sign_record(node.identity, kind, ts, body, **fields)
-        added = node.store.ingest([record]).added
-        self._arrived(node, [r.id for r in added], None)
+        added = [r.id for r in node.store.ingest([record]).added]
+        self._stored(node, added)
+        self._arrived(node, added, None)
         node.core.local_records([record], self.wall)
         self._apply(node)
         return record
@@ -459,6 +444,7 @@ class SimNetwork:
         node = self._live(index)
         assert node.core is not None
         added = node.store.ingest(list(records)).added
+        self._stored(node, [r.id for r in added])
         self._arrived(node, [r.id for r in added], None)
         node.core.local_records(added, self.wall)
         self._apply(node)
@@ -786,6 +772,7 @@ class SimNetwork:
                     node.records_received += action.known + action.offered
                     node.duplicates += action.known + action.duplicates
                 elif kind is RecordsStored:
+                    self._stored(node, action.ids)
                     self._arrived(node, action.ids, self._other_end(node, action.conn))
                 elif kind is PeerReady:
                     node.ready[action.conn] = action.agent
@@ -971,14 +958,15 @@ class SimNetwork:
         else:
             self._digests.pop(digest, None)
 
-    def _on_ingest(self, node: SimNode, records: list[Record], result: IngestResult) -> None:
-        """Every store's writes (the core's ingests and local writes alike):
-        the digest that tells convergence."""
-        if not result.added:
+    def _stored(self, node: SimNode, ids: Sequence[bytes]) -> None:
+        """Records newly stored on ``node`` (a RecordsStored event, or a
+        local write): the digest that tells convergence."""
+        if not ids:
             return
         self.last_change = self.now
         old = node.digest
-        if any(r.kind == "retract" for r in result.added):  # purges: recount from the store
+        kinds = {kind for _raw, kind, *_ in node.store.scoped_raw(ids)}
+        if "retract" in kinds or len(kinds) < 1:  # purges: recount from the store
             count, xor = 0, 0
             for _, record_id in node.store.items():
                 count += 1
@@ -986,9 +974,9 @@ class SimNetwork:
             node.digest = (count, xor)
         else:
             count, xor = old
-            for record in result.added:
-                xor ^= int.from_bytes(record.id[:8], "big")
-            node.digest = (count + len(result.added), xor)
+            for record_id in ids:
+                xor ^= int.from_bytes(record_id[:8], "big")
+            node.digest = (count + len(ids), xor)
         if node.alive:
             self._digest_remove(old)
             self._digests[node.digest] = self._digests.get(node.digest, 0) + 1

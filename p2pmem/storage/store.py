@@ -18,7 +18,7 @@ import multiprocessing
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,8 +121,12 @@ class Store:
     def __init__(
         self, path: Path, *, verify_workers: int = 2, index_root: Path | None = None,
         check_same_thread: bool = True,
+        decoder: Callable[[Sequence[bytes]], list[Record | RecordError]] | None = None,
     ) -> None:
+        """``decoder`` replaces :meth:`decode_many`'s decode-and-verify (a
+        simulation shares one cache of verified bytes among its nodes)."""
         self.path = Path(path)
+        self._decoder = decoder
         try:
             self._db = sqlite3.connect(
                 self.path, timeout=30.0, isolation_level=None, check_same_thread=check_same_thread
@@ -210,6 +214,8 @@ class Store:
     # -- ingest ----------------------------------------------------------
     def decode_many(self, raws: Sequence[bytes]) -> list[Record | RecordError]:
         """Decode and verify; large batches in worker processes."""
+        if self._decoder is not None:
+            return self._decoder(raws)
         out: list[Record | RecordError] = []
         for _chunk, part in self._verified_chunks(raws):
             out.extend(part)
@@ -226,7 +232,7 @@ class Store:
         verify the next ones. Workers only say which bytes passed: the
         records themselves are rebuilt here from the very same bytes."""
         if len(raws) < _PROCESS_BATCH or self._verify_workers <= 1:
-            yield raws, [_decode_or_error(raw) for raw in raws]
+            yield raws, [decode_or_error(raw) for raw in raws]
             return
         pool = _verifier_pool(self._verify_workers)
         chunks = [raws[i : i + _PIPELINE_CHUNK] for i in range(0, len(raws), _PIPELINE_CHUNK)]
@@ -1020,7 +1026,7 @@ def _doc_between(
     return make_doc(entry, prev, following)
 
 
-def _decode_or_error(raw: bytes) -> Record | RecordError:
+def decode_or_error(raw: bytes) -> Record | RecordError:
     try:
         return decode_record(raw)
     except RecordError as exc:
