@@ -64,7 +64,12 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-INDEX_INTERVAL_S = 1.0  # how stale the index the network's queries see may be
+# Ingest jobs stored at once: while one lane inserts, the other's records
+# verify in the worker processes (the store serialises the writes).
+INGEST_LANES = 2
+INDEX_INTERVAL_S = 1.0  # how stale the index the network's queries see may be, when calm
+INDEX_BURST = 2_000  # log entries behind that make a still-growing log a burst to wait out
+INDEX_MAX_STALE_S = 10.0  # the longest a burst delays indexing
 
 
 def mono() -> float:
@@ -154,7 +159,8 @@ class Node:
                 nursery.start_soon(self._serve_listeners, listeners)
                 nursery.start_soon(self._timer_loop)
                 nursery.start_soon(self._keep_indexes_current)
-                nursery.start_soon(self._ingest_loop)
+                for _ in range(INGEST_LANES):
+                    nursery.start_soon(self._ingest_loop)
                 self._apply()
                 task_status.started(self.address)
         finally:
@@ -183,9 +189,23 @@ class Node:
             finally:
                 busy = False
 
+        last_high, waited = -1, 0.0
         try:
             while True:
                 await trio.sleep(INDEX_INTERVAL_S)
+                # During a burst (a sync), wait for the log to settle: one
+                # bulk catch-up or rebuild afterwards costs a fraction of many
+                # small ones, and leaves the GIL and the cores to ingest. A
+                # burst that never settles still gets indexed every
+                # INDEX_MAX_STALE_S.
+                high = store.log_high()
+                behind = high - max(indexer.search.sync.applied, 0)
+                growing = high != last_high
+                last_high = high
+                if behind > INDEX_BURST and growing and waited < INDEX_MAX_STALE_S:
+                    waited += INDEX_INTERVAL_S
+                    continue
+                waited = 0.0
                 try:
                     await trio.to_thread.run_sync(work, abandon_on_cancel=True)
                 except P2pmemError as exc:  # a model that cannot load: say so once, keep lexical
@@ -267,7 +287,7 @@ class Node:
         connection read meanwhile)."""
         store = getattr(self._thread_stores, "store", None)
         if store is None:
-            store = Store(self.agent.store.path)
+            store = Store(self.agent.store.path, replica=True)
             self._thread_stores.store = store
         return run_ingest(store, job)
 

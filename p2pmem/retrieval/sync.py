@@ -118,6 +118,11 @@ class IndexSync:
         self.index = None
         self._generation = None
 
+    @property
+    def applied(self) -> int:
+        """The log position this process's view of the index reflects (-1: none yet)."""
+        return self._seq
+
     # -- the public surface ----------------------------------------------------
     def current(self) -> LexicalIndex:
         """The index, brought up to date with the store first."""

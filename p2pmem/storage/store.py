@@ -89,7 +89,7 @@ CREATE INDEX IF NOT EXISTS records_session ON records(author, session, ts) WHERE
 
 _COLUMNS = "r.id, r.raw, r.state"
 _PIPELINE_CHUNK = 64
-_PROCESS_BATCH = 256  # smaller batches verify in-line: a round trip to a worker costs more
+_PROCESS_BATCH = 64  # smaller batches verify in-line: a round trip to a worker costs more
 
 
 @dataclass
@@ -122,9 +122,15 @@ class Store:
         self, path: Path, *, verify_workers: int = 2, index_root: Path | None = None,
         check_same_thread: bool = True,
         decoder: Callable[[Sequence[bytes]], list[Record | RecordError]] | None = None,
+        replica: bool = False,
     ) -> None:
         """``decoder`` replaces :meth:`decode_many`'s decode-and-verify (a
-        simulation shares one cache of verified bytes among its nodes)."""
+        simulation shares one cache of verified bytes among its nodes).
+        ``replica`` is for a connection that only stores records received
+        from peers: ``synchronous=NORMAL`` keeps the database consistent
+        through any crash (WAL) but may lose the last commits to a power
+        cut, which the next reconciliation fetches again; nothing
+        acknowledged to a local writer goes through such a connection."""
         self.path = Path(path)
         self._decoder = decoder
         try:
@@ -134,7 +140,7 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from None
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA synchronous=NORMAL" if replica else "PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.execute("PRAGMA foreign_keys=OFF")
         self._db.execute("PRAGMA busy_timeout=30000")
