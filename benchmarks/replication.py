@@ -201,6 +201,7 @@ def replicate(root: Path, records: list) -> tuple[float, float, dict]:
     with Store(home_a / DB_FILE) as store:
         for i in range(0, len(records), 5000):
             store.ingest(records[i : i + 5000])
+        store.search.sync.current()  # A is a node that has been running: its search index exists
     want = len(records)
     deadline_s = max(300.0, want / 100)
     node_a = Serve(home_a)

@@ -607,11 +607,20 @@ class Store:
         decoding: the hot path of pushing thousands of records to a peer.
         ``target`` is a message's recipient (and a follow's or endorsement's
         target; None for other kinds)."""
-        query = "SELECT raw, kind, author, visibility, target FROM records WHERE id = ?"
-        for record_id in ids:
-            row = self._db.execute(query, (record_id,)).fetchone()
-            if row:
-                yield row
+        ids = list(ids)
+        for i in range(0, len(ids), 500):  # one query per 500 ids, in the order asked
+            part = ids[i : i + 500]
+            rows = {
+                row[0]: row[1:]
+                for row in self._db.execute(
+                    "SELECT id, raw, kind, author, visibility, target FROM records "
+                    f"WHERE id IN ({','.join('?' * len(part))})",
+                    part,
+                )
+            }
+            for record_id in part:
+                if record_id in rows:
+                    yield rows[record_id]
 
     def raw_records(self, *, kinds: Sequence[str] | None = None) -> Iterator[bytes]:
         """Raw bytes of stored records in (ts, id) order (export)."""
