@@ -75,7 +75,7 @@ from p2pmem.protocol.events import (
 )
 from p2pmem.protocol.query import VerifiedHit
 from p2pmem.sim.topology import Topology, make_topology
-from p2pmem.storage.store import Store, decode_or_error
+from p2pmem.storage.store import IngestResult, Store, decode_or_error
 
 #: Virtual time zero, in seconds since the Unix epoch (2023-11-14). Record
 #: timestamps are hybrid logical clocks on this virtual wall clock.
@@ -356,8 +356,11 @@ class SimNetwork:
         rng = self.rng(f"identity/{index}")
         identity = Identity.from_seeds(rng.randbytes(32), rng.randbytes(32))
         decoder = shared_decoder(self._decoded) if self.share_verification else None
-        store = Store(Path(":memory:"), verify_workers=1, decoder=decoder)
+        node_box: list[SimNode] = []
+        store = Store(Path(":memory:"), verify_workers=1, decoder=decoder,
+                      on_ingest=lambda result: self._stored(node_box[0], result))
         node = SimNode(index, self._address(index), identity, store, bootstrap, replicate_all)
+        node_box.append(node)
         self.nodes.append(node)
         self._by_address[node.address] = node
         self._by_key[node.key] = node
@@ -405,7 +408,6 @@ class SimNetwork:
         ts = node.core.clock.now(self.now_us // 1000 + BASE_MS)
         record = sign_record(node.identity, kind, ts, body, **fields)
         added = [r.id for r in node.store.ingest([record]).added]
-        self._stored(node, added)
         self._arrived(node, added, None)
         node.core.local_records([record], self.wall)
         self._apply(node)
@@ -444,7 +446,6 @@ class SimNetwork:
         node = self._live(index)
         assert node.core is not None
         added = node.store.ingest(list(records)).added
-        self._stored(node, [r.id for r in added])
         self._arrived(node, [r.id for r in added], None)
         node.core.local_records(added, self.wall)
         self._apply(node)
@@ -772,7 +773,6 @@ class SimNetwork:
                     node.records_received += action.known + action.offered
                     node.duplicates += action.known + action.duplicates
                 elif kind is RecordsStored:
-                    self._stored(node, action.ids)
                     self._arrived(node, action.ids, self._other_end(node, action.conn))
                 elif kind is PeerReady:
                     node.ready[action.conn] = action.agent
@@ -958,15 +958,16 @@ class SimNetwork:
         else:
             self._digests.pop(digest, None)
 
-    def _stored(self, node: SimNode, ids: Sequence[bytes]) -> None:
-        """Records newly stored on ``node`` (a RecordsStored event, or a
-        local write): the digest that tells convergence."""
+    def _stored(self, node: SimNode, result: IngestResult) -> None:
+        """Every store write on ``node`` (the core's ingests and local writes
+        alike, told by the store's ``on_ingest``): the digest that tells
+        convergence."""
+        ids = [r.id for r in result.added]
         if not ids:
             return
         self.last_change = self.now
         old = node.digest
-        kinds = {kind for _raw, kind, *_ in node.store.scoped_raw(ids)}
-        if "retract" in kinds or len(kinds) < 1:  # purges: recount from the store
+        if any(r.kind == "retract" for r in result.added) or result.evicted:  # recount from the store
             count, xor = 0, 0
             for _, record_id in node.store.items():
                 count += 1

@@ -35,7 +35,7 @@ from p2pmem.retrieval.lexical import Filters
 
 HEAD, SUPERSEDED = 0, 1
 DB_FILE = "store.db"
-SCHEMA_VERSION = 2  # 2: FTS5 replaced by the derived tantivy index and index_log
+SCHEMA_VERSION = 3  # 2: FTS5 replaced by the derived tantivy index and index_log
 # Ingest of random 32-byte ids dirties pages all over the id and lineage
 # indexes; checkpointing every 10,000 WAL pages (40 MiB) rather than
 # 1,000 writes each hot page back once per checkpoint instead of ten times.
@@ -58,7 +58,10 @@ CREATE TABLE IF NOT EXISTS records (
 );
 CREATE INDEX IF NOT EXISTS records_ts ON records(ts, id);
 CREATE INDEX IF NOT EXISTS records_kind ON records(kind, author, ts);
-CREATE INDEX IF NOT EXISTS records_lineage ON records(lineage) WHERE lineage IS NOT NULL;
+-- only records that are not their lineage's root: a root is found by its id,
+-- and indexing every memory's random root id would cost ingest a second
+-- random-key index (queries say `id = L OR (lineage = L AND lineage != id)`)
+CREATE INDEX IF NOT EXISTS records_lineage_later ON records(lineage) WHERE lineage != id;
 CREATE INDEX IF NOT EXISTS records_target ON records(target, kind) WHERE target IS NOT NULL;
 CREATE INDEX IF NOT EXISTS records_at ON records(at) WHERE kind = 'memory';
 CREATE TABLE IF NOT EXISTS topics (
@@ -127,6 +130,7 @@ class Store:
         check_same_thread: bool = True,
         decoder: Callable[[Sequence[bytes]], list[Record | RecordError]] | None = None,
         replica: bool = False,
+        on_ingest: Callable[[IngestResult], None] | None = None,
     ) -> None:
         """``decoder`` replaces :meth:`decode_many`'s decode-and-verify (a
         simulation shares one cache of verified bytes among its nodes).
@@ -137,6 +141,7 @@ class Store:
         acknowledged to a local writer goes through such a connection."""
         self.path = Path(path)
         self._decoder = decoder
+        self._on_ingest = on_ingest  # told of every ingest's result (a simulator's bookkeeping)
         try:
             self._db = sqlite3.connect(
                 self.path, timeout=30.0, isolation_level=None, check_same_thread=check_same_thread
@@ -167,6 +172,7 @@ class Store:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is not None and int(row[0]) > SCHEMA_VERSION:
             raise StoreError(f"store {self.path} was written by a newer p2pmem (schema {row[0]})")
+        self._db.execute("DROP INDEX IF EXISTS records_lineage")  # schema 2's, on every memory
         if row is not None and int(row[0]) < 2:
             # secure_delete is on: the dropped FTS5 pages are zeroed, and the
             # derived index is rebuilt from the records on first use
@@ -284,7 +290,7 @@ class Store:
                     position += 1
                 self._store_all(db, good, result)
             self._enforce_quotas(db, result)
-        self._after_commit()
+        self._after_commit(result)
         return result
 
     def ingest(self, records: Iterable[Record]) -> IngestResult:
@@ -293,12 +299,14 @@ class Store:
         with self._lock, self._transaction() as db:
             self._store_all(db, list(records), result)
             self._enforce_quotas(db, result)
-        self._after_commit()
+        self._after_commit(result)
         return result
 
-    def _after_commit(self) -> None:
+    def _after_commit(self, result: IngestResult) -> None:
         """A retraction committed: its text leaves the derived indexes now,
         not at the next search (docs/retrieval.md)."""
+        if self._on_ingest is not None:
+            self._on_ingest(result)
         if self._purged_rids:
             purged, self._purged_rids = self._purged_rids, []
             self.search.purge(purged)
@@ -467,7 +475,7 @@ class Store:
             )
             victims = db.execute(
                 "SELECT rowid, id, raw FROM records WHERE kind = 'memory' AND author = ? "
-                "AND (id = ? OR lineage = ?)",
+                "AND (id = ? OR (lineage = ? AND lineage != id))",
                 (r.author, ref, ref),
             ).fetchall()
             for rowid, victim_id, raw in victims:
@@ -643,9 +651,10 @@ class Store:
     def lineage_heads(self, lineage: bytes, author: bytes) -> list[Record]:
         """Heads of one lineage, current first."""
         rows = self._db.execute(
-            "SELECT raw FROM records WHERE lineage = ? AND author = ? AND state = ? "
+            "SELECT raw FROM records WHERE (id = ? OR (lineage = ? AND lineage != id)) "
+            "AND author = ? AND state = ? "
             "ORDER BY ts DESC, id DESC",
-            (lineage, author, HEAD),
+            (lineage, lineage, author, HEAD),
         )
         return [decode_record(row[0], verify=False) for row in rows]
 
@@ -747,10 +756,11 @@ class Store:
         heads: dict[tuple[bytes, bytes], list[bytes]] = {}
         for i in range(0, len(lineages), 500):
             part = lineages[i : i + 500]
+            marks = ",".join("?" * len(part))
             rows = self._db.execute(
-                f"SELECT id, lineage, author FROM records WHERE state = {HEAD} AND lineage IN "
-                f"({','.join('?' * len(part))}) ORDER BY ts DESC, id DESC",
-                part,
+                f"SELECT id, lineage, author FROM records WHERE state = {HEAD} AND (id IN ({marks}) "
+                f"OR (lineage IN ({marks}) AND lineage != id)) ORDER BY ts DESC, id DESC",
+                part + part,
             )
             for record_id, lineage, author in rows:
                 heads.setdefault((lineage, author), []).append(record_id)
@@ -928,9 +938,9 @@ class Store:
     def conflicts_of(self, record: Record) -> tuple[bytes, ...]:
         """The other heads of a memory's lineage: concurrent edits."""
         rows = self._db.execute(
-            "SELECT id FROM records WHERE lineage = ? AND author = ? AND state = ? AND id != ? "
-            "ORDER BY ts DESC, id DESC",
-            (record.lineage, record.author, HEAD, record.id),
+            "SELECT id FROM records WHERE (id = ? OR (lineage = ? AND lineage != id)) "
+            "AND author = ? AND state = ? AND id != ? ORDER BY ts DESC, id DESC",
+            (record.lineage, record.lineage, record.author, HEAD, record.id),
         )
         return tuple(row[0] for row in rows)
 
