@@ -64,7 +64,7 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-# Ingest jobs stored at once: while one lane inserts, the other's records
+# Ingest jobs stored at once: while one lane inserts, the others' records
 # verify in the worker processes (the store serialises the writes).
 INGEST_LANES = 2
 INDEX_INTERVAL_S = 1.0  # how stale the index the network's queries see may be, when calm
