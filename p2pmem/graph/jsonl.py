@@ -19,16 +19,12 @@ from p2pmem.graph.records import (
     relation_body,
 )
 from p2pmem.graph.view import Graph
+from p2pmem.interfaces.output import parse_json_object
 
 
 def parse_line(line: str) -> dict[str, Any]:
     """One line of the file, checked; raises UsageError with the reason."""
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"not JSON: {exc.msg} at column {exc.colno}") from None
-    if not isinstance(obj, dict):
-        raise UsageError("each line must be a JSON object")
+    obj = parse_json_object(line)
     kind = obj.get("type")
     if kind == "entity":
         fields = ("name", "entityType")

@@ -25,6 +25,7 @@ from p2pmem.interfaces.output import (
     export_line,
     memory_json,
     memory_lines,
+    parse_json_object,
     print_json,
 )
 from p2pmem.model.identity import agent_id, parse_agent_id
@@ -386,12 +387,7 @@ def _remember_batch(agent: Agent, args: argparse.Namespace, default_session: str
 
 
 def _batch_record(agent: Agent, line: str, default_session: str) -> Any:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"not JSON: {exc.msg} at column {exc.colno}") from None
-    if not isinstance(obj, dict):
-        raise UsageError("each line must be a JSON object")
+    obj = parse_json_object(line)
     unknown = set(obj) - {"text", "topics", "session", "at", "visibility"}
     if unknown:
         raise UsageError(f"unknown field(s): {', '.join(sorted(unknown))}")

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from p2pmem.errors import UsageError
 from p2pmem.model.clock import physical_ms
 from p2pmem.model.identity import agent_id, short_id
 from p2pmem.model.record import Record
@@ -93,3 +94,15 @@ def explain_line(ranked: Any) -> str:
     if info["time_weight"] is not None:
         parts.append(f"time weight {info['time_weight']:.2f}")
     return "ranked: " + ", ".join(parts)
+
+
+def parse_json_object(line: str) -> dict[str, Any]:
+    """One JSON-lines input line that must hold an object (``remember
+    --batch``, ``graph import``); UsageError with the reason otherwise."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"not JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(obj, dict):
+        raise UsageError("each line must be a JSON object")
+    return obj
