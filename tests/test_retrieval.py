@@ -97,6 +97,9 @@ def test_time_words_prefer_that_time_without_filtering(tmp_path: Path) -> None:
     found = agent.recall("violin lesson last week", now_ms=now)
     assert _ids(found) == [last_week.id, long_ago.id]  # a preference, not a filter
     assert found[0].ranked is not None and found[0].ranked.time_weight == 1.0
+    explained = found[0].ranked.explain()
+    assert explained["time"]["phrase"] == "last week"  # type: ignore[index]
+    assert explained["time"]["until_ms"] <= now  # type: ignore[index]
 
 
 def test_equal_scores_go_to_the_newest(tmp_path: Path) -> None:

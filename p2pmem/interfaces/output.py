@@ -92,7 +92,8 @@ def explain_line(ranked: Any) -> str:
     if info["semantic_rank"] is not None:
         parts.append(f"semantic rank {info['semantic_rank']}")
     if info["time_weight"] is not None:
-        parts.append(f"time weight {info['time_weight']:.2f}")
+        phrase = info["time"]["phrase"] if isinstance(info.get("time"), dict) else "time"
+        parts.append(f"time weight {info['time_weight']:.2f} for {phrase!r}")
     return "ranked: " + ", ".join(parts)
 
 

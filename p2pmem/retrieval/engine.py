@@ -76,6 +76,7 @@ class Ranked:
     semantic_rank: int | None = None
     time_weight: float | None = None
     parts: dict[str, float] = field(default_factory=dict)
+    time: TimePreference | None = None  # the time the question named, if any
 
     def explain(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -86,6 +87,8 @@ class Ranked:
             "time_weight": None if self.time_weight is None else round(self.time_weight, 4),
         }
         out.update({k: round(v, 4) for k, v in self.parts.items()})
+        if self.time is not None:
+            out["time"] = {"phrase": self.time.phrase, "from_ms": self.time.start_ms, "until_ms": self.time.end_ms}
         return out
 
 
@@ -153,6 +156,8 @@ class SearchEngine:
             key=lambda i: (-round(pool.scores[i], 9), -pool.ts[i], pool.rids[i]),
         )
         ranked = [pool.ranked(i, semantic_rank.get(pool.rids[i])) for i in order]
+        for item in ranked:
+            item.time = preference
         return SearchResult(ranked, terms, preference)
 
     def _contextual(self, index: LexicalIndex, terms: Sequence[str], request: SearchRequest) -> _Pool:
