@@ -124,7 +124,8 @@ class SearchEngine:
             self._semantic = None
 
     def search(self, request: SearchRequest) -> SearchResult:
-        terms = tuple(words.query_terms(request.text))
+        analysed, plain = words.analyse_query(request.text)
+        terms = tuple(analysed)
         preference = (
             parse_time_preference(request.text, request.now_ms) if request.now_ms is not None else None
         )
@@ -132,7 +133,7 @@ class SearchEngine:
             return SearchResult([], terms, preference)
         index = self.sync.current()
         wanted = max(CANDIDATES, request.limit)
-        if words.only_stopwords(request.text):
+        if plain:
             found = index.candidates(terms, request.filters, wanted, field="plain")
             pool = _Pool()
             for i, rid in enumerate(found.columns.get("rid", [])):

@@ -22,7 +22,7 @@ from pathlib import Path
 import tantivy
 
 from p2pmem.retrieval.documents import IndexDoc
-from p2pmem.retrieval.text import ANALYZER, PLAIN_ANALYZER, analyzer, plain_analyzer
+from p2pmem.retrieval.text import ANALYZER, PLAIN_ANALYZER, register
 
 FORMAT = 1  # bump when the schema or the analyzer changes: the index is rebuilt
 STATE_FILE = "p2pmem-index.json"  # our own commit point: the log sequence applied
@@ -92,8 +92,7 @@ class LexicalIndex:
         else:
             directory.mkdir(parents=True, exist_ok=True)
             self._index = tantivy.Index(self.schema, path=str(directory), reuse=True)
-        self._index.register_tokenizer(ANALYZER, analyzer())
-        self._index.register_tokenizer(PLAIN_ANALYZER, plain_analyzer())
+        register(self._index)
         self._searcher = self._index.searcher()
         self._memory_state: dict[str, int] = {"format": FORMAT, "seq": 0}
 

@@ -88,15 +88,22 @@ def stems(text: str) -> list[str]:
     return analyzer().analyze(text)
 
 
-def query_terms(text: str) -> list[str]:
-    """The distinct stemmed search terms of a question: stopwords dropped
-    unless nothing else is left (see :func:`only_stopwords`)."""
+def analyse_query(text: str) -> tuple[list[str], bool]:
+    """The distinct stemmed search terms of a question, stopwords dropped
+    unless nothing else is left; and whether nothing else was left (such a
+    query searches the field that keeps stopwords)."""
     tokens = list(dict.fromkeys(words(text)))
-    content = [w for w in tokens if w not in STOPWORDS] or tokens
-    return list(dict.fromkeys(stem(w) for w in content))[:MAX_QUERY_TERMS]
+    content = [w for w in tokens if w not in STOPWORDS]
+    terms = list(dict.fromkeys(stem(w) for w in content or tokens))[:MAX_QUERY_TERMS]
+    return terms, bool(tokens) and not content
 
 
-def only_stopwords(text: str) -> bool:
-    """A query of stopwords alone ("who is it") searches the plain field."""
-    tokens = words(text)
-    return bool(tokens) and all(w in STOPWORDS for w in tokens)
+def query_terms(text: str) -> list[str]:
+    """The search terms of :func:`analyse_query`."""
+    return analyse_query(text)[0]
+
+
+def register(index: tantivy.Index) -> None:
+    """Make the analyzers known to an index whose schema names them."""
+    index.register_tokenizer(ANALYZER, analyzer())
+    index.register_tokenizer(PLAIN_ANALYZER, plain_analyzer())

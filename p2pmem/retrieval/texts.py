@@ -9,14 +9,7 @@ from collections.abc import Mapping
 
 import tantivy
 
-from p2pmem.retrieval.text import (
-    ANALYZER,
-    PLAIN_ANALYZER,
-    analyzer,
-    only_stopwords,
-    plain_analyzer,
-    query_terms,
-)
+from p2pmem.retrieval.text import ANALYZER, PLAIN_ANALYZER, analyse_query, register
 
 
 class TextIndex:
@@ -31,8 +24,7 @@ class TextIndex:
         builder.add_text_field("plain", tokenizer_name=PLAIN_ANALYZER, index_option="freq")
         self.schema = builder.build()
         self._index = tantivy.Index(self.schema)
-        self._index.register_tokenizer(ANALYZER, analyzer())
-        self._index.register_tokenizer(PLAIN_ANALYZER, plain_analyzer())
+        register(self._index)
         writer = self._index.writer(heap_size=32_000_000, num_threads=1)
         for number, text in enumerate(self.documents.values()):
             writer.add_document(tantivy.Document(key=number, text=text, plain=text))
@@ -45,10 +37,10 @@ class TextIndex:
     def search(self, query: str, limit: int) -> list[str]:
         """Keys of the best ``limit`` documents by BM25, best first (ties:
         the order the documents were given in)."""
-        terms = query_terms(query)
+        terms, plain = analyse_query(query)
         if not terms or limit < 1:
             return []
-        field = "plain" if only_stopwords(query) else "text"
+        field = "plain" if plain else "text"
         should = [(tantivy.Occur.Should, tantivy.Query.term_query(self.schema, field, t)) for t in terms]
         with self.lock:
             hits = self._searcher.search(tantivy.Query.boolean_query(should), limit, count=False).hits

@@ -810,59 +810,39 @@ class Store:
             docs.extend(self._session_docs(author, session, members))
         return docs
 
+    # current memories of one author's session, in (ts, id) order
+    _SESSION_HEADS = (
+        f"SELECT {_ENTRY} FROM records WHERE author = ? AND session = ? AND kind = 'memory' "
+        f"AND state = {HEAD} AND "
+    )
+
     def _session_docs(self, author: bytes, session: str, members: list[tuple]) -> list[IndexDoc]:
         members.sort(key=lambda r: (r[6], r[7]))
         first, last = members[0], members[-1]
-        base = (
-            f"SELECT {self._ENTRY} FROM records WHERE author = ? AND session = ? AND kind = 'memory' "
-            f"AND state = {HEAD} AND "
-        )
         budget = 4 * len(members) + 16  # a run much sparser than this is cheaper row by row
         run = self._db.execute(
-            base + "(ts > ? OR (ts = ? AND id >= ?)) AND (ts < ? OR (ts = ? AND id <= ?)) "
+            self._SESSION_HEADS + "(ts > ? OR (ts = ? AND id >= ?)) AND (ts < ? OR (ts = ? AND id <= ?)) "
             "ORDER BY ts, id LIMIT ?",
             (author, session, first[6], first[6], first[7], last[6], last[6], last[7], budget + 1),
         ).fetchall()
         if len(run) > budget:
-            docs = []
-            for row in members:
-                prev, following = self._neighbour_rows(row)
-                docs.append(make_doc(_entry(row), _entry(prev) if prev else None,
-                                     _entry(following) if following else None))
-            return docs
-        before, _ = self._neighbour_rows(first)
-        _, after = self._neighbour_rows(last)
-        sequence = [r for r in (before, *run, after) if r is not None]
-        entries = {r[0]: _entry(r) for r in sequence}
-        order = [r[0] for r in sequence]
-        position = {rid: i for i, rid in enumerate(order)}
-        docs = []
-        for row in members:
-            i = position[row[0]]
-            prev = entries[order[i - 1]] if i > 0 else None
-            following = entries[order[i + 1]] if i + 1 < len(order) else None
-            docs.append(make_doc(entries[row[0]], prev, following))
-        return docs
+            return [
+                doc for row in members
+                for doc in _docs_in_order([self._adjacent(row, False), row, self._adjacent(row, True)], [row])
+            ]
+        return _docs_in_order([self._adjacent(first, False), *run, self._adjacent(last, True)], members)
 
-    def _neighbour_rows(self, row: tuple) -> tuple[tuple | None, tuple | None]:
-        """The current memories just before and after ``row`` in its
-        author's session, by (ts, id); none without a session."""
+    def _adjacent(self, row: tuple, after: bool) -> tuple | None:
+        """The current memory just after (or before) ``row`` in its author's
+        session, by (ts, id); None without a session."""
         _rowid, _raw, _at, author, session, _vis, ts, record_id = row
         if not session:
-            return None, None
-        base = (
-            f"SELECT {self._ENTRY} FROM records WHERE author = ? AND session = ? AND kind = 'memory' "
-            f"AND state = {HEAD} AND "
-        )
-        prev = self._db.execute(
-            base + "(ts < ? OR (ts = ? AND id < ?)) ORDER BY ts DESC, id DESC LIMIT 1",
-            (author, session, ts, ts, record_id),
+            return None
+        order = "(ts > ? OR (ts = ? AND id > ?)) ORDER BY ts, id" if after else \
+            "(ts < ? OR (ts = ? AND id < ?)) ORDER BY ts DESC, id DESC"
+        return self._db.execute(
+            self._SESSION_HEADS + order + " LIMIT 1", (author, session, ts, ts, record_id)
         ).fetchone()
-        following = self._db.execute(
-            base + "(ts > ? OR (ts = ? AND id > ?)) ORDER BY ts, id LIMIT 1",
-            (author, session, ts, ts, record_id),
-        ).fetchone()
-        return prev, following
 
     def all_index_docs(self, batch: int) -> tuple[int, Iterator[list[IndexDoc]]]:
         """(log position, batches of every current memory's document) read
@@ -1039,6 +1019,21 @@ def _entry(row: tuple) -> Entry:
     rid, raw, at, author, session, visibility, ts, _id = row
     record = load_stored(raw)
     return Entry(rid, record.text, at, ts, author, session, tuple(record.topics), visibility)
+
+
+def _docs_in_order(sequence: list[tuple | None], members: list[tuple]) -> list[IndexDoc]:
+    """The documents of ``members``, each between its neighbours in
+    ``sequence`` (rows of one session in (ts, id) order; None: no row)."""
+    rows = [r for r in sequence if r is not None]
+    entries = {r[0]: _entry(r) for r in rows}
+    position = {r[0]: i for i, r in enumerate(rows)}
+    docs = []
+    for row in members:
+        i = position[row[0]]
+        prev = entries[rows[i - 1][0]] if i > 0 else None
+        following = entries[rows[i + 1][0]] if i + 1 < len(rows) else None
+        docs.append(make_doc(entries[row[0]], prev, following))
+    return docs
 
 
 def _same_session(a: Entry, b: Entry) -> bool:
