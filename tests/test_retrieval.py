@@ -137,6 +137,20 @@ def test_forget_purges_the_index_at_once(tmp_path: Path) -> None:
     agent.close()
 
 
+def test_a_network_query_reads_the_index_as_it_is(tmp_path: Path) -> None:
+    """`fresh=False` (a serving node answering `ask`, on its event loop)
+    never writes the index; `serve`'s worker thread brings it up to date."""
+    agent = _agent(tmp_path)
+    agent.remember("the glacier survey is done")
+    agent.recall("glacier")  # the index exists
+    newer = agent.remember("the glacier camp moved north")
+    stale = agent.store.recall("glacier camp", fresh=False)
+    assert newer.id not in [m.record.id for m in stale]
+    assert agent.store.recall("glacier camp")[0].record.id == newer.id
+    assert newer.id in [m.record.id for m in agent.store.recall("glacier camp", fresh=False)]
+    agent.close()
+
+
 # -- consistency with the store, as a state machine ------------------------------
 class IndexMatchesStore(RuleBasedStateMachine):
     """Any interleaving of remember / update / forget / replayed old records

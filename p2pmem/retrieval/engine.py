@@ -96,7 +96,6 @@ class Ranked:
 class SearchResult:
     ranked: list[Ranked]
     terms: tuple[str, ...]
-    time: TimePreference | None
 
 
 class SearchEngine:
@@ -130,8 +129,8 @@ class SearchEngine:
             parse_time_preference(request.text, request.now_ms) if request.now_ms is not None else None
         )
         if not terms:
-            return SearchResult([], terms, preference)
-        index = self.sync.current()
+            return SearchResult([], terms)
+        index = self.sync.current() if request.fresh else self.sync.as_is()
         wanted = max(CANDIDATES, request.limit)
         if plain:
             found = index.candidates(terms, request.filters, wanted, field="plain")
@@ -142,7 +141,7 @@ class SearchEngine:
         else:
             pool = self._contextual(index, terms, request)
         if not pool.rids:
-            return SearchResult([], terms, preference)
+            return SearchResult([], terms)
         if preference is not None:
             for i, at in enumerate(pool.at):
                 weight = time_weight(at, preference)
@@ -159,7 +158,7 @@ class SearchEngine:
         ranked = [pool.ranked(i, semantic_rank.get(pool.rids[i])) for i in order]
         for item in ranked:
             item.time = preference
-        return SearchResult(ranked, terms, preference)
+        return SearchResult(ranked, terms)
 
     def _contextual(self, index: LexicalIndex, terms: Sequence[str], request: SearchRequest) -> _Pool:
         """Stages 1 and 2: candidates, then context re-scoring. Everything
