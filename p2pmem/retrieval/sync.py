@@ -135,7 +135,8 @@ class IndexSync:
             if (
                 self.index is None or state["format"] != FORMAT or state["seq"] < 0
                 or state["seq"] < self.source.log_low() - 1
-            ) or self.source.log_high() - state["seq"] > max(REBUILD_BACKLOG, self.index.size // 2):
+                or high - state["seq"] > max(REBUILD_BACKLOG, self.index.size // 2)
+            ):
                 self._rebuild()
             else:
                 try:
