@@ -448,6 +448,17 @@ def decode_record(raw: bytes, *, verify: bool = True) -> Record:
     """
     if type(raw) is not bytes:
         raw = bytes(raw)
+    return _to_record(raw, _checked_payload(raw, verify))
+
+
+def check_record(raw: bytes) -> None:
+    """Every check of :func:`decode_record`, signature included, without
+    building the record: what a verification worker process runs (the node
+    rebuilds the record from the same bytes with :func:`load_stored`)."""
+    _checked_payload(raw if type(raw) is bytes else bytes(raw), True)
+
+
+def _checked_payload(raw: bytes, verify: bool) -> dict[int, Any]:
     if len(raw) > limits.MAX_RECORD:
         raise RecordError(f"record is {len(raw)} bytes, over the limit of {limits.MAX_RECORD}")
     payload, signature = _split_envelope(raw)
@@ -465,7 +476,7 @@ def decode_record(raw: bytes, *, verify: bool = True) -> Record:
             raise RecordError("bad signature") from None
         except ValueError:
             raise RecordError("author is not a valid Ed25519 public key") from None
-    return _to_record(raw, obj)
+    return obj
 
 
 def load_stored(raw: bytes) -> Record:

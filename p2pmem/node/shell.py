@@ -21,9 +21,8 @@ import os
 import random
 import signal
 import sys
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +32,11 @@ from p2pmem import limits
 from p2pmem.agent.home import Agent
 from p2pmem.errors import P2pmemError, UsageError
 from p2pmem.node.control import ControlServer
-from p2pmem.protocol.core import IngestOutcome, NodeCore, Timing, run_ingest
+from p2pmem.node.ingest import IngestPipeline
+from p2pmem.protocol.core import IngestOutcome, NodeCore, Timing
 from p2pmem.protocol.events import Close, ConnId, Dial, Ingest, IngestJob, QueryFinished, Send
 from p2pmem.storage.store import Store
+from p2pmem.storage.verify import usable_cores
 
 log = logging.getLogger("p2pmem.node.shell")
 
@@ -64,9 +65,6 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-# Ingest jobs stored at once: while one lane inserts, the others' records
-# verify in the worker processes (the store serialises the writes).
-INGEST_LANES = 2
 INDEX_INTERVAL_S = 1.0  # how stale the index the network's queries see may be, when calm
 INDEX_BURST = 2_000  # log entries behind that make a still-growing log a burst to wait out
 INDEX_MAX_STALE_S = 10.0  # the longest a burst delays indexing
@@ -123,11 +121,10 @@ class Node:
         self._stopping = False
         # Local defences that bit (control requests refused, ...), for status.
         self.local_stats: dict[str, int] = {}
-        # Received records wait here for the ingest task; the core bounds the
-        # bytes each peer may have waiting (limits.MAX_INGEST_PENDING) and
-        # stops reading a peer past it, so the channel needs no bound of its own.
-        self._ingest_send, self._ingest_receive = trio.open_memory_channel[IngestJob](math.inf)
-        self._thread_stores = threading.local()
+        # Received records are verified and stored beside the event loop; the
+        # core bounds the bytes each peer may have waiting there
+        # (limits.MAX_INGEST_PENDING) and stops reading a peer past it.
+        self._ingest = IngestPipeline(agent.store.path, workers=usable_cores(), done=self._ingested)
         # own queries being waited on: qid -> the event set when the core finishes it
         self._query_waiters: dict[bytes, trio.Event] = {}
         self._query_hits: dict[bytes, tuple[Any, ...]] = {}
@@ -159,8 +156,7 @@ class Node:
                 nursery.start_soon(self._serve_listeners, listeners)
                 nursery.start_soon(self._timer_loop)
                 nursery.start_soon(self._keep_indexes_current)
-                for _ in range(INGEST_LANES):
-                    nursery.start_soon(self._ingest_loop)
+                nursery.start_soon(self._ingest.run)
                 self._apply()
                 task_status.started(self.address)
         finally:
@@ -260,7 +256,7 @@ class Node:
                     assert self._nursery is not None
                     self._nursery.start_soon(self._cancel_later, conn)
             elif isinstance(action, Ingest):
-                self._ingest_send.send_nowait(action.job)
+                self._ingest.submit(action.job)
             elif isinstance(action, QueryFinished):
                 waiter = self._query_waiters.get(action.qid)
                 if waiter is not None:
@@ -281,26 +277,13 @@ class Node:
         conn.scope.cancel()
 
     # -- ingest: verification and storage beside the event loop ---------------
-    def _ingest_work(self, job: IngestJob) -> IngestOutcome:
-        """In a worker thread, with that thread's own store connection
-        (SQLite connections stay in their thread; WAL lets the loop's
-        connection read meanwhile)."""
-        store = getattr(self._thread_stores, "store", None)
-        if store is None:
-            store = Store(self.agent.store.path, replica=True)
-            self._thread_stores.store = store
-        return run_ingest(store, job)
-
-    async def _ingest_loop(self) -> None:
+    def _ingested(self, finished: Sequence[tuple[IngestJob, IngestOutcome]]) -> None:
+        """The pipeline stored a group of jobs (p2pmem/node/ingest.py)."""
         assert self.core is not None
-        async for job in self._ingest_receive:
-            try:
-                outcome = await trio.to_thread.run_sync(self._ingest_work, job)
-            except Exception as exc:  # the store failed (disk full, locked...): drop the job, keep serving
-                log.warning("could not store received records: %s", exc)
-                outcome = IngestOutcome()  # reconciliation brings them again later
-            self.core.ingest_done(job, outcome, mono(), wall_ms=wall_ms())
-            self._apply()
+        now, wall = mono(), wall_ms()
+        for job, outcome in finished:
+            self.core.ingest_done(job, outcome, now, wall_ms=wall)
+        self._apply()
 
     def poke(self) -> None:
         """Something changed in the store (a CLI command wrote)."""

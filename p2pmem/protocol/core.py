@@ -48,7 +48,7 @@ from p2pmem.protocol.events import (
     describe,
 )
 from p2pmem.protocol.noise import HandshakeComplete, MessageReceived, ProtocolError, SecureChannel
-from p2pmem.protocol.ports import KeySource, Rng, StorePort
+from p2pmem.protocol.ports import IngestReport, KeySource, Rng, StorePort
 from p2pmem.protocol.query import QueryError, QueryRouter, VerifiedHit
 from p2pmem.protocol.reconcile import ItemIndex, ReconcileError, Reconciler
 
@@ -56,7 +56,7 @@ log = logging.getLogger("p2pmem.protocol.core")
 
 __all__ = [  # the actions live in p2pmem.protocol.events; re-exported for the shells
     "Action", "Close", "CloseReason", "ConnId", "Dial", "Ingest", "IngestJob", "IngestOutcome",
-    "NodeCore", "Send", "Timing", "run_ingest",
+    "NodeCore", "Send", "Timing", "record_stored", "run_ingest", "screen_ingest",
 ]
 
 # Timers (seconds). Tunable per node for simulations and tests.
@@ -82,17 +82,30 @@ class IngestOutcome:
 def run_ingest(
     store: StorePort, job: IngestJob, observe: Callable[[int], bool] | None = None
 ) -> IngestOutcome:
-    """Verify and store one job: CPU and disk work, no core state touched,
-    so a shell may run it in a worker thread (with its own store connection).
+    """Verify and store one job: CPU and disk work, no core state touched.
+    The simulator runs it in line; the trio node runs the same two steps,
+    :func:`screen_ingest` and :func:`record_stored`, in its pipeline
+    (p2pmem/node/ingest.py) with verification in worker processes.
     ``observe`` (synchronous use only) is the core's clock check; without it
     the job's ``wall_ms`` snapshot decides what is too far in the future."""
+    accepted, outcome = screen_ingest(job, store.decode_many(list(job.raws)), observe)
+    if outcome.error is None:
+        record_stored(outcome, store.ingest(accepted))  # applies the quotas of p2pmem/model/quota.py
+    return outcome
+
+
+def screen_ingest(
+    job: IngestJob, decoded: Sequence[Record | P2pmemError], observe: Callable[[int], bool] | None = None
+) -> tuple[list[Record], IngestOutcome]:
+    """Which of a job's decoded records to store: none if one failed
+    verification (the sender misbehaved, ``outcome.error``), else those in
+    the job's interest and not stamped too far ahead."""
     outcome = IngestOutcome()
-    decoded = store.decode_many(list(job.raws))
     accepted: list[Record] = []
     for item in decoded:
         if isinstance(item, P2pmemError):
             outcome.error = str(item)
-            return outcome
+            return [], outcome
         if not job.interest.wants(item.kind, item.author, item.visibility):
             continue  # out of our scope: not an error, just not kept
         # the same clock check as `import` (record.admission_error), then the core's clock
@@ -101,12 +114,15 @@ def run_ingest(
             outcome.skipped_future += 1
             continue
         accepted.append(item)
-    result = store.ingest(accepted)  # applies the quotas of p2pmem/model/quota.py
+    outcome.offered = len(accepted)
+    return accepted, outcome
+
+
+def record_stored(outcome: IngestOutcome, result: IngestReport) -> None:
+    """Fill in what the store did with a screened job's records."""
     outcome.added = list(result.added)
     outcome.evicted = result.evicted
-    outcome.offered = len(accepted)
     outcome.duplicates = result.duplicates
-    return outcome
 
 
 def _recipient(record: Record) -> bytes | None:

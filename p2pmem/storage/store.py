@@ -14,12 +14,11 @@ memory whose id was printed is on disk before the caller hears of it.
 
 from __future__ import annotations
 
-import multiprocessing
 import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from p2pmem.model.record import Record, admission_error, decode_record, load_sto
 from p2pmem.retrieval.documents import Entry, IndexDoc, make_doc
 from p2pmem.retrieval.engine import Ranked, SearchEngine, SearchRequest
 from p2pmem.retrieval.lexical import Filters
+from p2pmem.storage.verify import check_part, discard_pool, verifier_pool
 
 HEAD, SUPERSEDED = 0, 1
 DB_FILE = "store.db"
@@ -251,11 +251,15 @@ class Store:
         if len(raws) < _PROCESS_BATCH or self._verify_workers <= 1:
             yield raws, [decode_or_error(raw) for raw in raws]
             return
-        pool = _verifier_pool(self._verify_workers)
+        pool = verifier_pool(self._verify_workers)
         chunks = [raws[i : i + _PIPELINE_CHUNK] for i in range(0, len(raws), _PIPELINE_CHUNK)]
-        futures = [pool.submit(_check_part, chunk) for chunk in chunks]
+        futures = [pool.submit(check_part, chunk) for chunk in chunks]
         for chunk, future in zip(chunks, futures, strict=True):
-            verdicts = future.result()
+            try:
+                verdicts = future.result()
+            except BrokenProcessPool:  # a worker was killed: verify here, start afresh next time
+                discard_pool(pool)
+                verdicts = check_part(chunk)
             yield chunk, [
                 load_stored(raw) if verdict is None else RecordError(verdict)
                 for raw, verdict in zip(chunk, verdicts, strict=True)
@@ -265,8 +269,8 @@ class Store:
         """Start the verification workers now rather than on the first large
         batch (a long-running node or a benchmark pays the start-up once)."""
         if self._verify_workers > 1:
-            pool = _verifier_pool(self._verify_workers)
-            list(pool.map(_check_part, [[]] * self._verify_workers))
+            pool = verifier_pool(self._verify_workers)
+            list(pool.map(check_part, [[]] * self._verify_workers))
 
     def ingest_raw(self, raws: Sequence[bytes], *, wall_ms: int | None = None) -> IngestResult:
         """Verify and store signed records from an untrusted source, in one
@@ -295,12 +299,20 @@ class Store:
 
     def ingest(self, records: Iterable[Record]) -> IngestResult:
         """Store verified records in one transaction, updating the views."""
-        result = IngestResult()
+        return self.ingest_groups([list(records)])[0]
+
+    def ingest_groups(self, groups: Sequence[Sequence[Record]]) -> list[IngestResult]:
+        """Store several batches of verified records in one transaction, with
+        a result for each: the node's writer commits at once what verified
+        while it was busy (one commit for many peers' messages)."""
+        results = [IngestResult() for _ in groups]
         with self._lock, self._transaction() as db:
-            self._store_all(db, list(records), result)
-            self._enforce_quotas(db, result)
-        self._after_commit(result)
-        return result
+            for records, result in zip(groups, results, strict=True):
+                self._store_all(db, list(records), result)
+                self._enforce_quotas(db, result)
+        for result in results:
+            self._after_commit(result)
+        return results
 
     def _after_commit(self, result: IngestResult) -> None:
         """A retraction committed: its text leaves the derived indexes now,
@@ -1056,27 +1068,3 @@ def decode_or_error(raw: bytes) -> Record | RecordError:
         return decode_record(raw)
     except RecordError as exc:
         return exc
-
-
-def _check_part(raws: Sequence[bytes]) -> list[str | None]:
-    """In a worker process: None for each record that verifies, else why not."""
-    out: list[str | None] = []
-    for raw in raws:
-        try:
-            decode_record(raw)
-            out.append(None)
-        except RecordError as exc:
-            out.append(str(exc))
-    return out
-
-
-_POOL: ProcessPoolExecutor | None = None
-
-
-def _verifier_pool(workers: int) -> ProcessPoolExecutor:
-    """One pool per process, started on first use. forkserver: forking a
-    process that runs threads (trio, the MCP server) is not safe."""
-    global _POOL
-    if _POOL is None:
-        _POOL = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
-    return _POOL

@@ -1,0 +1,189 @@
+"""The node's ingest pipeline: records from peers are verified on every core
+and stored by one writer, beside the event loop.
+
+::
+
+    core --Ingest(job)--> submit --> verifier processes (chunks of CHUNK records)
+                                         |  in order, at most MAX_VERIFYING jobs in flight
+    core.ingest_done <-- writer thread <-+  one transaction for every job verified meanwhile
+
+The event loop only hands bytes to the pool and takes verdicts back; the
+signature checks run in worker processes (p2pmem/storage/verify.py) and the
+SQLite writes on one thread with one connection, so the loop never waits on
+CPU or disk. Verification never waits for the writer: while it commits one
+group, the workers verify the next jobs, and whatever verified meanwhile
+goes into the writer's next transaction (group commit). Every stage is
+bounded: the core stops reading a peer whose records wait
+(limits.MAX_INGEST_PENDING), and the stages between hold at most
+MAX_VERIFYING + MAX_VERIFIED jobs.
+
+Jobs finish in the order they were submitted. A job whose store write
+failed (disk full, the file locked by hand) finishes with nothing added;
+reconciliation brings its records again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import trio
+
+from p2pmem.errors import RecordError
+from p2pmem.model.record import Record, load_stored
+from p2pmem.protocol.core import IngestOutcome, record_stored, screen_ingest
+from p2pmem.protocol.events import IngestJob
+from p2pmem.storage.store import Store, decode_or_error
+from p2pmem.storage.verify import check_part, discard_pool, verifier_pool
+
+log = logging.getLogger("p2pmem.node.ingest")
+
+CHUNK = 64  # records per task of a worker process (~5 ms of work: IPC stays small beside it)
+MAX_VERIFYING = 16  # jobs whose chunks are in the pool: keeps every worker busy through a commit
+MAX_VERIFIED = 16  # verified jobs waiting for the writer
+MAX_GROUP_RECORDS = 4096  # records in one writer transaction
+
+Done = Callable[[Sequence[tuple[IngestJob, IngestOutcome]]], None]
+
+
+class IngestPipeline:
+    """Verify and store :class:`IngestJob` s off the event loop.
+
+    ``done([(job, outcome), ...])`` is called on the event loop for every
+    group the writer stored, jobs in submission order. ``workers`` <= 1 verifies in the writer thread."""
+
+    def __init__(self, store_path: Path, *, workers: int, done: Done) -> None:
+        self._store_path = store_path
+        self._workers = workers
+        self._done = done
+        self._jobs_send, self._jobs_receive = trio.open_memory_channel[IngestJob](math.inf)
+        self._verifying_send, self._verifying_receive = trio.open_memory_channel[
+            tuple[IngestJob, list[Future[list[str | None]]] | None]
+        ](MAX_VERIFYING)
+        self._verified_send, self._verified_receive = trio.open_memory_channel[
+            tuple[IngestJob, list[str | None] | None]
+        ](MAX_VERIFIED)
+        self._store: Store | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+
+    def submit(self, job: IngestJob) -> None:
+        """From the event loop; never blocks. The core bounds what may wait
+        (bytes per peer), so this first queue needs no bound of its own."""
+        self._jobs_send.send_nowait(job)
+
+    async def run(self) -> None:
+        """The pipeline's three tasks, until cancelled."""
+        self._token = trio.lowlevel.current_trio_token()
+        # replica: records from peers are stored with synchronous=NORMAL
+        # (p2pmem/storage/store.py); the writer is the only thread using it
+        self._store = Store(self._store_path, replica=True, check_same_thread=False)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._submit_chunks)
+                nursery.start_soon(self._collect)
+                nursery.start_soon(self._write)
+        finally:
+            self._store.close()
+
+    # -- stage 1: hand each job's chunks to the worker processes ------------
+    def _pool(self) -> ProcessPoolExecutor | None:
+        return verifier_pool(self._workers) if self._workers > 1 else None
+
+    async def _submit_chunks(self) -> None:
+        async with self._verifying_send:
+            async for job in self._jobs_receive:
+                pool = self._pool()
+                futures = None
+                if pool is not None:
+                    raws = job.raws
+                    try:
+                        futures = [
+                            pool.submit(check_part, raws[i : i + CHUNK])
+                            for i in range(0, len(raws), CHUNK)
+                        ]
+                    except BrokenProcessPool:
+                        discard_pool(pool)  # the writer verifies this job itself
+                await self._verifying_send.send((job, futures))
+
+    # -- stage 2: take the verdicts back, in order ---------------------------
+    async def _collect(self) -> None:
+        async with self._verified_send:
+            async for job, futures in self._verifying_receive:
+                verdicts: list[str | None] | None = None
+                if futures is not None:
+                    try:
+                        verdicts = []
+                        for future in futures:
+                            verdicts.extend(await self._result(future))
+                    except BrokenProcessPool as exc:  # a worker was killed
+                        log.warning("verification worker failed (%s): verifying in the writer", exc)
+                        pool = self._pool()
+                        if pool is not None:
+                            discard_pool(pool)
+                        verdicts = None
+                await self._verified_send.send((job, verdicts))
+
+    async def _result(self, future: Future[list[str | None]]) -> list[str | None]:
+        """Wait for a worker's future without a thread: its callback (on the
+        pool's manager thread) wakes this task through the trio token."""
+        if not future.done():
+            event = trio.Event()
+            token = self._token
+            assert token is not None
+            future.add_done_callback(lambda _f: _wake(token, event))
+            await event.wait()
+        return future.result()
+
+    # -- stage 3: store whatever verified, in one transaction ----------------
+    async def _write(self) -> None:
+        async for first in self._verified_receive:
+            group = [first]
+            size = len(first[0].raws)
+            while size < MAX_GROUP_RECORDS:
+                try:
+                    item = self._verified_receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                group.append(item)
+                size += len(item[0].raws)
+            try:
+                outcomes = await trio.to_thread.run_sync(self._store_group, group)
+            except Exception as exc:  # the store failed (disk full, locked...): keep serving
+                log.warning("could not store received records: %s", exc)
+                outcomes = [IngestOutcome() for _ in group]  # reconciliation brings them again
+            self._done([(job, outcome) for (job, _), outcome in zip(group, outcomes, strict=True)])
+
+    def _store_group(
+        self, group: Sequence[tuple[IngestJob, list[str | None] | None]]
+    ) -> list[IngestOutcome]:
+        """In the writer thread: rebuild the verified records from the very
+        bytes that were checked, screen each job, store them all at once."""
+        store = self._store
+        assert store is not None
+        screened: list[tuple[list[Record], IngestOutcome]] = []
+        for job, verdicts in group:
+            decoded: list[Record | RecordError]
+            if verdicts is None:
+                decoded = [decode_or_error(raw) for raw in job.raws]
+            else:
+                decoded = [
+                    load_stored(raw) if verdict is None else RecordError(verdict)
+                    for raw, verdict in zip(job.raws, verdicts, strict=True)
+                ]
+            screened.append(screen_ingest(job, decoded))
+        stored = [(accepted, outcome) for accepted, outcome in screened if outcome.error is None]
+        results = store.ingest_groups([accepted for accepted, _ in stored])
+        for (_accepted, outcome), result in zip(stored, results, strict=True):
+            record_stored(outcome, result)
+        return [outcome for _, outcome in screened]
+
+
+def _wake(token: trio.lowlevel.TrioToken, event: trio.Event) -> None:
+    """On the pool's manager thread: a future finished."""
+    with contextlib.suppress(trio.RunFinishedError):  # the node stopped meanwhile
+        token.run_sync_soon(event.set)

@@ -1,0 +1,59 @@
+"""Signature verification in worker processes.
+
+Ed25519 verification dominates the cost of taking records from outside, and
+it is pure CPU: worker processes spread it over every core without
+contending for the interpreter lock with the thread that stores. One pool
+per process, shared by the store's batch ingest (import, benchmarks) and the
+node's ingest pipeline (p2pmem/node/ingest.py).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+from p2pmem.errors import RecordError
+from p2pmem.model.record import check_record
+
+_POOL: ProcessPoolExecutor | None = None
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, where there is one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_part(raws: Sequence[bytes]) -> list[str | None]:
+    """In a worker process: None for each record that passes every check of
+    :func:`p2pmem.model.record.decode_record`, else why it does not."""
+    out: list[str | None] = []
+    for raw in raws:
+        try:
+            check_record(raw)
+            out.append(None)
+        except RecordError as exc:
+            out.append(str(exc))
+    return out
+
+
+def verifier_pool(workers: int) -> ProcessPoolExecutor:
+    """The process's pool, started on first use. forkserver: forking a
+    process that runs threads (trio, the MCP server) is not safe."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+    return _POOL
+
+
+def discard_pool(pool: ProcessPoolExecutor) -> None:
+    """Forget a pool that broke (a worker was killed): the next call to
+    :func:`verifier_pool` starts a fresh one."""
+    global _POOL
+    if _POOL is pool:
+        _POOL = None
+    pool.shutdown(wait=False, cancel_futures=True)
