@@ -947,3 +947,21 @@ def test_the_shells_use_only_the_cores_public_surface():
     for rel in ("p2pmem/node/shell.py", "p2pmem/sim/network.py"):
         text = (PROJECT_ROOT / rel).read_text()
         assert not re.findall(r"core\._\w+|\.sessions\b|\.by_agent\b|core\.stats\b", text), rel
+
+
+def test_status_reports_queries_from_the_core_itself():
+    """``status(now)["queries"]`` comes from the core: its counters and the
+    own queries still collecting answers (it used to be always empty)."""
+    net = SimNet(5)
+    net.add(1)
+    core = net.add(0, bootstrap=[1])
+    net.settle()
+    qid = core.start_query("lighthouse keeper", now=net.now, ttl=2, timeout=5.0)
+    net.drain()
+    queries = core.status(net.now)["queries"]
+    assert queries["started"] == 1
+    assert [q["qid"] for q in queries["in_flight"]] == [qid.hex()]
+    assert core.status(net.now)["uptime_s"] >= 0
+    net.advance(6.0)
+    assert core.status(net.now)["queries"]["in_flight"] == []
+    assert [p["agent"] for p in core.peers()] == [KEYS[1]]

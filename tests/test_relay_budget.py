@@ -110,7 +110,7 @@ def test_a_flood_to_one_recipient_is_relayed_within_burst_plus_rate():
     assert relayed >= BURST - 2 * len(flood[0].raw)  # the burst went out at once
     assert relayed < sum(len(r.raw) for r in flood)
     assert _bites(net) > 0
-    assert net.cores[0].status()["limits"]["message_relay_budget"] == _bites(net)
+    assert net.cores[0].status(net.now)["limits"]["message_relay_budget"] == _bites(net)
 
 
 def test_messages_to_another_recipient_still_flow_during_a_flood():

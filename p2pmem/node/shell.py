@@ -12,7 +12,6 @@ monotonic clock as ``now`` and the wall clock in milliseconds as ``wall_ms``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import json
 import logging
@@ -416,16 +415,9 @@ class Node:
         assert self.core is not None
         from p2pmem.model.identity import agent_id
 
-        out = self.core.status()
+        out = self.core.status(mono())
         out["id"] = agent_id(self.agent.key)
         out["pid"] = os.getpid()
-        out["uptime_s"] = round(mono() - self.core.started, 1)
-        # QueryStats is a slots dataclass (no __dict__): read its fields.
-        router = self.core.router
-        out["queries"] = {
-            **dataclasses.asdict(router.stats),
-            "in_flight": router.in_flight(mono()),
-        }
         out["local"] = dict(sorted(self.local_stats.items()))
         return out
 
@@ -433,18 +425,10 @@ class Node:
         assert self.core is not None
         from p2pmem.model.identity import agent_id
 
-        out = []
-        for session in self.core.ready_peers():
-            assert session.remote is not None
-            advertised = session.hello.addresses[0] if session.hello and session.hello.addresses else None
-            out.append({
-                "id": agent_id(session.remote),
-                "address": session.address or advertised,
-                "direction": "out" if session.initiator else "in",
-                "records_sent": session.sent_records,
-                "records_received": session.received_records,
-            })
-        return out
+        return [
+            {"id": agent_id(peer["agent"]), **{k: v for k, v in peer.items() if k != "agent"}}
+            for peer in self.core.peers()
+        ]
 
     async def ask(self, text: str, *, timeout: float, **options: Any) -> list[dict[str, Any]]:
         from p2pmem.agent.ranking import rank_hits

@@ -15,6 +15,7 @@ lives here, so a simulation drives exactly what a real node runs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 from collections import OrderedDict, deque
@@ -692,9 +693,11 @@ class NodeCore:
     def ready_peers(self) -> list[Session]:
         return [s for s in self.sessions.values() if s.ready]
 
-    def status(self) -> dict[str, Any]:
+    def status(self, now: float) -> dict[str, Any]:
+        """What the node reports of itself (``p2pmem status``), at ``now``."""
         return {
             "id": self.key,
+            "uptime_s": round(now - self.started, 1),
             "addresses": list(self.listen_addresses),
             "peers": len(self.ready_peers()),
             "connections": len(self.sessions),
@@ -710,8 +713,24 @@ class NodeCore:
                 "ingest_bytes": sum(s.ingest_pending for s in self.sessions.values()),
                 "pending_handshakes": sum(self._pending_hosts.values()),
             },
-            "queries": self.router.stats.__dict__.copy() if hasattr(self.router.stats, "__dict__") else {},
+            "queries": {**dataclasses.asdict(self.router.stats), "in_flight": self.router.in_flight(now)},
         }
+
+    def peers(self) -> list[dict[str, Any]]:
+        """The ready peers (``p2pmem peers``): agent key, address, direction
+        and records each way."""
+        out = []
+        for session in self.ready_peers():
+            hello = session.hello
+            advertised = hello.addresses[0] if hello is not None and hello.addresses else None
+            out.append({
+                "agent": session.remote,
+                "address": session.address or advertised,
+                "direction": "out" if session.initiator else "in",
+                "records_sent": session.sent_records,
+                "records_received": session.received_records,
+            })
+        return out
 
     # -- sessions -------------------------------------------------------------
     def _handshake_complete(self, session: Session, remote: bytes, now: float) -> None:
