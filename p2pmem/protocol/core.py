@@ -666,12 +666,12 @@ class NodeCore:
             skip = skip | self._inflight  # the ingest pipeline's own writes
         found = 0
         while True:
-            rows = self.store.rows_after(self._seen_rowid)
+            rows = self.store.ids_after(self._seen_rowid)
             if not rows:
                 return found
             self._seen_rowid = rows[-1][0]
-            records = [decode_record(raw, verify=False) for _, raw in rows
-                       if not skip or hashlib.sha256(raw).digest() not in skip]
+            fresh = [record_id for _, record_id in rows if record_id not in skip]
+            records = [decode_record(raw, verify=False) for raw in self.store.raws_of(fresh)] if fresh else []
             if records:
                 found += len(records)
                 self.local_records(records, now)

@@ -611,12 +611,23 @@ class Store:
     def max_rowid(self) -> int:
         return self._db.execute("SELECT coalesce(max(rowid), 0) FROM records").fetchone()[0]
 
-    def rows_after(self, rowid: int, limit: int = 1000) -> list[tuple[int, bytes]]:
-        """(rowid, raw) of records stored after ``rowid``: how a serving node
-        notices what a CLI command of the same home wrote."""
+    def ids_after(self, rowid: int, limit: int = 1000) -> list[tuple[int, bytes]]:
+        """(rowid, id) of records stored after ``rowid``: how a serving node
+        notices what a CLI command of the same home wrote (ids only: most
+        of them are the node's own writes, which it skips unread)."""
         return self._db.execute(
-            "SELECT rowid, raw FROM records WHERE rowid > ? ORDER BY rowid LIMIT ?", (rowid, limit)
+            "SELECT rowid, id FROM records WHERE rowid > ? ORDER BY rowid LIMIT ?", (rowid, limit)
         ).fetchall()
+
+    def raws_of(self, ids: Sequence[bytes]) -> list[bytes]:
+        """The stored bytes of those ``ids`` that are stored, in rowid order."""
+        out: list[tuple[int, bytes]] = []
+        for i in range(0, len(ids), 500):
+            part = list(ids[i : i + 500])
+            out.extend(self._db.execute(
+                f"SELECT rowid, raw FROM records WHERE id IN ({','.join('?' * len(part))})", part
+            ))
+        return [raw for _, raw in sorted(out)]
 
     def known_ids(self, ids: Sequence[bytes]) -> set[bytes]:
         """Which of ``ids`` are stored."""
