@@ -76,19 +76,25 @@ class IngestPipeline:
         (bytes per peer), so this first queue needs no bound of its own."""
         self._jobs_send.send_nowait(job)
 
+    def backlog(self) -> dict[str, int]:
+        """Jobs waiting at each stage: submitted, verifying, verified (for status)."""
+        return {
+            "submitted": self._jobs_send.statistics().current_buffer_used,
+            "verifying": self._verifying_send.statistics().current_buffer_used,
+            "verified": self._verified_send.statistics().current_buffer_used,
+        }
+
     async def run(self) -> None:
         """The pipeline's three tasks, until cancelled."""
         self._token = trio.lowlevel.current_trio_token()
-        # replica: records from peers are stored with synchronous=NORMAL
-        # (p2pmem/storage/store.py); the writer is the only thread using it
-        self._store = Store(self._store_path, replica=True, check_same_thread=False)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._submit_chunks)
                 nursery.start_soon(self._collect)
                 nursery.start_soon(self._write)
         finally:
-            self._store.close()
+            if self._store is not None:
+                self._store.close()
 
     # -- stage 1: hand each job's chunks to the worker processes ------------
     def _pool(self) -> ProcessPoolExecutor | None:
@@ -163,8 +169,12 @@ class IngestPipeline:
     ) -> list[IngestOutcome]:
         """In the writer thread: rebuild the verified records from the very
         bytes that were checked, screen each job, store them all at once."""
+        if self._store is None:
+            # opened here, not on the event loop: opening waits for the write
+            # lock (a CLI command of the home may hold it). replica: records
+            # from peers are stored with synchronous=NORMAL (storage/store.py)
+            self._store = Store(self._store_path, replica=True, check_same_thread=False)
         store = self._store
-        assert store is not None
         screened: list[tuple[list[Record], IngestOutcome]] = []
         for job, verdicts in group:
             decoded: list[Record | RecordError]
