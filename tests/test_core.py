@@ -631,6 +631,25 @@ def test_a_reconciliation_asking_for_everything_never_hands_out_a_private_or_ask
     assert not client.closed
 
 
+def test_a_message_of_the_removed_type_4_closes_the_connection():
+    """Type 4 was `want` (records asked for by id). Nothing sent it, so it
+    was removed: a node treats it as any unknown type, closes the
+    connection with a protocol error and pushes nothing for it."""
+    net = _two_with_hostile()
+    client = Client(net, 0, IDENTS[3])
+    client.hello()
+    record = net.remember(0, "a public memory")
+    client.pump()  # its eager push
+    client.messages.clear()
+    client.send(cbor2.dumps([4, [record.id]], canonical=True))
+    assert client.closed
+    assert "unknown message type 4" in net.raw_closed[client.conn]
+    assert any(isinstance(m, wire.Bye) and "unknown message type 4" in m.reason for m in client.messages)
+    assert not any(isinstance(m, wire.Records) for m in client.messages)
+    assert net.cores[0].stats.protocol_errors == 1
+    _still_serves(net)
+
+
 def test_an_oversized_message_closes_the_connection():
     net = _two_with_hostile()
     client = Client(net, 0, IDENTS[3], max_message=2 * limits.MAX_MESSAGE)
