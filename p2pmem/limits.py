@@ -87,9 +87,10 @@ MAX_CONTROL_CLIENTS = 32
 MAX_SEND_QUEUE = 4 * 1024 * 1024
 SEND_QUEUE_LOW = 1024 * 1024
 
-# Records a peer made us owe it (reconciliation `have`, `Want`), waiting to be
-# pushed. One reconciliation reply can name ~16,000 ids; past this many we stop
-# reading the peer until they drain (about 3 MiB of ids and set entries).
+# Records a peer made us owe it (our `have`, found by reconciliation), waiting
+# to be pushed. One reconciliation reply can name ~16,000 ids; past this many
+# we stop reading the peer until they drain (about 3 MiB of ids and set
+# entries).
 MAX_PUSH_PENDING = 20_000
 # Bytes of records pushed to one peer per second (token bucket). The ingest of
 # a receiver is ~5-10 MB/s per core, so an honest sync is not slowed; an
@@ -157,7 +158,7 @@ DIAL_LOGS_BURST = 10
 RECON_REPLY_BYTES = 64 * 1024
 # Work done for one connection before the shell lets other tasks run: a cheap
 # message costs 1, one that makes us read the store or reconcile (Recon,
-# Want, Interest, Query) costs EXPENSIVE_MESSAGE_COST. What a read holds
+# Interest, Query) costs EXPENSIVE_MESSAGE_COST. What a read holds
 # beyond this waits (and the peer is not read meanwhile).
 WORK_PER_TURN = 16
 EXPENSIVE_MESSAGE_COST = 8

@@ -4,8 +4,8 @@ memory and queues within the limits of p2pmem/limits.py (issue #11).
 A hypothesis state machine drives one :class:`NodeCore` with flow control
 on (as the trio node runs it) through real Noise connections from several
 attackers that send any mix of reconciliation messages (including the
-7-byte "send me everything"), Want, Interest, peer exchange, records, pings
-and stalled handshakes, while the shell writes out only what the test says
+7-byte "send me everything", in floods and paced within the reconciliation
+rate limit), Interest, peer exchange, records, pings and stalled handshakes, while the shell writes out only what the test says
 (a peer that never reads) and runs the ingest pipeline when the test says.
 """
 
@@ -32,6 +32,8 @@ from p2pmem.storage.store import Store
 BASE_MS = 1_700_000_000_000
 T0 = BASE_MS / 1000 + 3600.0
 EMPTY_ID_LIST = cbor2.dumps([1, [0, b"", 2, b""]], canonical=True)
+# A little slower than the reconciliation starts a peer may make (a token each).
+RECON_PACE_S = 1.05 / limits.RECON_STARTS_PER_S
 
 
 def _ident(tag: str) -> Identity:
@@ -75,6 +77,7 @@ class HostilePeers(RuleBasedStateMachine):
         self.next_conn = 0
         self.closed: set[int] = set()
         self.rng = random.Random(seed)
+        self.next_recon_id = 1_000_000  # above the ids recon_flood uses
 
     # -- the shell ----------------------------------------------------------------
     def _apply(self) -> None:
@@ -158,13 +161,23 @@ class HostilePeers(RuleBasedStateMachine):
         for session in range(count):
             self._send(peer, wire.Recon(data.draw(st.integers(0, 5)) * 1000 + session, payload))
 
+    def _ask_for_everything_paced(self, peer: _Peer) -> None:
+        """One more "send me everything" reconciliation, once the peer's
+        reconciliation rate limit allows it: it is answered in one round (the
+        store fits one reply) and makes the node owe the peer its whole
+        store again, with nothing to close the connection for."""
+        self.now += RECON_PACE_S
+        self.core.handle_timer(self.now, wall_ms=int(self.now * 1000))
+        self._apply()
+        self.next_recon_id += 1
+        self._send(peer, wire.Recon(self.next_recon_id, EMPTY_ID_LIST))
+
     @precondition(lambda self: self._ready_peers())
     @rule(data=st.data(), repeat=st.integers(1, 20))
-    def want_flood(self, data, repeat: int) -> None:
+    def paced_recon_flood(self, data, repeat: int) -> None:
         peer = data.draw(st.sampled_from(self._ready_peers()))
-        ids = tuple(r.id for r in RECORDS) + tuple(hashlib.sha256(b"%d" % i).digest() for i in range(50))
         for _ in range(repeat):
-            self._send(peer, wire.Want(ids))
+            self._ask_for_everything_paced(peer)
 
     @precondition(lambda self: self._ready_peers())
     @rule(data=st.data(), n=st.integers(0, 300), replicate_all=st.booleans())
@@ -270,10 +283,13 @@ def test_a_flood_fills_the_send_queue_up_to_its_limit_and_no_further():
     for i in range(8):
         machine._send(peer, wire.Recon(i + 1, EMPTY_ID_LIST))
     assert session.queued > limits.SEND_QUEUE_LOW
-    ids = tuple(r.id for r in RECORDS)
+    # 200 more, each allowed by the rate limit, each owing the whole store again
     for _ in range(200):
-        machine._send(peer, wire.Want(ids))
+        machine._ask_for_everything_paced(peer)
+        assert not session.closed
+        assert len(session.push_pending) <= len(RECORDS)  # owed ids are de-duplicated
     assert session.queued <= limits.MAX_SEND_QUEUE + SLACK
+    assert not session.recon  # each one was answered in one round
     machine.queues_within_limits()
     # pushes wait for the shell to write; then they resume
     machine.shell_writes(1.0)

@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+import cbor2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -45,6 +46,9 @@ from p2pmem.storage.store import Store
 BASE_MS = 1_700_000_000_000  # records are stamped from here on
 T0 = BASE_MS / 1000 + 3600.0  # virtual time starts an hour later
 POOL = 5
+# A reconciliation message that says "I hold nothing, send me all you have":
+# one IdList range covering everything, with no ids.
+EMPTY_ID_LIST = cbor2.dumps([1, [0, b"", 2, b""]], canonical=True)
 
 
 def ident(index: int) -> Identity:
@@ -612,16 +616,38 @@ def test_a_valid_record_from_a_hostile_client_is_kept_and_forwarded():
     assert (good.ts, good.id) in net.items(0) and (good.ts, good.id) in net.items(1)
 
 
-def test_want_never_hands_out_a_private_or_ask_memory():
+def test_a_reconciliation_asking_for_everything_never_hands_out_a_private_or_ask_memory():
     net = _two_with_hostile()
     client = Client(net, 0, IDENTS[3])
     client.hello()
     records = {vis: net.remember(0, f"a {vis} memory", vis) for vis in VISIBILITIES}
+    client.pump()  # the eager push of the public one
     client.messages.clear()
-    client.send(wire.Want(tuple(r.id for r in records.values())))
+    client.send(wire.Recon(1, EMPTY_ID_LIST))
+    assert any(isinstance(m, wire.Recon) and m.recon_id == 1 for m in client.messages)
     sent = {raw for m in client.messages if isinstance(m, wire.Records) for raw in m.records}
-    assert sent == {records["public"].raw}
+    assert records["public"].raw in sent
+    assert not {records["ask"].raw, records["private"].raw} & sent
     assert not client.closed
+
+
+def test_a_message_of_the_removed_type_4_closes_the_connection():
+    """Type 4 was `want` (records asked for by id). Nothing sent it, so it
+    was removed: a node treats it as any unknown type, closes the
+    connection with a protocol error and pushes nothing for it."""
+    net = _two_with_hostile()
+    client = Client(net, 0, IDENTS[3])
+    client.hello()
+    record = net.remember(0, "a public memory")
+    client.pump()  # its eager push
+    client.messages.clear()
+    client.send(cbor2.dumps([4, [record.id]], canonical=True))
+    assert client.closed
+    assert "unknown message type 4" in net.raw_closed[client.conn]
+    assert any(isinstance(m, wire.Bye) and "unknown message type 4" in m.reason for m in client.messages)
+    assert not any(isinstance(m, wire.Records) for m in client.messages)
+    assert net.cores[0].stats.protocol_errors == 1
+    _still_serves(net)
 
 
 def test_an_oversized_message_closes_the_connection():

@@ -476,7 +476,7 @@ class NodeCore:
                     work += limits.EXPENSIVE_MESSAGE_COST
                 elif isinstance(event, MessageReceived):
                     message = wire.decode(event.data)
-                    expensive = isinstance(message, wire.Recon | wire.Want | wire.Interest | wire.QueryMsg)
+                    expensive = isinstance(message, wire.Recon | wire.Interest | wire.QueryMsg)
                     work += limits.EXPENSIVE_MESSAGE_COST if expensive else 1
                     self._dispatch(session, message, now)
         except (ProtocolError, wire.WireError, ReconcileError, QueryError) as exc:
@@ -814,11 +814,6 @@ class NodeCore:
                 self._on_recon(session, message, now)
             case wire.Records():
                 self._on_records(session, message.records, now)
-            case wire.Want():
-                # Queued, and sent within the peer's push budget; only what
-                # the peer's scope admits (never ask/private memories).
-                self._owe(session, message.ids)
-                self._drain(session, now)
             case wire.PeerExchange():
                 self._on_pex(session, message)
             case wire.Ping():

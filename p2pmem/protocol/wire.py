@@ -19,7 +19,6 @@ PROTOCOL_VERSION = 1
 FEATURES = ("reconcile-v1", "push", "pex", "query-v1", "messages")
 MAX_INTEREST_AUTHORS = 4096
 MAX_FEATURES = 32
-MAX_WANT = 4096
 
 
 class WireError(P2pmemError):
@@ -54,11 +53,6 @@ class Records:
 
 
 @dataclass(frozen=True)
-class Want:
-    ids: tuple[bytes, ...]
-
-
-@dataclass(frozen=True)
 class PeerExchange:
     peers: tuple[tuple[bytes, str], ...]
 
@@ -88,9 +82,13 @@ class Bye:
     reason: str
 
 
-Message = Hello | Interest | Recon | Records | Want | PeerExchange | Ping | Pong | QueryMsg | HitsMsg | Bye
+Message = Hello | Interest | Recon | Records | PeerExchange | Ping | Pong | QueryMsg | HitsMsg | Bye
 
-T_HELLO, T_INTEREST, T_RECON, T_RECORDS, T_WANT, T_PEX = 0, 1, 2, 3, 4, 5
+# Type 4 is reserved. It was `want` (records asked for by id); nothing sent it
+# once reconciliation pushed what the peer lacks, so it was removed: a message
+# of type 4 is now an unknown type like any other and closes the connection.
+# Never reuse the number; the other types keep theirs.
+T_HELLO, T_INTEREST, T_RECON, T_RECORDS, T_PEX = 0, 1, 2, 3, 5
 T_PING, T_PONG, T_QUERY, T_HITS, T_BYE = 6, 7, 8, 9, 10
 
 
@@ -109,8 +107,6 @@ def encode(message: Message) -> bytes:
             kind, body = T_RECON, [message.recon_id, message.payload]
         case Records():
             kind, body = T_RECORDS, list(message.records)
-        case Want():
-            kind, body = T_WANT, list(message.ids)
         case PeerExchange():
             kind, body = T_PEX, [[agent, address] for agent, address in message.peers]
         case Ping():
@@ -206,8 +202,6 @@ def decode(data: bytes) -> Message:
     if kind == T_RECORDS:
         raws = _list(body, "records", limits.MAX_RECORDS_PER_MESSAGE)
         return Records(tuple(_bytes(r, "record", max_size=limits.MAX_RECORD) for r in raws))
-    if kind == T_WANT:
-        return Want(tuple(_bytes(i, "id", 32) for i in _list(body, "want", MAX_WANT)))
     if kind == T_PEX:
         peers = []
         for entry in _list(body, "peers", limits.MAX_PEER_EXCHANGE):
