@@ -1020,6 +1020,9 @@ class NodeCore:
             if raws:
                 bucket.spend(now, sum(len(raw) for raw in raws))
                 self._send_records(session, raws, now)
+                # counted in session.queued now, not at the end of the turn:
+                # the mark above must see this batch before the next one
+                self._flush(session)
                 batches += 1  # with flow control, sent() tops the queue up
 
     def _send_records(self, session: Session, raws: Sequence[bytes], now: float) -> None:
