@@ -65,7 +65,7 @@ class Agent:
 
     ``wall_ms`` is the wall clock in milliseconds: every time the agent reads
     (its hybrid clock, the clock check of imports, "now" of recall) comes
-    from it. Front ends keep the real one; a simulation passes its virtual
+    from it. Front ends keep the real one; the simulator passes its virtual
     clock. Constructing an Agent touches neither the filesystem nor the
     environment (``home`` is read by :meth:`open` and the serving node only).
     """
@@ -117,10 +117,10 @@ class Agent:
         return self.clock.now(self.wall_ms())
 
     # -- writing: every record of this agent is signed and stored here -----
-    # The CLI, the MCP server and the graph's tools write through these
-    # methods; nothing else signs with the agent's key or ingests into its store
-    # (the node's ingest pipeline stores what peers send, and the simulator,
-    # which has no Agent, signs for its virtual nodes itself).
+    # The CLI, the MCP server, the graph's tools and the simulator (one Agent
+    # per virtual node, on the virtual clock) write through these methods;
+    # nothing else signs with the agent's key or ingests into its store (the
+    # node's ingest pipeline stores what peers send).
     def sign(self, kind: str, body: object, *, ts: int | None = None, **fields: object) -> Record:
         """A record of ``kind`` signed by this agent, not stored yet (see
         :meth:`commit`); ``ts`` defaults to the next tick of its clock.
