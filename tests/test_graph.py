@@ -245,6 +245,31 @@ def test_operations_of_one_agent(agent: Agent) -> None:
     assert source["author"] == agent.identity.agent_id and source["session"] == "s1"
 
 
+def test_every_time_an_agent_reads_comes_from_its_clock(tmp_path: Path) -> None:
+    """An Agent built with its own ``wall_ms`` (the simulator's virtual
+    clock) stamps records, runs of graph records included, and checks
+    imports by that clock alone; building it reads no file."""
+    from p2pmem.model.clock import physical_ms
+
+    clock = [BASE_MS + 5_000]
+    with Store(Path(":memory:"), verify_workers=1) as store:
+        agent = Agent(tmp_path / "never-created", ALICE, store, wall_ms=lambda: clock[0])
+        assert not (tmp_path / "never-created").exists()
+        first = agent.remember("stamped by the injected clock")
+        ops.create_entities(ops.Signer(agent), [{"name": "E", "entityType": "t", "observations": ["a", "b"]}])
+        graph = agent.store.records_by_kind("entity") + agent.store.records_by_kind("observation")
+        stamps = sorted(r.ts for r in [first, *graph])
+        assert {physical_ms(ts) for ts in stamps} == {BASE_MS + 5_000}
+        assert len(set(stamps)) == len(stamps) == 4
+        clock[0] += 1_000
+        assert physical_ms(agent.remember("a second later").ts) == BASE_MS + 6_000
+        ahead = sign_record(BOB, "memory", (BASE_MS + 10 * 86_400_000) << 16, "from the future")
+        result = agent.import_raw([ahead.raw])
+        assert not result.added and "ahead of this node's clock" in result.rejected[0][1]
+        clock[0] += 20 * 86_400_000
+        assert [r.id for r in agent.import_raw([ahead.raw]).added] == [ahead.id]
+
+
 def test_a_removal_is_as_visible_as_what_it_removes(agent: Agent) -> None:
     ops.create_entities(ops.Signer(agent, visibility="private"), [{"name": "P", "entityType": "t", "observations": ["o"]}])
     ops.delete_observations(ops.Signer(agent), [{"entityName": "P", "observations": ["o"]}])

@@ -138,6 +138,42 @@ def test_same_seed_same_run():
     assert run(5) != run(6)
 
 
+def test_nodes_write_through_their_agent():
+    """A node's records are signed and stored by its Agent, the one writer
+    (p2pmem/agent/home.py), on the virtual clock: the CLI's rules for
+    update, forget and profiles, and the same bytes from the same seed."""
+    from p2pmem.errors import StoreError, UsageError
+    from p2pmem.model.clock import physical_ms
+
+    def run():
+        net = SimNetwork(3, 8, topology="line")
+        net.run_for(1.5)
+        first = net.remember(0, "the build needs python 3.11", topics=["build"], session="s1")
+        assert physical_ms(first.ts) == BASE_MS + net.now_us // 1000
+        newer = net.update(0, first, "the build needs python 3.12")
+        # the Agent's rule: the new head keeps the topics and session of the one it supersedes
+        assert (newer.root, newer.refs, newer.topics, newer.session) == (first.id, (first.id,), ("build",), "s1")
+        assert newer.ts > first.ts and net.nodes[0].agent.clock.last == newer.ts
+        net.run_until_converged(60.0)
+        with pytest.raises(StoreError, match="only its author"):
+            net.update(1, first, "not node 1's to change")
+        gone = net.forget(0, newer)
+        assert sorted(gone.refs) == sorted({first.id, newer.id})
+        net.write(2, "profile", {"name": "n2", "description": "weather station", "skills": [],
+                                 "addresses": [], "xkey": net.nodes[2].identity.message_public_key})
+        profile = net.set_profile(2, "node two", ["b", "a"])
+        assert profile.body["description"] == "weather station"  # kept, as `p2pmem profile` keeps it
+        assert (profile.body["skills"], profile.body["addresses"]) == (["a", "b"], ["sim:2"])
+        with pytest.raises(UsageError):
+            net.follow(1, 1)
+        net.follow(1, 2)
+        net.run_until_converged(60.0)
+        assert net.stores_equal() and net.views_equal()
+        return [r.raw for r in net.records(0)]
+
+    assert run() == run()
+
+
 def test_step_and_time():
     net = SimNetwork(4, 1, topology="line", connect=False)
     assert net.now == 0.0

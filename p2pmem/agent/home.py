@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import platformdirs
@@ -61,12 +61,22 @@ def init_home(home: Path, *, name: str | None = None, skills: Sequence[str] = ()
 
 
 class Agent:
-    """One agent's local node state: sign, store and read records."""
+    """One agent's local node state: sign, store and read records.
 
-    def __init__(self, home: Path, identity: Identity, store: Store) -> None:
+    ``wall_ms`` is the wall clock in milliseconds: every time the agent reads
+    (its hybrid clock, the clock check of imports, "now" of recall) comes
+    from it. Front ends keep the real one; the simulator passes its virtual
+    clock. Constructing an Agent touches neither the filesystem nor the
+    environment (``home`` is read by :meth:`open` and the serving node only).
+    """
+
+    def __init__(
+        self, home: Path, identity: Identity, store: Store, *, wall_ms: Callable[[], int] = wall_ms
+    ) -> None:
         self.home = home
         self.identity = identity
         self.store = store
+        self.wall_ms = wall_ms
         self.clock = HybridClock(store.last_ts(identity.public_key))
 
     @classmethod
@@ -95,15 +105,22 @@ class Agent:
         return self.identity.public_key
 
     def next_ts(self) -> int:
-        # Another process of this home (CLI beside `serve`) may have signed since.
-        self.clock.observe(self.store.last_ts(self.key), wall_ms(), limits.MAX_FUTURE_SKEW_MS)
-        return self.clock.now(wall_ms())
+        """The next tick of this agent's clock, after anything another
+        process of this home (the CLI beside `serve`) signed since."""
+        now = self.wall_ms()
+        self.clock.observe(self.store.last_ts(self.key), now, limits.MAX_FUTURE_SKEW_MS)
+        return self.clock.now(now)
+
+    def tick(self) -> int:
+        """The next tick without looking at the store again: for the rest of
+        a run of records whose first took :meth:`next_ts`."""
+        return self.clock.now(self.wall_ms())
 
     # -- writing: every record of this agent is signed and stored here -----
-    # The CLI, the MCP server and the graph's tools write through these
-    # methods; nothing else signs with the agent's key or ingests into its store
-    # (the node's ingest pipeline stores what peers send, and the simulator,
-    # which has no Agent, signs for its virtual nodes itself).
+    # The CLI, the MCP server, the graph's tools and the simulator (one Agent
+    # per virtual node, on the virtual clock) write through these methods;
+    # nothing else signs with the agent's key or ingests into its store (the
+    # node's ingest pipeline stores what peers send).
     def sign(self, kind: str, body: object, *, ts: int | None = None, **fields: object) -> Record:
         """A record of ``kind`` signed by this agent, not stored yet (see
         :meth:`commit`); ``ts`` defaults to the next tick of its clock.
@@ -131,7 +148,7 @@ class Agent:
     def import_raw(self, raws: Sequence[bytes]) -> IngestResult:
         """Verify and store records from outside (an exported file): the same
         checks as records from a peer (Store.ingest_raw)."""
-        return self.store.ingest_raw(raws, wall_ms=wall_ms())
+        return self.store.ingest_raw(raws, wall_ms=self.wall_ms())
 
     # -- memories --------------------------------------------------------
     def make_memory(
@@ -314,9 +331,9 @@ class Agent:
     ) -> list[Memory]:
         """The retrieval engine's ranking with trust as a gentle prior
         (docs/retrieval.md). Time words in the query ("last week") are read
-        relative to ``now_ms`` (default: now). Without query words the order
-        stays newest first."""
-        now = wall_ms() if now_ms is None else now_ms
+        relative to ``now_ms`` (default: now, by the agent's clock). Without
+        query words the order stays newest first."""
+        now = self.wall_ms() if now_ms is None else now_ms
         if not query_terms(query):
             return self.store.recall(query, limit=limit, now_ms=now, **filters)  # type: ignore[arg-type]
         wanted = min(limits.MAX_RECALL_LIMIT, max(limit * 2, 20))

@@ -55,13 +55,11 @@ class Signer:
         self.unlinked: set[tuple[str, str, str, str]] = set()  # this run's removals
 
     def sign(self, kind: str, body: dict[str, str], visibility: str | None = None) -> Record:
-        from p2pmem.agent.home import wall_ms
-
         if self.first:
             ts = self.agent.next_ts()
             self.first = False
         else:
-            ts = self.agent.clock.now(wall_ms())
+            ts = self.agent.tick()  # the agent's clock, not the wall clock behind its back
         record = self.agent.sign(kind, body, ts=ts, session=self.session,
                                  visibility=visibility or self.visibility)
         self.records.append(record)

@@ -1,8 +1,9 @@
 """The simulated network (:class:`SimNetwork`): many nodes in one process,
 each the very protocol core, store and views a real node runs
 (:class:`p2pmem.protocol.core.NodeCore` over a
-:class:`p2pmem.storage.store.Store` in SQLite ``:memory:``), driven by a
-seeded discrete-event loop on virtual time instead of trio and sockets.
+:class:`p2pmem.storage.store.Store` in SQLite ``:memory:``), its records
+written by the same :class:`p2pmem.agent.home.Agent` as the CLI's, driven by
+a seeded discrete-event loop on virtual time instead of trio and sockets.
 Re-exported by :mod:`p2pmem.testing`, where users find it.
 
 Determinism. One seed splits into one ``random.Random`` per component
@@ -57,9 +58,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from p2pmem import limits
+from p2pmem.agent.home import Agent
 from p2pmem.errors import P2pmemError, RecordError
 from p2pmem.model.identity import Identity
-from p2pmem.model.record import Record, decode_record, sign_record
+from p2pmem.model.record import Record, decode_record
 from p2pmem.model.views import ViewSnapshot, build_views
 from p2pmem.protocol.core import NodeCore, Timing
 from p2pmem.protocol.events import (
@@ -81,6 +83,7 @@ from p2pmem.storage.store import IngestResult, Store, decode_or_error
 #: timestamps are hybrid logical clocks on this virtual wall clock.
 EPOCH_S = 1_700_000_000
 #: The same instant in milliseconds: where strategy-made records are stamped.
+#: Each node's Agent reads ``BASE_MS + now_us // 1000`` as its wall clock.
 BASE_MS = EPOCH_S * 1000
 FAULT_KINDS = ("partition", "heal", "crash", "restart")
 
@@ -197,7 +200,8 @@ class _SimLink:
 
 @dataclass
 class SimNode:
-    """One simulated node: identity, store (kept across crashes) and core."""
+    """One simulated node: identity, store (kept across crashes), the Agent
+    that writes its records, and core."""
 
     index: int
     address: str
@@ -205,6 +209,7 @@ class SimNode:
     store: Store
     bootstrap: list[str]
     replicate_all: bool
+    agent: Agent  # over ``store``, on the virtual clock; like the store it outlives crashes
     core: NodeCore | None = None
     alive: bool = False
     incarnation: int = 0
@@ -343,6 +348,11 @@ class SimNetwork:
         """The virtual wall clock in milliseconds: the cores' ``wall_ms``."""
         return int(self.wall * 1000)
 
+    def agent_ms(self) -> int:
+        """The virtual wall clock in whole milliseconds, as the nodes' Agents
+        read it (integer arithmetic: their records' timestamps)."""
+        return BASE_MS + self.now_us // 1000
+
     def fail(self, message: str) -> SimulationError:
         return SimulationError(f"{message} (at virtual t={self.now:.3f}s, seed {self.seed!r})")
 
@@ -359,7 +369,9 @@ class SimNetwork:
         node_box: list[SimNode] = []
         store = Store(Path(":memory:"), verify_workers=1, decoder=decoder,
                       on_ingest=lambda result: self._stored(node_box[0], result))
-        node = SimNode(index, self._address(index), identity, store, bootstrap, replicate_all)
+        # An Agent reads its home only in Agent.open; a simulated node has none.
+        agent = Agent(Path(":memory:"), identity, store, wall_ms=self.agent_ms)
+        node = SimNode(index, self._address(index), identity, store, bootstrap, replicate_all, agent)
         node_box.append(node)
         self.nodes.append(node)
         self._by_address[node.address] = node
@@ -400,55 +412,65 @@ class SimNetwork:
         return node
 
     # -- writing records --------------------------------------------------------------
+    # Every record a node writes is signed and stored by its Agent, the one
+    # writer a real node has (p2pmem/agent/home.py): the same rules for
+    # update, forget and profiles as the CLI and the MCP server. The network
+    # then does what the serving node does for a CLI write: the core pushes it.
+    def _written(self, node: SimNode, records: Sequence[Record]) -> None:
+        """``node``'s Agent just stored ``records``: note their arrival (hop
+        0) and let the core push them."""
+        assert node.core is not None
+        self._arrived(node, [r.id for r in records if node.store.has(r.id)], None)
+        node.core.local_records(records, self.wall)
+        self._apply(node)
+
+    def _as_agent(self, index: int, write: Callable[[Agent], Record]) -> Record:
+        node = self._live(index)
+        record = write(node.agent)
+        self._written(node, [record])
+        return record
+
     def write(self, index: int, kind: str, body: Any, **fields: Any) -> Record:
         """Sign a record of any kind as node ``index``'s agent at the virtual
-        time, store it and let the core push it, as ``p2pmem remember`` does."""
-        node = self._live(index)
-        assert node.core is not None
-        ts = node.core.clock.now(self.now_us // 1000 + BASE_MS)
-        record = sign_record(node.identity, kind, ts, body, **fields)
-        added = [r.id for r in node.store.ingest([record]).added]
-        self._arrived(node, added, None)
-        node.core.local_records([record], self.wall)
-        self._apply(node)
-        return record
+        time (``Agent.sign``), store it (``Agent.commit``) and let the core
+        push it, as ``p2pmem remember`` does."""
+        return self._as_agent(index, lambda agent: agent.commit([agent.sign(kind, body, **fields)])[0])
 
     def remember(self, index: int, text: str, *, topics: Sequence[str] = (), visibility: str = "public",
                  session: str = "") -> Record:
-        return self.write(index, "memory", text, topics=list(topics), visibility=visibility, session=session)
+        return self._as_agent(
+            index, lambda agent: agent.remember(text, topics=list(topics), visibility=visibility, session=session)
+        )
 
     def update(self, index: int, record: Record, text: str) -> Record:
         """Supersede every current head of ``record``'s lineage (its author's node only)."""
-        node = self._live(index)
-        heads = node.store.lineage_heads(record.lineage, node.key) or [record]
-        return self.write(index, "memory", text, topics=list(heads[0].topics), visibility=heads[0].visibility,
-                          refs=[h.id for h in heads][: limits.MAX_REFS], root=record.lineage)
+        return self._as_agent(index, lambda agent: agent.update(record.id.hex(), text))
 
     def forget(self, index: int, record: Record) -> Record:
-        """Retract ``record``'s whole lineage."""
-        return self.write(index, "retract", "", refs=sorted({record.lineage, record.id}))
+        """Retract ``record``'s whole lineage (its author's node only)."""
+        return self._as_agent(index, lambda agent: agent.forget(record.id.hex()))
 
     def follow(self, index: int, other: int, active: bool = True) -> Record:
-        return self.write(index, "follow", {"target": self.nodes[other].key, "active": active})
+        return self._as_agent(index, lambda agent: agent.follow(self.nodes[other].key, active))
 
     def endorse(self, index: int, other: int, what: str = "agent") -> Record:
-        return self.write(index, "endorse", {"target": self.nodes[other].key, "what": what})
+        return self._as_agent(index, lambda agent: agent.endorse(self.nodes[other].key, what))
 
     def set_profile(self, index: int, name: str, skills: Sequence[str] = ()) -> Record:
-        node = self.nodes[index]
-        body = {"name": name, "description": "", "skills": sorted(set(skills)), "addresses": [node.address],
-                "xkey": node.identity.message_public_key}
-        return self.write(index, "profile", body)
+        """Name, skills and the node's address (``Agent.set_profile``)."""
+        address = self.nodes[index].address
+        return self._as_agent(
+            index, lambda agent: agent.set_profile(name=name, skills=list(skills), addresses=[address])
+        )
 
     def inject(self, index: int, records: Iterable[Record]) -> int:
         """Store records made elsewhere (e.g. by :func:`records`) on a node
-        and push them, as ``p2pmem import`` would; returns how many were new."""
+        and push them, as ``p2pmem import`` would (``Agent.import_raw``: the
+        checks a peer's records get, on the virtual clock); returns how many
+        were new."""
         node = self._live(index)
-        assert node.core is not None
-        added = node.store.ingest(list(records)).added
-        self._arrived(node, [r.id for r in added], None)
-        node.core.local_records(added, self.wall)
-        self._apply(node)
+        added = node.agent.import_raw([r.raw for r in records]).added
+        self._written(node, added)
         return len(added)
 
     # -- asking -------------------------------------------------------------------------
