@@ -160,6 +160,7 @@ def _footer(net: SimNetwork) -> list[str]:
         f"events {net.events:,}; virtual time {net.now:.3f} s; wire bytes {sent:,}",
         f"records received from peers {received:,}, of which duplicates {duplicates:,}",
         f"connections closed, by reason: {reasons}",
+        f"wire digest (every byte delivered, handshakes included) {net.wire_digest()[:32]}",
     ]
 
 

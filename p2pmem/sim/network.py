@@ -47,6 +47,7 @@ The network model (docs/simulations.md):
 from __future__ import annotations
 
 import functools
+import hashlib
 import heapq
 import math
 import random
@@ -312,6 +313,9 @@ class SimNetwork:
         self._by_key: dict[bytes, SimNode] = {}
         self._groups: dict[int, int] | None = None
         self._digests: dict[tuple[int, int], int] = {}
+        # every byte delivered, in delivery order, with its connection and
+        # direction: two runs of one seed agree on it exactly (wire_digest)
+        self._wire = hashlib.sha256()
         self._link_us: dict[tuple[int, int], float] = {}
         direction = self.rng("direction")
         dialled: list[list[int]] = [[] for _ in range(n)]
@@ -345,13 +349,19 @@ class SimNetwork:
 
     @property
     def wall_ms(self) -> int:
-        """The virtual wall clock in milliseconds: the cores' ``wall_ms``."""
-        return int(self.wall * 1000)
+        """The virtual wall clock in whole milliseconds: the cores' ``wall_ms``
+        (integer arithmetic, the same instant the Agents read)."""
+        return BASE_MS + self.now_us // 1000
 
     def agent_ms(self) -> int:
-        """The virtual wall clock in whole milliseconds, as the nodes' Agents
-        read it (integer arithmetic: their records' timestamps)."""
-        return BASE_MS + self.now_us // 1000
+        """The nodes' Agents' clock (their records' timestamps): ``wall_ms``."""
+        return self.wall_ms
+
+    def wire_digest(self) -> str:
+        """SHA-256 over every byte delivered so far (handshakes included),
+        with its connection and direction, in delivery order: a run replays
+        byte for byte from its seed exactly when this agrees."""
+        return self._wire.hexdigest()
 
     def fail(self, message: str) -> SimulationError:
         return SimulationError(f"{message} (at virtual t={self.now:.3f}s, seed {self.seed!r})")
@@ -968,6 +978,7 @@ class SimNetwork:
                 break
             assert isinstance(piece, bytes)
             node.bytes_received += len(piece)
+            self._wire.update(b"%d %d %d:" % (conn.cid, dest, len(piece)) + piece)
             core.data_received(conn.cid, piece, self.wall, wall_ms=self.wall_ms)
         self._apply(node)
         self._forget_conn(conn)
