@@ -504,3 +504,30 @@ def test_large_batches_verify_in_worker_processes_and_keep_positions(tmp_path: P
         assert store.ingest_raw(raws).duplicates == len(raws) - 2
         texts = [m.record.text for m in store.recall("version", limit=10)]
         assert texts == ["second version"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    ats=st.lists(st.integers(0, 40), min_size=1, max_size=40),
+    window=st.tuples(st.integers(-2, 42), st.integers(-2, 42)),
+    limit=st.integers(1, 12),
+    updated=st.sets(st.integers(0, 39), max_size=5),
+)
+def test_a_time_window_without_words_lists_the_newest_current_memories(ats, window, limit, updated) -> None:
+    """``recall("", since, until)`` (answered from the search index's fast
+    fields) equals the reference: current memories with since <= at <= until,
+    newest first, the first ``limit``."""
+    day = 86_400_000
+    originals = [_memory(A, i + 1, f"note {i}", at=BASE_MS - at * day) for i, at in enumerate(ats)]
+    updates = [
+        sign_record(A, "memory", from_ms(BASE_MS + 100 + i), f"note {i} again", at=originals[i].at,
+                    refs=[originals[i].id], root=originals[i].id)
+        for i in sorted(updated) if i < len(originals)
+    ]
+    since, until = (BASE_MS - max(window) * day, BASE_MS - min(window) * day)
+    with Store(Path(":memory:")) as store:
+        store.ingest(originals + updates)
+        replaced = {ref for u in updates for ref in u.refs}
+        current = [r for r in originals + updates if r.id not in replaced]
+        expected = sorted((r for r in current if since <= r.at <= until), key=lambda r: r.ts, reverse=True)
+        assert ids(store.recall("", since=since, until=until, limit=limit)) == [r.id for r in expected[:limit]]

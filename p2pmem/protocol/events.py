@@ -24,6 +24,7 @@ the core's internals or parse a reason string to learn any of this.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,8 +116,9 @@ class IngestJob:
     wall_ms: int
     known: int = 0  # records of the same message skipped as already held
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
+        """Bytes of records (the core's per-peer ingest budget counts them)."""
         return sum(len(raw) for raw in self.raws)
 
 

@@ -122,6 +122,12 @@ class SearchEngine:
             self._semantic.close()
             self._semantic = None
 
+    def newest(self, filters: Filters, limit: int, *, fresh: bool = True) -> list[int]:
+        """Rowids of the newest current memories passing ``filters`` (no
+        query words), newest first."""
+        index = self.sync.current() if fresh else self.sync.as_is()
+        return index.newest(filters, limit)
+
     def search(self, request: SearchRequest) -> SearchResult:
         analysed, plain = words.analyse_query(request.text)
         terms = tuple(analysed)

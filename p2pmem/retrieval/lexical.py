@@ -208,6 +208,18 @@ class LexicalIndex:
         rids = self._searcher.fast_field_values("rid", [address for _, address in hits])
         return {int(rid): float(score) for (score, _), rid in zip(hits, rids, strict=True)}
 
+    def newest(self, filters: Filters, limit: int) -> list[int]:
+        """Rowids of the newest ``limit`` documents (by ``ts``) that pass every
+        filter: a listing without query words (``recall --since``), from the
+        fast fields, whatever the size of the time window."""
+        if limit <= 0:
+            return []
+        query = self._filtered(tantivy.Query.all_query(), filters)
+        hits = self._searcher.search(query, limit, count=False, order_by_field="ts").hits
+        if not hits:
+            return []
+        return [int(r) for r in self._searcher.fast_field_values("rid", [address for _, address in hits])]
+
     def _with_rids(self, rids: Sequence[int]) -> tantivy.Query:
         # one term query per id: a term-set query over an integer field walks
         # the whole term dictionary, this costs O(ids log n)

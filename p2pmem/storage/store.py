@@ -63,7 +63,6 @@ CREATE INDEX IF NOT EXISTS records_kind ON records(kind, author, ts);
 -- random-key index (queries say `id = L OR (lineage = L AND lineage != id)`)
 CREATE INDEX IF NOT EXISTS records_lineage_later ON records(lineage) WHERE lineage != id;
 CREATE INDEX IF NOT EXISTS records_target ON records(target, kind) WHERE target IS NOT NULL;
-CREATE INDEX IF NOT EXISTS records_at ON records(at) WHERE kind = 'memory';
 CREATE TABLE IF NOT EXISTS topics (
     topic TEXT NOT NULL,
     rid INTEGER NOT NULL,
@@ -173,6 +172,9 @@ class Store:
         if row is not None and int(row[0]) > SCHEMA_VERSION:
             raise StoreError(f"store {self.path} was written by a newer p2pmem (schema {row[0]})")
         self._db.execute("DROP INDEX IF EXISTS records_lineage")  # schema 2's, on every memory
+        # a random-key index every memory paid for at ingest (the cost that grew
+        # with the store); time-window listings read the search index instead
+        self._db.execute("DROP INDEX IF EXISTS records_at")
         if row is not None and int(row[0]) < 2:
             # secure_delete is on: the dropped FTS5 pages are zeroed, and the
             # derived index is rebuilt from the records on first use
@@ -722,6 +724,12 @@ class Store:
             records = [
                 (load_stored(rows[r.rid]), r) for r in result.ranked if r.rid in rows
             ]
+        elif since is not None or until is not None:
+            # a time window without query words: the search index's fast
+            # fields find the newest in any window without scanning the store
+            rids = self.search.newest(filters, limit, fresh=fresh)
+            rows = self._head_rows(rids)
+            records = [(load_stored(rows[rid]), None) for rid in rids if rid in rows]
         else:
             records = [(load_stored(raw), None) for raw in self._newest(filters, limit)]
         conflicts = self._conflicts_many([record for record, _ in records])
@@ -745,14 +753,10 @@ class Store:
         return out
 
     def _newest(self, f: Filters, limit: int) -> list[bytes]:
+        """Newest current memories passing filters other than a time window
+        (``records_ts`` read backwards)."""
         where = [f"r.state = {HEAD}", "r.kind = 'memory'"]
         params: list[object] = []
-        if f.since is not None:
-            where.append("r.at >= ?")
-            params.append(f.since)
-        if f.until is not None:
-            where.append("r.at <= ?")
-            params.append(f.until)
         if f.authors:
             where.append(f"r.author IN ({','.join('?' * len(f.authors))})")
             params.extend(f.authors)
