@@ -84,9 +84,13 @@ class IngestPipeline:
             "verified": self._verified_send.statistics().current_buffer_used,
         }
 
-    async def run(self) -> None:
-        """The pipeline's three tasks, until cancelled."""
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The pipeline's three tasks, until cancelled. Started (with
+        ``nursery.start``) once the worker processes are up, so a node that
+        says it is ready verifies at full speed from its first record."""
         self._token = trio.lowlevel.current_trio_token()
+        await trio.to_thread.run_sync(self._start_workers)
+        task_status.started()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._submit_chunks)
@@ -99,6 +103,17 @@ class IngestPipeline:
     # -- stage 1: hand each job's chunks to the worker processes ------------
     def _pool(self) -> ProcessPoolExecutor | None:
         return verifier_pool(self._workers) if self._workers > 1 else None
+
+    def _start_workers(self) -> None:
+        """In a thread: start every worker process (each imports p2pmem,
+        a fraction of a second) before the first records arrive."""
+        try:
+            pool = self._pool()
+            if pool is not None:
+                list(pool.map(check_part, [[]] * self._workers))
+        except Exception as exc:  # no processes here (a sandbox, no /dev/shm): verify in the writer
+            log.warning("no verification worker processes (%s): verifying in the writer thread", exc)
+            self._workers = 1
 
     async def _submit_chunks(self) -> None:
         async with self._verifying_send:

@@ -155,7 +155,7 @@ class Node:
                 nursery.start_soon(self._serve_listeners, listeners)
                 nursery.start_soon(self._timer_loop)
                 nursery.start_soon(self._keep_indexes_current)
-                nursery.start_soon(self._ingest.run)
+                await nursery.start(self._ingest.run)
                 self._apply()
                 task_status.started(self.address)
         finally:

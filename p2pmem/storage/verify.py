@@ -46,7 +46,11 @@ def verifier_pool(workers: int) -> ProcessPoolExecutor:
     process that runs threads (trio, the MCP server) is not safe."""
     global _POOL
     if _POOL is None:
-        _POOL = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+        context = multiprocessing.get_context("forkserver")
+        # the fork server imports the checks once; each worker forks from it
+        # ready to verify instead of importing p2pmem itself
+        context.set_forkserver_preload(["p2pmem.storage.verify"])
+        _POOL = ProcessPoolExecutor(workers, mp_context=context)
     return _POOL
 
 
