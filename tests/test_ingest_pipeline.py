@@ -54,7 +54,7 @@ async def _run(path: Path, jobs: list[IngestJob], *, between=None) -> list[list[
     pipeline = IngestPipeline(path, workers=2, done=done)
     with trio.fail_after(DEADLINE_S):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(pipeline.run)
+            await nursery.start(pipeline.run)  # the workers are up
             for i, job in enumerate(jobs):
                 pipeline.submit(job)
                 if between is not None:
@@ -97,7 +97,7 @@ def test_jobs_verified_while_the_writer_is_busy_are_committed_together(tmp_path)
         pipeline = IngestPipeline(path, workers=2, done=lambda g: groups.append(list(g)))
         with trio.fail_after(DEADLINE_S):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(pipeline.run)
+                await nursery.start(pipeline.run)
                 for job in jobs:
                     pipeline.submit(job)
                 # the writer holds the first job (waiting for the lock); the rest verify and queue

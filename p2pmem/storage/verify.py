@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
@@ -18,6 +19,7 @@ from p2pmem.errors import RecordError
 from p2pmem.model.record import check_record
 
 _POOL: ProcessPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
 
 
 def usable_cores() -> int:
@@ -45,19 +47,21 @@ def verifier_pool(workers: int) -> ProcessPoolExecutor:
     """The process's pool, started on first use. forkserver: forking a
     process that runs threads (trio, the MCP server) is not safe."""
     global _POOL
-    if _POOL is None:
-        context = multiprocessing.get_context("forkserver")
-        # the fork server imports the checks once; each worker forks from it
-        # ready to verify instead of importing p2pmem itself
-        context.set_forkserver_preload(["p2pmem.storage.verify"])
-        _POOL = ProcessPoolExecutor(workers, mp_context=context)
-    return _POOL
+    with _POOL_LOCK:  # the node's warm-up thread and its event loop may ask at once
+        if _POOL is None:
+            context = multiprocessing.get_context("forkserver")
+            # the fork server imports the checks once; each worker forks from
+            # it ready to verify instead of importing p2pmem itself
+            context.set_forkserver_preload(["p2pmem.storage.verify"])
+            _POOL = ProcessPoolExecutor(workers, mp_context=context)
+        return _POOL
 
 
 def discard_pool(pool: ProcessPoolExecutor) -> None:
     """Forget a pool that broke (a worker was killed): the next call to
     :func:`verifier_pool` starts a fresh one."""
     global _POOL
-    if _POOL is pool:
-        _POOL = None
+    with _POOL_LOCK:
+        if _POOL is pool:
+            _POOL = None
     pool.shutdown(wait=False, cancel_futures=True)
