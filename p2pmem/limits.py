@@ -98,7 +98,7 @@ MAX_PUSH_PENDING = 20_000
 PUSH_BYTES_PER_S = 8 * 1024 * 1024
 PUSH_BURST_BYTES = 16 * 1024 * 1024
 
-# Reconciliation sessions a peer may open (token bucket). Honest peers open
+# Reconciliations a peer may open (token bucket). Honest peers open
 # one per resync (30 s) and one per interest change (at most one per
 # INTEREST_MIN_INTERVAL_S); a peer above this is closed.
 RECON_STARTS_PER_S = 0.5

@@ -158,8 +158,8 @@ class HostilePeers(RuleBasedStateMachine):
           payload=st.one_of(st.just(EMPTY_ID_LIST), st.binary(max_size=64)))
     def recon_flood(self, data, count: int, payload: bytes) -> None:
         peer = data.draw(st.sampled_from(self._ready_peers()))
-        for session in range(count):
-            self._send(peer, wire.Recon(data.draw(st.integers(0, 5)) * 1000 + session, payload))
+        for recon_id in range(count):
+            self._send(peer, wire.Recon(data.draw(st.integers(0, 5)) * 1000 + recon_id, payload))
 
     def _ask_for_everything_paced(self, peer: _Peer) -> None:
         """One more "send me everything" reconciliation, once the peer's
@@ -235,11 +235,11 @@ class HostilePeers(RuleBasedStateMachine):
     # -- the bounds -------------------------------------------------------------------
     @invariant()
     def queues_within_limits(self) -> None:
-        for session in self.core.sessions.values():
-            assert session.queued <= limits.MAX_SEND_QUEUE + SLACK, session.queued
-            assert len(session.push_pending) <= limits.MAX_PUSH_PENDING
-            assert session.ingest_pending <= limits.MAX_INGEST_PENDING + limits.MAX_MESSAGE
-            assert len(session.recon) <= 2
+        for connection in self.core.connections.values():
+            assert connection.queued <= limits.MAX_SEND_QUEUE + SLACK, connection.queued
+            assert len(connection.push_pending) <= limits.MAX_PUSH_PENDING
+            assert connection.ingest_pending <= limits.MAX_INGEST_PENDING + limits.MAX_MESSAGE
+            assert len(connection.recon) <= 2
 
     @invariant()
     def membership_within_limits(self) -> None:
@@ -251,7 +251,7 @@ class HostilePeers(RuleBasedStateMachine):
         for e in unverified:
             by_source[e.source] = by_source.get(e.source, 0) + 1
         assert all(n <= limits.MAX_ADDRESSES_PER_SOURCE for n in by_source.values()), by_source
-        pending = [s for s in core.sessions.values() if not s.ready and not s.closed and not s.initiator]
+        pending = [s for s in core.connections.values() if not s.ready and not s.closed and not s.initiator]
         assert len(pending) <= limits.MAX_PENDING_HANDSHAKES
         assert all(n <= limits.MAX_PENDING_PER_HOST for n in core._pending_hosts.values())
         assert len(core._host_buckets) <= 4 * limits.MAX_PENDING_HANDSHAKES + 3
@@ -259,8 +259,8 @@ class HostilePeers(RuleBasedStateMachine):
     @invariant()
     def backlog_bounded(self) -> None:
         # at most what one feed held: a test feed is one message, or a handshake
-        for session in self.core.sessions.values():
-            assert len(session.backlog) <= 2
+        for connection in self.core.connections.values():
+            assert len(connection.backlog) <= 2
 
     @invariant()
     def indexes_bounded(self) -> None:
@@ -278,18 +278,18 @@ def test_a_flood_fills_the_send_queue_up_to_its_limit_and_no_further():
     machine.start(seed=1, deferred=False)
     machine.attacker_joins("10.0.0.1", True)
     peer = machine._ready_peers()[0]
-    session = machine.core.sessions[peer.conn]
-    assert session.ready
+    connection = machine.core.connections[peer.conn]
+    assert connection.ready
     for i in range(8):
         machine._send(peer, wire.Recon(i + 1, EMPTY_ID_LIST))
-    assert session.queued > limits.SEND_QUEUE_LOW
+    assert connection.queued > limits.SEND_QUEUE_LOW
     # 200 more, each allowed by the rate limit, each owing the whole store again
     for _ in range(200):
         machine._ask_for_everything_paced(peer)
-        assert not session.closed
-        assert len(session.push_pending) <= len(RECORDS)  # owed ids are de-duplicated
-    assert session.queued <= limits.MAX_SEND_QUEUE + SLACK
-    assert not session.recon  # each one was answered in one round
+        assert not connection.closed
+        assert len(connection.push_pending) <= len(RECORDS)  # owed ids are de-duplicated
+    assert connection.queued <= limits.MAX_SEND_QUEUE + SLACK
+    assert not connection.recon  # each one was answered in one round
     machine.queues_within_limits()
     # pushes wait for the shell to write; then they resume
     machine.shell_writes(1.0)

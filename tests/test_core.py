@@ -191,7 +191,7 @@ class SimNet:
                 peer_conn = self.ends.get(s.conn)
                 if peer_conn is None or peer_conn.peer is None:
                     continue
-                back = other.sessions.get(peer_conn.peer)
+                back = other.connections.get(peer_conn.peer)
                 if back is not None and back.ready and not back.closed:
                     out.add(frozenset((i, j)))
         return out
@@ -709,7 +709,7 @@ def test_simultaneous_dials_settle_on_one_connection(seed):
     net.settle()
     net.advance(60)
     for i in (0, 1):
-        live = [s for s in net.cores[i].sessions.values() if not s.closed]
+        live = [s for s in net.cores[i].connections.values() if not s.closed]
         assert len(live) == 1 and live[0].ready, f"node {i} keeps {len(live)} connections"
     assert net.links() == {frozenset((0, 1))}
     record = net.remember(1, "over the one connection")
@@ -735,10 +735,10 @@ def test_no_connection_to_itself():
     net.add(0, extra_bootstrap=["alias-of-node0:7000"])
     net.settle()
     assert "connected to itself" in [r for _, n, r in net.closes if n == 0]
-    assert not net.cores[0].sessions
+    assert not net.cores[0].connections
     net.advance(600)
     assert len([d for d in net.dials if d[2] == "alias-of-node0:7000"]) == 1, "dialled itself again"
-    assert not net.cores[0].sessions
+    assert not net.cores[0].connections
 
 
 def test_reconnect_with_exponential_back_off_and_jitter():
@@ -782,13 +782,13 @@ def test_keepalives_hold_a_quiet_connection_and_a_silent_peer_is_dropped():
     net.advance(10 * timing.dead_after)  # nothing to say for a long time: pings keep it up
     assert net.links() == {frozenset((0, 1))}
     assert not [c for c in net.closes]
-    (session,) = net.cores[0].ready_peers()
-    assert session.last_heard >= net.now - timing.keepalive - 1
+    (connection,) = net.cores[0].ready_peers()
+    assert connection.last_heard >= net.now - timing.keepalive - 1
     # node 1 freezes (like SIGSTOP): nothing it receives is answered
     net.frozen.add(1)
-    silent_from = session.last_heard
+    silent_from = connection.last_heard
     net.advance(timing.keepalive + 0.5 - (net.now - silent_from))
-    assert session.ping_sent is not None, "no ping after the keep-alive interval"
+    assert connection.ping_sent is not None, "no ping after the keep-alive interval"
     net.advance(timing.dead_after)
     closes = [(t, r) for t, n, r in net.closes if n == 0]
     assert closes and closes[0][1] == "peer silent for too long"
@@ -809,7 +809,7 @@ def test_peer_exchange_fills_the_view_and_respects_max_peers():
     net.advance(120)
     assert net.links() == {frozenset((i, i + 1)) for i in range(4)}, "the line did not stay a line"
     for core in net.cores.values():
-        assert len(core.sessions) <= 2
+        assert len(core.connections) <= 2
     # a restarted middle node gets its place back
     net.crash(2)
     net.advance(5)
@@ -885,7 +885,7 @@ class Replication(RuleBasedStateMachine):
     @invariant()
     def one_connection_per_identity_and_none_to_itself(self):
         for i, core in self.net.cores.items():
-            remotes = [s.remote for s in core.sessions.values() if s.ready and not s.closed]
+            remotes = [s.remote for s in core.connections.values() if s.ready and not s.closed]
             assert len(remotes) == len(set(remotes))
             assert KEYS[i] not in remotes
 
@@ -909,7 +909,7 @@ TestReplication.settings = settings(stateful_step_count=15)
 def test_events_report_ready_stored_ingested_and_closed_peers():
     """A shell learns everything from the output queue: who became a peer,
     what was stored from whom, how each records message went, and why a
-    session ended (an enum, never a string to parse)."""
+    connection ended (an enum, never a string to parse)."""
     net = SimNet(5)
     net.add(1)
     net.add(0, bootstrap=[1])
@@ -927,10 +927,10 @@ def test_events_report_ready_stored_ingested_and_closed_peers():
     closed = {(n, e.reason) for _, n, e in net.events if isinstance(e, PeerClosed)}
     assert (0, CloseReason.SHUTDOWN) in closed
     assert (1, CloseReason.PEER_BYE) in closed  # node 1 heard the bye
-    assert not net.cores[0].sessions
+    assert not net.cores[0].connections
     # a node shutting down dials nobody, and closes what still comes in
     net.advance(60.0)
-    assert not net.cores[0].sessions
+    assert not net.cores[0].connections
 
 
 def test_a_finished_query_is_an_event_with_its_hits():
@@ -964,7 +964,7 @@ def test_a_seeded_key_source_makes_handshakes_replay_byte_for_byte():
 
 
 def test_the_shells_use_only_the_cores_public_surface():
-    """No shell calls a private method of the core or reads its session
+    """No shell calls a private method of the core or reads its connection
     tables: what they need comes as an event (issue: a node that never stalls)."""
     import re
 
@@ -972,7 +972,7 @@ def test_the_shells_use_only_the_cores_public_surface():
 
     for rel in ("p2pmem/node/shell.py", "p2pmem/sim/network.py"):
         text = (PROJECT_ROOT / rel).read_text()
-        assert not re.findall(r"core\._\w+|\.sessions\b|\.by_agent\b|core\.stats\b", text), rel
+        assert not re.findall(r"core\._\w+|\.connections\b|\.by_agent\b|core\.stats\b", text), rel
 
 
 def test_status_reports_queries_from_the_core_itself():

@@ -82,8 +82,8 @@ def test_reconciliation_flood_from_a_peer_that_never_reads(net):
     net.wait_peers(node, 1)
     with Attacker(node.address) as attacker:
         attacker.hello()
-        for session in range(1, 301):
-            attacker.queue(wire.Recon(session, EMPTY_ID_LIST))
+        for recon_id in range(1, 301):
+            attacker.queue(wire.Recon(recon_id, EMPTY_ID_LIST))
         sent = attacker.flush()
         assert sent < 20_000
         status = _status_fast(victim)
@@ -111,8 +111,8 @@ def test_reconciliations_asking_for_everything_are_paced_by_the_send_queue(net):
     store_bytes = sum(len(raw) for raw, *_ in store.scoped_raw([i for _, i in store.items()]))
     with Attacker(node.address) as attacker:
         attacker.hello()
-        for session in range(1, limits.RECON_STARTS_BURST + 1):
-            attacker.queue(wire.Recon(session, EMPTY_ID_LIST))
+        for recon_id in range(1, limits.RECON_STARTS_BURST + 1):
+            attacker.queue(wire.Recon(recon_id, EMPTY_ID_LIST))
         attacker.flush()
         status = _status_fast(victim)
         queues = status["queues"]
@@ -182,10 +182,10 @@ def test_interest_churn_costs_bounded_cpu(net):
     with Attacker(node.address) as attacker:
         attacker.hello(replicate_all=False)
         before = cpu_seconds(node.pid)
-        for session in range(1, 201):
+        for recon_id in range(1, 201):
             authors = tuple(sorted(os.urandom(32) for _ in range(20)))
             attacker.queue(wire.Interest(False, authors))
-            attacker.queue(wire.Recon(session, EMPTY_ID_LIST))
+            attacker.queue(wire.Recon(recon_id, EMPTY_ID_LIST))
         attacker.flush()
         assert attacker.closed_by_node(within=5.0)
         used = cpu_seconds(node.pid) - before

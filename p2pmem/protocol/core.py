@@ -1,5 +1,5 @@
-"""The node's protocol core: sessions, gossip, reconciliation, membership and
-queries as one sans-IO state machine.
+"""The node's protocol core: connections, gossip, reconciliation, membership
+and queries as one sans-IO state machine.
 
 The core never touches a socket, a clock or the global random generator. A
 shell (the trio node in :mod:`p2pmem.node.shell`, or the simulator) tells it what
@@ -171,8 +171,8 @@ class _Address:
 
 
 @dataclass
-class Session:
-    """One connection, from handshake to close."""
+class Connection:
+    """One connection to a peer, from handshake to close."""
 
     conn: ConnId
     channel: SecureChannel
@@ -258,7 +258,7 @@ class NodeCore:
         self.flow_control = flow_control
         self.deferred_ingest = deferred_ingest
         self.key_source = key_source
-        self.stopping = False  # shutdown() was called: no new sessions, no dials
+        self.stopping = False  # shutdown() was called: no new connections, no dials
         # The wall clock (ms) of the input being handled: record admission and
         # the HLC only, never a timer (inputs that may admit records set it).
         self._wall_ms = 0
@@ -284,7 +284,7 @@ class NodeCore:
         self.replicate_all = replicate_all
         self.clock = HybridClock(store.last_ts())
         self.router = QueryRouter(self.key, router_rng, sign=identity.sign)
-        self.sessions: dict[ConnId, Session] = {}
+        self.connections: dict[ConnId, Connection] = {}
         self.by_agent: dict[bytes, ConnId] = {}
         self.addresses: dict[str, _Address] = {}
         self.stats = Stats()
@@ -337,8 +337,8 @@ class NodeCore:
         nothing new from here on: no dial, and an incoming connection is
         closed at once."""
         self.stopping = True
-        for session in list(self.sessions.values()):
-            self._close(session, CloseReason.SHUTDOWN, now)
+        for connection in list(self.connections.values()):
+            self._close(connection, CloseReason.SHUTDOWN, now)
 
     def connection_made(
         self, conn: ConnId, *, initiator: bool, now: float, address: str | None = None,
@@ -348,45 +348,45 @@ class NodeCore:
         from the remote IP ``host``)."""
         channel = SecureChannel(initiator, self.identity.signing_key, expected_peer=expected,
                                 key_source=self.key_source)
-        session = Session(conn, channel, initiator, address, opened=now, last_heard=now)
-        session.push_bucket = Bucket(limits.PUSH_BYTES_PER_S, limits.PUSH_BURST_BYTES, now)
-        session.recon_bucket = Bucket(limits.RECON_STARTS_PER_S, limits.RECON_STARTS_BURST, now)
-        session.interest_bucket = Bucket(limits.INTEREST_PER_S, limits.INTEREST_BURST, now)
-        self.sessions[conn] = session
+        connection = Connection(conn, channel, initiator, address, opened=now, last_heard=now)
+        connection.push_bucket = Bucket(limits.PUSH_BYTES_PER_S, limits.PUSH_BURST_BYTES, now)
+        connection.recon_bucket = Bucket(limits.RECON_STARTS_PER_S, limits.RECON_STARTS_BURST, now)
+        connection.interest_bucket = Bucket(limits.INTEREST_PER_S, limits.INTEREST_BURST, now)
+        self.connections[conn] = connection
         if address is not None and address in self.addresses:
             self.addresses[address].dialing = False
         if self.stopping:
-            self._close(session, CloseReason.SHUTDOWN, now, quiet=True)
+            self._close(connection, CloseReason.SHUTDOWN, now, quiet=True)
             return
         if initiator:
-            self._send_raw(session, channel.initiate())
+            self._send_raw(connection, channel.initiate())
             return
-        if not self._admit(session, host, now):
+        if not self._admit(connection, host, now):
             return
 
-    def _admit(self, session: Session, host: str | None, now: float) -> bool:
+    def _admit(self, connection: Connection, host: str | None, now: float) -> bool:
         """Bound incoming handshakes: per host and in total, at once and per
         second (docs/threat-model.md, "connection exhaustion"). A shell that
         does not know the remote address (the simulator) gets the total
         bounds only."""
-        if host is not None and not self._admit_host(session, host, now):
+        if host is not None and not self._admit_host(connection, host, now):
             return False
         if not self._handshake_bucket.take(now):
             self._bite("handshakes_rate")
-            self._close(session, CloseReason.HANDSHAKE_RATE, now, quiet=True)
+            self._close(connection, CloseReason.HANDSHAKE_RATE, now, quiet=True)
             return False
-        pending = [s for s in self.sessions.values() if not s.ready and not s.closed
-                   and not s.initiator and s is not session]
+        pending = [s for s in self.connections.values() if not s.ready and not s.closed
+                   and not s.initiator and s is not connection]
         if len(pending) >= limits.MAX_PENDING_HANDSHAKES:
             self._bite("pending_handshakes")
             oldest = min(pending, key=lambda s: (s.opened, s.conn))
             self._close(oldest, CloseReason.HANDSHAKE_EVICTED, now, quiet=True)
         if host is not None:
-            session.host = host
+            connection.host = host
             self._pending_hosts[host] = self._pending_hosts.get(host, 0) + 1
         return True
 
-    def _admit_host(self, session: Session, host: str, now: float) -> bool:
+    def _admit_host(self, connection: Connection, host: str, now: float) -> bool:
         bucket = self._host_buckets.get(host)
         if bucket is None:
             if len(self._host_buckets) >= 4 * limits.MAX_PENDING_HANDSHAKES:
@@ -398,19 +398,19 @@ class NodeCore:
             self._host_buckets[host] = bucket
         if not bucket.take(now):
             self._bite("handshakes_per_host_rate")
-            self._close(session, CloseReason.HOST_RATE, now, quiet=True)
+            self._close(connection, CloseReason.HOST_RATE, now, quiet=True)
             return False
         if self._pending_hosts.get(host, 0) >= limits.MAX_PENDING_PER_HOST:
             self._bite("pending_handshakes_per_host")
-            self._close(session, CloseReason.HOST_PENDING, now, quiet=True)
+            self._close(connection, CloseReason.HOST_PENDING, now, quiet=True)
             return False
         return True
 
-    def _unpend(self, session: Session) -> None:
-        """The session's handshake is over (done or closed): free its slot."""
-        host = session.host
+    def _unpend(self, connection: Connection) -> None:
+        """The connection's handshake is over (done or closed): free its slot."""
+        host = connection.host
         if host is not None:
-            session.host = None
+            connection.host = None
             left = self._pending_hosts.get(host, 0) - 1
             if left > 0:
                 self._pending_hosts[host] = left
@@ -441,73 +441,74 @@ class NodeCore:
     def data_received(self, conn: ConnId, data: bytes, now: float, *, wall_ms: int) -> None:
         """Bytes arrived on ``conn``."""
         self._wall_ms = wall_ms
-        session = self.sessions.get(conn)
-        if session is None or session.closed:
+        connection = self.connections.get(conn)
+        if connection is None or connection.closed:
             return
-        session.last_heard = now
+        connection.last_heard = now
         self.stats.bytes_in += len(data)
         try:
-            session.channel.receive_data(data)
+            connection.channel.receive_data(data)
         except ProtocolError as exc:
             self.stats.protocol_errors += 1
-            self._close(session, CloseReason.PROTOCOL_ERROR, now, detail=str(exc))
+            self._close(connection, CloseReason.PROTOCOL_ERROR, now, detail=str(exc))
             return
-        while (event := session.channel.next_event()) is not None:
-            session.backlog.append(event)
-        self._pump(session, now)
-        self._flush(session)
+        while (event := connection.channel.next_event()) is not None:
+            connection.backlog.append(event)
+        self._pump(connection, now)
+        self._flush(connection)
 
-    def _pump(self, session: Session, now: float) -> None:
-        """Handle the session's received messages until none is left, the
+    def _pump(self, connection: Connection, now: float) -> None:
+        """Handle the connection's received messages until none is left, the
         turn's work budget is spent (with flow control; limits.WORK_PER_TURN: the shell lets
         other tasks run, then calls :meth:`resume`), or the peer has filled
         its queues: then messages wait in the backlog (at most one read's
         worth) and the shell stops reading the peer (:meth:`readable`) until
         the pressure is relieved."""
         work = 0
-        backlog = session.backlog
+        backlog = connection.backlog
         try:
-            while backlog and not session.closed:
-                if (self.flow_control and work >= limits.WORK_PER_TURN) or self._pressured(session):
+            while backlog and not connection.closed:
+                if ((self.flow_control and work >= limits.WORK_PER_TURN)
+                        or self._pressured(connection)):
                     return
                 event = backlog.popleft()
                 if isinstance(event, HandshakeComplete):
-                    self._handshake_complete(session, event.remote_identity, now)
+                    self._handshake_complete(connection, event.remote_identity, now)
                     work += limits.EXPENSIVE_MESSAGE_COST
                 elif isinstance(event, MessageReceived):
                     message = wire.decode(event.data)
                     expensive = isinstance(message, wire.Recon | wire.Interest | wire.QueryMsg)
                     work += limits.EXPENSIVE_MESSAGE_COST if expensive else 1
-                    self._dispatch(session, message, now)
+                    self._dispatch(connection, message, now)
         except (ProtocolError, wire.WireError, ReconcileError, QueryError) as exc:
             self.stats.protocol_errors += 1
-            self._close(session, CloseReason.PROTOCOL_ERROR, now, detail=str(exc))
-        if session.closed:
+            self._close(connection, CloseReason.PROTOCOL_ERROR, now, detail=str(exc))
+        if connection.closed:
             backlog.clear()
 
     def has_backlog(self, conn: ConnId) -> bool:
         """Whether received messages of ``conn`` wait to be handled and may
         be now (the shell then yields once and calls :meth:`resume`)."""
-        session = self.sessions.get(conn)
-        return (session is not None and not session.closed and bool(session.backlog)
+        connection = self.connections.get(conn)
+        return (connection is not None and not connection.closed and bool(connection.backlog)
                 and self.readable(conn))
 
     def resume(self, conn: ConnId, now: float, *, wall_ms: int) -> None:
         """Handle the next turn of ``conn``'s backlog."""
         self._wall_ms = wall_ms
-        session = self.sessions.get(conn)
-        if session is not None and not session.closed:
-            self._pump(session, now)
-            self._flush(session)
+        connection = self.connections.get(conn)
+        if connection is not None and not connection.closed:
+            self._pump(connection, now)
+            self._flush(connection)
 
-    def _pressured(self, session: Session) -> bool:
-        if self.flow_control and session.queued >= limits.MAX_SEND_QUEUE:
+    def _pressured(self, connection: Connection) -> bool:
+        if self.flow_control and connection.queued >= limits.MAX_SEND_QUEUE:
             self._bite("send_queue_full")
             return True
-        if session.ingest_pending >= limits.MAX_INGEST_PENDING:
+        if connection.ingest_pending >= limits.MAX_INGEST_PENDING:
             self._bite("ingest_pending_full")
             return True
-        if len(session.push_pending) >= limits.MAX_PUSH_PENDING:
+        if len(connection.push_pending) >= limits.MAX_PUSH_PENDING:
             self._bite("push_pending_full")
             return True
         return False
@@ -516,65 +517,65 @@ class NodeCore:
         """Whether the shell should read more from ``conn`` now. False while
         the peer's queues are full: a peer we cannot write to, or whose
         records are still being stored, is not read from."""
-        session = self.sessions.get(conn)
-        if session is None or session.closed:
+        connection = self.connections.get(conn)
+        if connection is None or connection.closed:
             return True  # let the shell notice the end of the stream
         return not (
-            (self.flow_control and session.queued >= limits.MAX_SEND_QUEUE)
-            or session.ingest_pending >= limits.MAX_INGEST_PENDING
-            or len(session.push_pending) >= limits.MAX_PUSH_PENDING
+            (self.flow_control and connection.queued >= limits.MAX_SEND_QUEUE)
+            or connection.ingest_pending >= limits.MAX_INGEST_PENDING
+            or len(connection.push_pending) >= limits.MAX_PUSH_PENDING
         )
 
     def sent(self, conn: ConnId, nbytes: int, now: float, *, wall_ms: int) -> None:
         """The shell wrote ``nbytes`` of this connection's queued data."""
         self._wall_ms = wall_ms
-        session = self.sessions.get(conn)
-        if session is None:
+        connection = self.connections.get(conn)
+        if connection is None:
             return
-        session.queued = max(0, session.queued - nbytes)
-        if not session.closed and session.queued < limits.SEND_QUEUE_LOW:
-            self._relieve(session, now)
+        connection.queued = max(0, connection.queued - nbytes)
+        if not connection.closed and connection.queued < limits.SEND_QUEUE_LOW:
+            self._relieve(connection, now)
 
-    def _relieve(self, session: Session, now: float) -> None:
+    def _relieve(self, connection: Connection, now: float) -> None:
         """Room again: push what we owe, then handle waiting messages."""
-        self._drain(session, now)
-        self._pump(session, now)
-        self._flush(session)
+        self._drain(connection, now)
+        self._pump(connection, now)
+        self._flush(connection)
 
     def ingest_done(self, job: IngestJob, outcome: IngestOutcome, now: float, *, wall_ms: int) -> None:
         """The shell ran an :class:`Ingest` job."""
         self._wall_ms = wall_ms
         self._inflight.difference_update(job.ids)
-        session = self.sessions.get(job.conn)
-        if session is not None:
-            session.ingest_pending = max(0, session.ingest_pending - job.size)
+        connection = self.connections.get(job.conn)
+        if connection is not None:
+            connection.ingest_pending = max(0, connection.ingest_pending - job.size)
         for record in outcome.added:
             self.clock.observe(record.ts, max(wall_ms, job.wall_ms), limits.MAX_FUTURE_SKEW_MS)
         try:
-            self._ingested(job.conn, session, job, outcome, now)
+            self._ingested(job.conn, connection, job, outcome, now)
         except wire.WireError as exc:
-            if session is not None:
+            if connection is not None:
                 self.stats.protocol_errors += 1
-                self._close(session, CloseReason.PROTOCOL_ERROR, now, detail=str(exc))
-        if session is not None and not session.closed:
-            self._relieve(session, now)
+                self._close(connection, CloseReason.PROTOCOL_ERROR, now, detail=str(exc))
+        if connection is not None and not connection.closed:
+            self._relieve(connection, now)
         self.flush_all()
 
     def connection_lost(self, conn: ConnId, now: float) -> None:
-        session = self.sessions.pop(conn, None)
-        if session is None:
+        connection = self.connections.pop(conn, None)
+        if connection is None:
             return
-        if not session.closed:
-            self._actions.append(PeerClosed(conn, session.remote, CloseReason.CONNECTION_LOST,
-                                            was_ready=session.ready))
-        session.closed = True
-        self._unpend(session)
-        if session.remote is not None and self.by_agent.get(session.remote) == conn:
-            del self.by_agent[session.remote]
-        if session.address is not None and session.address in self.addresses:
-            entry = self.addresses[session.address]
+        if not connection.closed:
+            self._actions.append(PeerClosed(conn, connection.remote, CloseReason.CONNECTION_LOST,
+                                            was_ready=connection.ready))
+        connection.closed = True
+        self._unpend(connection)
+        if connection.remote is not None and self.by_agent.get(connection.remote) == conn:
+            del self.by_agent[connection.remote]
+        if connection.address is not None and connection.address in self.addresses:
+            entry = self.addresses[connection.address]
             entry.dialing = False
-            if not session.ready:
+            if not connection.ready:
                 self._backoff(entry, now)
                 self._age_out(entry)
             else:
@@ -585,7 +586,7 @@ class NodeCore:
         # Only what handle_timer would act on: a deadline it leaves in the
         # past would have the shell call it again at once, in a busy loop.
         deadlines: list[float] = []
-        for s in self.sessions.values():
+        for s in self.connections.values():
             if s.closed:
                 continue  # waiting for the shell's connection_lost
             if not s.ready:
@@ -614,27 +615,28 @@ class NodeCore:
     def handle_timer(self, now: float, *, wall_ms: int) -> None:
         """Time passed: keep-alives, timeouts, resyncs, dials, query deadlines."""
         self._wall_ms = wall_ms
-        for session in list(self.sessions.values()):
-            if session.closed:
+        for connection in list(self.connections.values()):
+            if connection.closed:
                 continue
-            if not session.ready:
-                if now >= session.opened + self.timing.handshake_timeout:
-                    self._close(session, CloseReason.HANDSHAKE_TIMEOUT, now)
+            if not connection.ready:
+                if now >= connection.opened + self.timing.handshake_timeout:
+                    self._close(connection, CloseReason.HANDSHAKE_TIMEOUT, now)
                 continue
-            if now >= session.last_heard + self.timing.dead_after:
-                self._close(session, CloseReason.PEER_SILENT, now)
+            if now >= connection.last_heard + self.timing.dead_after:
+                self._close(connection, CloseReason.PEER_SILENT, now)
                 continue
-            if now >= session.last_heard + self.timing.keepalive and session.ping_sent is None:
-                session.ping_sent = now
-                self._send(session, wire.Ping(self.rng.getrandbits(32)))
-            if now >= session.next_resync and session.initiator:
-                self._start_sync(session, now)
-            elif now >= session.next_resync:
-                session.next_resync = now + self.timing.resync
-            if now >= session.next_pex:
-                self._send_pex(session, now)
-            if session.push_pending:
-                self._relieve(session, now)
+            if (now >= connection.last_heard + self.timing.keepalive
+                    and connection.ping_sent is None):
+                connection.ping_sent = now
+                self._send(connection, wire.Ping(self.rng.getrandbits(32)))
+            if now >= connection.next_resync and connection.initiator:
+                self._start_sync(connection, now)
+            elif now >= connection.next_resync:
+                connection.next_resync = now + self.timing.resync
+            if now >= connection.next_pex:
+                self._send_pex(connection, now)
+            if connection.push_pending:
+                self._relieve(connection, now)
         if self._interest_dirty and now >= self._next_interest_at:
             self._interest_changed(now)
         for qid in self.router.handle_timer(now):
@@ -678,7 +680,7 @@ class NodeCore:
 
     def start_query(self, text: str, *, now: float, **options: Any) -> bytes:
         """Ask the network; see :meth:`QueryRouter.start_query`."""
-        neighbours = [s.remote for s in self.sessions.values() if s.ready and s.remote]
+        neighbours = [s.remote for s in self.connections.values() if s.ready and s.remote]
         qid = self.router.start_query(text, now=now, neighbours=neighbours, **options)
         self._flush_router()
         return qid
@@ -690,8 +692,8 @@ class NodeCore:
     def finish_query(self, qid: bytes) -> None:
         self.router.finish(qid)
 
-    def ready_peers(self) -> list[Session]:
-        return [s for s in self.sessions.values() if s.ready]
+    def ready_peers(self) -> list[Connection]:
+        return [s for s in self.connections.values() if s.ready]
 
     def status(self, now: float) -> dict[str, Any]:
         """What the node reports of itself (``p2pmem status``), at ``now``."""
@@ -700,7 +702,7 @@ class NodeCore:
             "uptime_s": round(now - self.started, 1),
             "addresses": list(self.listen_addresses),
             "peers": len(self.ready_peers()),
-            "connections": len(self.sessions),
+            "connections": len(self.connections),
             "known_addresses": len(self.addresses),
             "records": self.store.count(),
             "replicate": "all" if self.replicate_all else "follows",
@@ -708,9 +710,9 @@ class NodeCore:
             # how many times each limit of p2pmem.limits bit (docs/threat-model.md)
             "limits": dict(sorted(self.limited.items())),
             "queues": {
-                "send_bytes": sum(s.queued for s in self.sessions.values()),
-                "push_pending": sum(len(s.push_pending) for s in self.sessions.values()),
-                "ingest_bytes": sum(s.ingest_pending for s in self.sessions.values()),
+                "send_bytes": sum(s.queued for s in self.connections.values()),
+                "push_pending": sum(len(s.push_pending) for s in self.connections.values()),
+                "ingest_bytes": sum(s.ingest_pending for s in self.connections.values()),
                 "pending_handshakes": sum(self._pending_hosts.values()),
             },
             "queries": {**dataclasses.asdict(self.router.stats), "in_flight": self.router.in_flight(now)},
@@ -720,50 +722,51 @@ class NodeCore:
         """The ready peers (``p2pmem peers``): agent key, address, direction
         and records each way."""
         out = []
-        for session in self.ready_peers():
-            hello = session.hello
+        for connection in self.ready_peers():
+            hello = connection.hello
             advertised = hello.addresses[0] if hello is not None and hello.addresses else None
             out.append({
-                "agent": session.remote,
-                "address": session.address or advertised,
-                "direction": "out" if session.initiator else "in",
-                "records_sent": session.sent_records,
-                "records_received": session.received_records,
+                "agent": connection.remote,
+                "address": connection.address or advertised,
+                "direction": "out" if connection.initiator else "in",
+                "records_sent": connection.sent_records,
+                "records_received": connection.received_records,
             })
         return out
 
-    # -- sessions -------------------------------------------------------------
-    def _handshake_complete(self, session: Session, remote: bytes, now: float) -> None:
-        session.remote = remote
+    # -- connections ----------------------------------------------------------
+    def _handshake_complete(self, connection: Connection, remote: bytes, now: float) -> None:
+        connection.remote = remote
         if remote == self.key:
-            if session.address in self.addresses:
-                self.addresses[session.address].is_self = True
-            self._close(session, CloseReason.SELF_CONNECTION, now)
+            if connection.address in self.addresses:
+                self.addresses[connection.address].is_self = True
+            self._close(connection, CloseReason.SELF_CONNECTION, now)
             return
         other = self.by_agent.get(remote)
-        if other is not None and other in self.sessions:
+        if other is not None and other in self.connections:
             # One connection per identity: both ends keep the one dialled by
             # the smaller key, so simultaneous dials settle the same way.
             # A reconnect in the same direction replaces the old connection.
-            existing = self.sessions[other]
-            if existing.initiator != session.initiator and existing.initiator == (self.key < remote):
-                self._close(session, CloseReason.DUPLICATE, now)
+            existing = self.connections[other]
+            if (existing.initiator != connection.initiator
+                    and existing.initiator == (self.key < remote)):
+                self._close(connection, CloseReason.DUPLICATE, now)
                 return
             self._close(existing, CloseReason.DUPLICATE, now)
-        if not session.initiator and len(self.ready_peers()) >= self.timing.max_peers and not self._evict_for_newcomer(now):
+        if not connection.initiator and len(self.ready_peers()) >= self.timing.max_peers and not self._evict_for_newcomer(now):
             self._bite("peer_limit")
-            self._close(session, CloseReason.PEER_LIMIT, now)
+            self._close(connection, CloseReason.PEER_LIMIT, now)
             return
-        self.by_agent[remote] = session.conn
-        if session.address is not None:
-            entry = self.addresses.get(session.address)
+        self.by_agent[remote] = connection.conn
+        if connection.address is not None:
+            entry = self.addresses.get(connection.address)
             if entry is None:
-                entry = self.addresses[session.address] = _Address(session.address)
+                entry = self.addresses[connection.address] = _Address(connection.address)
             entry.agent = remote
             entry.failures = 0
             entry.verified = True
             entry.source = None
-        self._send(session, self._hello())
+        self._send(connection, self._hello())
 
     def _evict_for_newcomer(self, now: float) -> bool:
         """HyParView's rule: a node whose active view is full still lets a
@@ -791,67 +794,70 @@ class NodeCore:
             replicate_all=interest.replicate_all, authors=authors,
         )
 
-    def _dispatch(self, session: Session, message: wire.Message, now: float) -> None:
-        if not session.ready and not isinstance(message, wire.Hello | wire.Bye):
+    def _dispatch(self, connection: Connection, message: wire.Message, now: float) -> None:
+        if not connection.ready and not isinstance(message, wire.Hello | wire.Bye):
             raise wire.WireError("expected hello first")
         match message:
             case wire.Hello():
-                self._on_hello(session, message, now)
+                self._on_hello(connection, message, now)
             case wire.Interest():
-                assert session.interest_bucket is not None
-                if not session.interest_bucket.take(now):
+                assert connection.interest_bucket is not None
+                if not connection.interest_bucket.take(now):
                     self._bite("interest_rate")
                     raise wire.WireError("interest changes too often")
-                session.hello = wire.Hello(
-                    session.hello.version if session.hello else 1,
-                    session.hello.features if session.hello else (),
-                    session.remote or b"", session.hello.addresses if session.hello else (),
+                connection.hello = wire.Hello(
+                    connection.hello.version if connection.hello else 1,
+                    connection.hello.features if connection.hello else (),
+                    connection.remote or b"",
+                    connection.hello.addresses if connection.hello else (),
                     message.replicate_all, message.authors,
                 )
-                if session.initiator:
-                    self._start_sync(session, now)
+                if connection.initiator:
+                    self._start_sync(connection, now)
             case wire.Recon():
-                self._on_recon(session, message, now)
+                self._on_recon(connection, message, now)
             case wire.Records():
-                self._on_records(session, message.records, now)
+                self._on_records(connection, message.records, now)
             case wire.PeerExchange():
-                self._on_pex(session, message)
+                self._on_pex(connection, message)
             case wire.Ping():
-                self._send(session, wire.Pong(message.nonce))
+                self._send(connection, wire.Pong(message.nonce))
             case wire.Pong():
-                session.ping_sent = None
+                connection.ping_sent = None
             case wire.QueryMsg():
                 neighbours = [s.remote for s in self.ready_peers() if s.remote]
                 self.router.receive_query(
-                    session.remote, message.payload, now, neighbours, self._answer_query
+                    connection.remote, message.payload, now, neighbours, self._answer_query
                 )
                 self._flush_router()
             case wire.HitsMsg():
-                self.router.receive_hits(session.remote, message.payload, now)
+                self.router.receive_hits(connection.remote, message.payload, now)
                 self._flush_router()
             case wire.Bye():
-                self._close(session, CloseReason.PEER_BYE, now, detail=message.reason, send_bye=False)
+                self._close(connection, CloseReason.PEER_BYE, now, detail=message.reason,
+                            send_bye=False)
 
-    def _on_hello(self, session: Session, hello: wire.Hello, now: float) -> None:
-        if session.ready:
+    def _on_hello(self, connection: Connection, hello: wire.Hello, now: float) -> None:
+        if connection.ready:
             raise wire.WireError("second hello")
-        if hello.agent != session.remote:
+        if hello.agent != connection.remote:
             raise wire.WireError("hello names another agent than the handshake proved")
         if hello.version != wire.PROTOCOL_VERSION:
             raise wire.WireError(f"unsupported protocol version {hello.version}")
-        session.hello = hello
-        session.ready = True
-        session.ping_sent = None
-        self._unpend(session)
+        connection.hello = hello
+        connection.ready = True
+        connection.ping_sent = None
+        self._unpend(connection)
         for address in hello.addresses:
             self._learn(address, hello.agent, source=hello.agent)
-        session.next_pex = now + self.timing.pex_interval * self.rng.random()
-        session.next_resync = now + self.timing.resync
-        log.info("peer %s ready (%s)", short_id(hello.agent), session.address or "incoming")
-        self._actions.append(PeerReady(session.conn, hello.agent, session.address, session.initiator))
-        if session.initiator:
-            self._start_sync(session, now)
-        self._send_pex(session, now)
+        connection.next_pex = now + self.timing.pex_interval * self.rng.random()
+        connection.next_resync = now + self.timing.resync
+        log.info("peer %s ready (%s)", short_id(hello.agent), connection.address or "incoming")
+        self._actions.append(PeerReady(connection.conn, hello.agent, connection.address,
+                                       connection.initiator))
+        if connection.initiator:
+            self._start_sync(connection, now)
+        self._send_pex(connection, now)
 
     # -- replication ------------------------------------------------------------
     def _compute_interest(self) -> ReplicationInterest:
@@ -870,10 +876,10 @@ class NodeCore:
             return  # coalesced: sent by handle_timer (peers rate-limit Interest)
         self._interest_dirty = False
         self._next_interest_at = now + limits.INTEREST_MIN_INTERVAL_S
-        for session in self.ready_peers():
-            self._send(session, wire.Interest(new.replicate_all, tuple(sorted(new.authors))))
-            if session.initiator:
-                self._start_sync(session, now)
+        for connection in self.ready_peers():
+            self._send(connection, wire.Interest(new.replicate_all, tuple(sorted(new.authors))))
+            if connection.initiator:
+                self._start_sync(connection, now)
 
     def _catalogue(self) -> tuple[list[bytes], dict[bytes, list[bytes]]]:
         """The keys of every record that travels, by scope class: read from
@@ -918,63 +924,64 @@ class NodeCore:
             if scope.wants(record.kind, record.author, record.visibility) and (record.ts, record.id) not in index:
                 index.add(record.ts, record.id)
 
-    def _scope_with(self, session: Session) -> ReplicationInterest:
-        remote = session.interest
+    def _scope_with(self, connection: Connection) -> ReplicationInterest:
+        remote = connection.interest
         assert remote is not None
         return shared(self._interest, remote)
 
-    def _start_sync(self, session: Session, now: float) -> None:
-        session.next_resync = now + self.timing.resync
-        if session.recon:  # one reconciliation at a time per connection
+    def _start_sync(self, connection: Connection, now: float) -> None:
+        connection.next_resync = now + self.timing.resync
+        if connection.recon:  # one reconciliation at a time per connection
             return
-        session.next_recon_id += 1
-        recon_id = session.next_recon_id
-        reconciler = Reconciler(self._index_for(self._scope_with(session)), max_reply=limits.RECON_REPLY_BYTES)
-        session.recon[recon_id] = reconciler
-        session.pushed[recon_id] = set()
+        connection.next_recon_id += 1
+        recon_id = connection.next_recon_id
+        reconciler = Reconciler(self._index_for(self._scope_with(connection)),
+                                max_reply=limits.RECON_REPLY_BYTES)
+        connection.recon[recon_id] = reconciler
+        connection.pushed[recon_id] = set()
         self.stats.syncs += 1
-        self._send(session, wire.Recon(recon_id, reconciler.start()))
+        self._send(connection, wire.Recon(recon_id, reconciler.start()))
 
-    def _on_recon(self, session: Session, message: wire.Recon, now: float) -> None:
+    def _on_recon(self, connection: Connection, message: wire.Recon, now: float) -> None:
         self.stats.recon_messages += 1
         self.stats.recon_bytes += len(message.payload)
-        reconciler = session.recon.get(message.recon_id)
+        reconciler = connection.recon.get(message.recon_id)
         if reconciler is None:
-            if session.initiator:
-                return  # a late reply to a session we already ended
-            if len(session.recon) >= 2:
+            if connection.initiator:
+                return  # a late reply to a reconciliation we already ended
+            if len(connection.recon) >= 2:
                 self._bite("recon_concurrent")
                 raise wire.WireError("too many concurrent reconciliations")
-            assert session.recon_bucket is not None
-            if not session.recon_bucket.take(now):
+            assert connection.recon_bucket is not None
+            if not connection.recon_bucket.take(now):
                 self._bite("recon_rate")
                 raise wire.WireError("reconciliations started too often")
-            reconciler = Reconciler(self._index_for(self._scope_with(session)),
+            reconciler = Reconciler(self._index_for(self._scope_with(connection)),
                                     max_reply=limits.RECON_REPLY_BYTES)
-            session.recon[message.recon_id] = reconciler
-            session.pushed[message.recon_id] = set()
+            connection.recon[message.recon_id] = reconciler
+            connection.pushed[message.recon_id] = set()
         reply = reconciler.receive(message.payload)
-        self._push_have(session, message.recon_id, now)
+        self._push_have(connection, message.recon_id, now)
         if reply is not None:
-            self._send(session, wire.Recon(message.recon_id, reply))
+            self._send(connection, wire.Recon(message.recon_id, reply))
         if reconciler.done:
-            session.recon.pop(message.recon_id, None)
-            session.pushed.pop(message.recon_id, None)
+            connection.recon.pop(message.recon_id, None)
+            connection.pushed.pop(message.recon_id, None)
 
-    def _push_have(self, session: Session, recon_id: int, now: float) -> None:
+    def _push_have(self, connection: Connection, recon_id: int, now: float) -> None:
         """Send the records reconciliation found the peer lacks: each side
         pushes its own ``have``, so no request round is needed."""
-        pushed = session.pushed[recon_id]
-        ids = session.recon[recon_id].have - pushed
+        pushed = connection.pushed[recon_id]
+        ids = connection.recon[recon_id].have - pushed
         pushed |= ids
         if ids:
-            self._owe(session, sorted(ids))
-            self._drain(session, now)
+            self._owe(connection, sorted(ids))
+            self._drain(connection, now)
 
-    def _owe(self, session: Session, ids: Iterable[bytes]) -> None:
+    def _owe(self, connection: Connection, ids: Iterable[bytes]) -> None:
         """Queue records to push to the peer (bounded: past the limit they
         are dropped, and the next reconciliation finds them again)."""
-        pending, queued = session.push_pending, session.push_queued
+        pending, queued = connection.push_pending, connection.push_queued
         dropped = 0
         for record_id in ids:
             if record_id in queued:
@@ -987,25 +994,25 @@ class NodeCore:
         if dropped:
             self._bite("push_pending_dropped", dropped)
 
-    def _drain(self, session: Session, now: float) -> None:
+    def _drain(self, connection: Connection, now: float) -> None:
         """Push owed records while the send queue has room and the peer's
         push budget (bytes per second) allows. A message over its recipient's
         relay budget is not sent: it is no longer owed, and the next
         reconciliation finds it again."""
-        pending = session.push_pending
-        bucket = session.push_bucket
+        pending = connection.push_pending
+        bucket = connection.push_bucket
         assert bucket is not None
         batches = 0
-        while pending and session.ready and not session.closed:
-            if self.flow_control and (session.queued >= limits.SEND_QUEUE_LOW
+        while pending and connection.ready and not connection.closed:
+            if self.flow_control and (connection.queued >= limits.SEND_QUEUE_LOW
                                       or batches >= limits.PUSH_BATCHES_PER_TURN):
                 return  # sent() resumes
             if not bucket.ready(now):
                 self._bite("push_rate")
                 return  # next_deadline() resumes
             batch = [pending.popleft() for _ in range(min(len(pending), limits.MAX_RECORDS_PER_MESSAGE))]
-            session.push_queued.difference_update(batch)
-            scope = self._scope_with(session)
+            connection.push_queued.difference_update(batch)
+            scope = self._scope_with(connection)
             raws: list[bytes] = []
             withheld = 0
             for raw, kind, author, visibility, target in self.store.scoped_raw(batch):
@@ -1019,27 +1026,27 @@ class NodeCore:
                 self._bite("message_relay_budget", withheld)
             if raws:
                 bucket.spend(now, sum(len(raw) for raw in raws))
-                self._send_records(session, raws, now)
-                # counted in session.queued now, not at the end of the turn:
+                self._send_records(connection, raws, now)
+                # counted in connection.queued now, not at the end of the turn:
                 # the mark above must see this batch before the next one
-                self._flush(session)
+                self._flush(connection)
                 batches += 1  # with flow control, sent() tops the queue up
 
-    def _send_records(self, session: Session, raws: Sequence[bytes], now: float) -> None:
+    def _send_records(self, connection: Connection, raws: Sequence[bytes], now: float) -> None:
         batch: list[bytes] = []
         size = 0
         for raw in raws:
             if batch and (len(batch) >= limits.MAX_RECORDS_PER_MESSAGE or size + len(raw) > limits.MAX_MESSAGE - 4096):
-                self._send(session, wire.Records(tuple(batch)))
+                self._send(connection, wire.Records(tuple(batch)))
                 batch, size = [], 0
             batch.append(raw)
             size += len(raw) + 5
         if batch:
-            self._send(session, wire.Records(tuple(batch)))
-        session.sent_records += len(raws)
+            self._send(connection, wire.Records(tuple(batch)))
+        connection.sent_records += len(raws)
         self.stats.records_out += len(raws)
 
-    def _on_records(self, session: Session, raws: Sequence[bytes], now: float) -> None:
+    def _on_records(self, connection: Connection, raws: Sequence[bytes], now: float) -> None:
         # Bytes whose hash we already store (or are storing) are that very
         # record, verified on the way in: skip them before paying for a
         # signature check. Eager push makes such duplicates common (about two
@@ -1054,25 +1061,26 @@ class NodeCore:
         else:
             pairs = list(zip(ids, raws, strict=True))
         if not pairs:
-            session.received_records += len(raws)
-            self._actions.append(IngestFinished(session.conn, len(raws), known=len(raws)))
+            connection.received_records += len(raws)
+            self._actions.append(IngestFinished(connection.conn, len(raws), known=len(raws)))
             return
         wall_ms = self._wall_ms
-        job = IngestJob(session.conn, tuple(raw for _, raw in pairs), frozenset(i for i, _ in pairs),
-                        self._interest, wall_ms, known=len(raws) - len(pairs))
-        session.received_records += job.known
+        job = IngestJob(connection.conn, tuple(raw for _, raw in pairs),
+                        frozenset(i for i, _ in pairs), self._interest, wall_ms,
+                        known=len(raws) - len(pairs))
+        connection.received_records += job.known
         if self.deferred_ingest:
-            session.ingest_pending += job.size
+            connection.ingest_pending += job.size
             self._inflight.update(job.ids)
             self._actions.append(Ingest(job))
             return
         outcome = run_ingest(
             self.store, job, lambda ts: self.clock.observe(ts, wall_ms, limits.MAX_FUTURE_SKEW_MS)
         )
-        self._ingested(session.conn, session, job, outcome, now)
+        self._ingested(connection.conn, connection, job, outcome, now)
 
-    def _ingested(self, conn: ConnId, session: Session | None, job: IngestJob, outcome: IngestOutcome,
-                  now: float) -> None:
+    def _ingested(self, conn: ConnId, connection: Connection | None, job: IngestJob,
+                  outcome: IngestOutcome, now: float) -> None:
         """What follows a stored ingest job: indexes, interest, eager push."""
         added = outcome.added
         self._actions.append(IngestFinished(
@@ -1090,8 +1098,8 @@ class NodeCore:
         self.stats.records_rejected += outcome.skipped_future
         if outcome.evicted:
             self._bite("quota_evicted", outcome.evicted)
-        if session is not None:
-            session.received_records += len(job.raws)
+        if connection is not None:
+            connection.received_records += len(job.raws)
         self.stats.records_in += len(added)
         if added:
             # Move past the rows just stored without losing any that a CLI
@@ -1101,7 +1109,7 @@ class NodeCore:
                 self._index_record(record)
             if any(r.kind == "follow" and r.author == self.key for r in added):
                 self._interest_changed(now)
-            self._push(added, exclude=session.conn if session is not None else None, now=now)
+            self._push(added, exclude=connection.conn if connection is not None else None, now=now)
             for record in added:
                 if record.kind == "profile" and record.author in self._interest.authors:
                     self._learn_addresses(record)
@@ -1112,15 +1120,15 @@ class NodeCore:
         delivers the others later)."""
         if not records:
             return
-        for session in self.ready_peers():
-            if session.conn == exclude:
+        for connection in self.ready_peers():
+            if connection.conn == exclude:
                 continue
-            interest = session.interest
+            interest = connection.interest
             assert interest is not None
             wanted = [r for r in records if interest.wants(r.kind, r.author, r.visibility)]
             if not wanted:
                 continue
-            if self.flow_control and session.queued >= limits.SEND_QUEUE_LOW:
+            if self.flow_control and connection.queued >= limits.SEND_QUEUE_LOW:
                 # a peer that does not keep up gets them by reconciliation
                 self._bite("eager_push_skipped", len(wanted))
                 continue
@@ -1130,10 +1138,10 @@ class NodeCore:
                 self._bite("message_relay_budget", len(wanted) - len(raws))
             if not raws:
                 continue
-            assert session.push_bucket is not None
-            session.push_bucket.spend(now, sum(len(raw) for raw in raws))
-            self._send_records(session, raws, now)
-            self._flush(session)
+            assert connection.push_bucket is not None
+            connection.push_bucket.spend(now, sum(len(raw) for raw in raws))
+            self._send_records(connection, raws, now)
+            self._flush(connection)
 
     def _answer_query(self, query: Any) -> list[bytes]:
         """Answer a flooded query from the local store: public and ``ask``
@@ -1193,28 +1201,28 @@ class NodeCore:
             del self.addresses[self.rng.choice(heavy).address]
         self.addresses[address] = _Address(address, agent=agent, source=source)
 
-    def _send_pex(self, session: Session, now: float) -> None:
-        session.next_pex = now + self.timing.pex_interval
+    def _send_pex(self, connection: Connection, now: float) -> None:
+        connection.next_pex = now + self.timing.pex_interval
         peers = []
         for s in self.ready_peers():
-            if s is session or s.hello is None or s.remote is None:
+            if s is connection or s.hello is None or s.remote is None:
                 continue
             for address in s.hello.addresses[:1]:
                 peers.append((s.remote, address))
         self.rng.shuffle(peers)
         if peers:
-            self._send(session, wire.PeerExchange(tuple(peers[: limits.MAX_PEER_EXCHANGE])))
+            self._send(connection, wire.PeerExchange(tuple(peers[: limits.MAX_PEER_EXCHANGE])))
 
-    def _on_pex(self, session: Session, message: wire.PeerExchange) -> None:
+    def _on_pex(self, connection: Connection, message: wire.PeerExchange) -> None:
         for agent, address in message.peers:
-            self._learn(address, agent, source=session.remote)
+            self._learn(address, agent, source=connection.remote)
 
     def _dialable(self, entry: _Address) -> bool:
         if entry.is_self or entry.dialing or entry.address in self.listen_addresses:
             return False
         if entry.agent is not None and (entry.agent == self.key or entry.agent in self.by_agent):
             return False
-        return not any(s.address == entry.address for s in self.sessions.values())
+        return not any(s.address == entry.address for s in self.connections.values())
 
     def _backoff(self, entry: _Address, now: float) -> None:
         entry.failures += 1
@@ -1243,7 +1251,7 @@ class NodeCore:
     def _active_count(self) -> int:
         """Connections plus dials in flight: counting only connections let
         every dial failure start one more dial, past the target."""
-        return len(self.sessions) + sum(1 for e in self.addresses.values() if e.dialing)
+        return len(self.connections) + sum(1 for e in self.addresses.values() if e.dialing)
 
     def _room_for(self, entry: _Address, active: int) -> bool:
         """Whether the active view has room to dial ``entry``."""
@@ -1254,56 +1262,57 @@ class NodeCore:
         return entry.agent is not None and entry.agent in self._interest.authors
 
     # -- output ---------------------------------------------------------------
-    def _send(self, session: Session, message: wire.Message) -> None:
+    def _send(self, connection: Connection, message: wire.Message) -> None:
         if isinstance(message, wire.Recon):
             self.stats.recon_messages += 1
             self.stats.recon_bytes += len(message.payload)
         try:
-            session.channel.send_message(wire.encode(message))
+            connection.channel.send_message(wire.encode(message))
         except ProtocolError:
             return
 
-    def _send_raw(self, session: Session, data: bytes) -> None:
+    def _send_raw(self, connection: Connection, data: bytes) -> None:
         if data:
             self.stats.bytes_out += len(data)
             if self.flow_control:
-                session.queued += len(data)
-            self._actions.append(Send(session.conn, data))
+                connection.queued += len(data)
+            self._actions.append(Send(connection.conn, data))
 
-    def _flush(self, session: Session) -> None:
-        if not session.closed:
+    def _flush(self, connection: Connection) -> None:
+        if not connection.closed:
             with contextlib.suppress(ProtocolError):
-                self._send_raw(session, session.channel.data_to_send())
+                self._send_raw(connection, connection.channel.data_to_send())
 
     def _flush_router(self) -> None:
         for peer, kind, data in self.router.take_outbox():
             conn = self.by_agent.get(peer)
-            session = self.sessions.get(conn) if conn is not None else None
-            if session is None or not session.ready:
+            connection = self.connections.get(conn) if conn is not None else None
+            if connection is None or not connection.ready:
                 continue
-            self._send(session, wire.QueryMsg(data) if kind == "query" else wire.HitsMsg(data))
-            self._flush(session)
+            self._send(connection, wire.QueryMsg(data) if kind == "query" else wire.HitsMsg(data))
+            self._flush(connection)
 
     def flush_all(self) -> None:
-        for session in list(self.sessions.values()):
-            self._flush(session)
+        for connection in list(self.connections.values()):
+            self._flush(connection)
 
     def _close(
-        self, session: Session, reason: CloseReason, now: float, *, detail: str = "",
+        self, connection: Connection, reason: CloseReason, now: float, *, detail: str = "",
         send_bye: bool = True, quiet: bool = False,
     ) -> None:
-        if session.closed:
+        if connection.closed:
             return
         text = describe(reason, detail)
-        if send_bye and session.channel.is_established:
-            self._send(session, wire.Bye(text[:200]))
-            self._flush(session)
-        session.closed = True
-        self._unpend(session)
-        session.push_pending.clear()
-        session.push_queued.clear()
+        if send_bye and connection.channel.is_established:
+            self._send(connection, wire.Bye(text[:200]))
+            self._flush(connection)
+        connection.closed = True
+        self._unpend(connection)
+        connection.push_pending.clear()
+        connection.push_queued.clear()
         if not quiet:
-            log.info("closing connection %s (%s): %s", session.conn,
-                     short_id(session.remote) if session.remote else "?", text)
-        self._actions.append(Close(session.conn, reason, detail))
-        self._actions.append(PeerClosed(session.conn, session.remote, reason, detail, was_ready=session.ready))
+            log.info("closing connection %s (%s): %s", connection.conn,
+                     short_id(connection.remote) if connection.remote else "?", text)
+        self._actions.append(Close(connection.conn, reason, detail))
+        self._actions.append(PeerClosed(connection.conn, connection.remote, reason, detail,
+                                        was_ready=connection.ready))

@@ -139,7 +139,7 @@ Action = Send | Close | Dial | Ingest
 
 @dataclass(frozen=True)
 class PeerReady:
-    """A session finished its handshake and hello: ``agent`` is a peer."""
+    """A connection finished its handshake and hello: ``agent`` is a peer."""
 
     conn: ConnId
     agent: bytes
@@ -149,7 +149,7 @@ class PeerReady:
 
 @dataclass(frozen=True)
 class PeerClosed:
-    """A session ended (every session, ready or not, ends exactly once).
+    """A connection ended (every connection, ready or not, ends exactly once).
     ``agent`` is None when the handshake never proved who it was."""
 
     conn: ConnId

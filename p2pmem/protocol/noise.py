@@ -13,7 +13,7 @@ Two layers live here.
 2. :class:`SecureChannel`, the p2pmem transport. It runs
    ``Noise_XX_25519_ChaChaPoly_SHA256`` with a fresh X25519 static key per
    channel, and each side proves in its encrypted handshake payload that its
-   long-term Ed25519 identity owns that Noise static key in *this* session.
+   long-term Ed25519 identity owns that Noise static key in *this* handshake.
    Then it carries length-prefixed encrypted frames, splitting application
    messages larger than one frame. Like h11 and wsproto it never touches a
    socket or a clock: bytes in (:meth:`SecureChannel.receive_data`), events out
@@ -49,8 +49,8 @@ Wire format of the channel (every integer big-endian)::
 
 Binding the signature to ``h`` is what stops replay: ``h`` commits to the
 prologue, both ephemeral keys and everything said so far, so a proof lifted
-from one session verifies in no other one, nor in the other direction of the
-same session (messages 2 and 3 see different ``h``).
+from one handshake verifies in no other one, nor in the other direction of
+the same handshake (messages 2 and 3 see different ``h``).
 """
 
 from __future__ import annotations
@@ -352,7 +352,7 @@ class HandshakeState:
 
     @property
     def handshake_hash(self) -> bytes:
-        """``h``: after completion, a unique id of the session (channel binding)."""
+        """``h``: after completion, a unique id of the handshake (channel binding)."""
         return self._symmetric.h
 
     @property
@@ -555,7 +555,7 @@ class SecureChannel:
 
     @property
     def handshake_hash(self) -> bytes | None:
-        """The Noise handshake hash: equal on both ends, unique per session."""
+        """The Noise handshake hash: equal on both ends, unique per handshake."""
         return self._handshake_hash
 
     @property
@@ -733,7 +733,7 @@ class SecureChannel:
         return cbor2.dumps(proof, canonical=True)
 
     def _verify_proof(self, payload: bytes) -> bytes:
-        """Check the peer's proof against this session; return its Ed25519 key."""
+        """Check the peer's proof against this handshake; return its Ed25519 key."""
         remote_static = self._handshake.remote_static
         assert remote_static is not None
         if len(payload) > _MAX_PROOF:

@@ -683,7 +683,7 @@ class SimNetwork:
         return len(self._digests) <= 1
 
     def connected(self) -> bool:
-        """Whether every topology link between two live nodes has a ready session."""
+        """Whether every topology link between two live nodes has a ready connection."""
         for i, j in self.topology.edges:
             a, b = self.nodes[i], self.nodes[j]
             if not (a.alive and b.alive):
@@ -697,7 +697,7 @@ class SimNetwork:
         return b.key in a.ready.values()
 
     def peers(self, index: int) -> list[int]:
-        """Indexes of the nodes ``index`` has a ready session with."""
+        """Indexes of the nodes ``index`` has a ready connection with."""
         node = self._live(index)
         out = []
         for agent in node.ready.values():
@@ -707,7 +707,7 @@ class SimNetwork:
         return sorted(out)
 
     def graph(self) -> Topology:
-        """The overlay as it is now: ready sessions between live nodes."""
+        """The overlay as it is now: ready connections between live nodes."""
         edges = [(i, j) for i in self.live_nodes() for j in self.peers(i)]
         return Topology.of(len(self.nodes), edges, "overlay")
 
