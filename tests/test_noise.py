@@ -336,7 +336,7 @@ def test_bad_identity_proof_rejected(kind: str, forger_is_initiator: bool) -> No
     assert victim.closed and victim.remote_identity is None
 
 
-def test_sessions_have_distinct_handshake_hashes() -> None:
+def test_handshakes_have_distinct_handshake_hashes() -> None:
     """Same identities, fresh ephemerals: a different binding, so proofs cannot move."""
     a1, b1 = _pair()
     a2, b2 = _pair()

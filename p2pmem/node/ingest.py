@@ -39,7 +39,7 @@ from p2pmem.model.record import Record, load_stored
 from p2pmem.protocol.core import IngestOutcome, record_stored, screen_ingest
 from p2pmem.protocol.events import IngestJob
 from p2pmem.storage.store import Store, decode_or_error
-from p2pmem.storage.verify import check_part, discard_pool, verifier_pool
+from p2pmem.storage.verify import POOL_FAILURES, check_part, discard_pool, verifier_pool
 
 log = logging.getLogger("p2pmem.node.ingest")
 
@@ -127,8 +127,9 @@ class IngestPipeline:
                             pool.submit(check_part, raws[i : i + CHUNK])
                             for i in range(0, len(raws), CHUNK)
                         ]
-                    except BrokenProcessPool:
+                    except (BrokenProcessPool, RuntimeError):  # broken, or shut down by another thread
                         discard_pool(pool)  # the writer verifies this job itself
+                        futures = None
                 await self._verifying_send.send((job, futures))
 
     # -- stage 2: take the verdicts back, in order ---------------------------
@@ -141,7 +142,7 @@ class IngestPipeline:
                         verdicts = []
                         for future in futures:
                             verdicts.extend(await self._result(future))
-                    except BrokenProcessPool as exc:  # a worker was killed
+                    except POOL_FAILURES as exc:  # a worker was killed
                         log.warning("verification worker failed (%s): verifying in the writer", exc)
                         pool = self._pool()
                         if pool is not None:

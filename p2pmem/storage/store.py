@@ -18,7 +18,6 @@ import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from p2pmem.model.record import Record, admission_error, decode_record, load_sto
 from p2pmem.retrieval.documents import Entry, IndexDoc, make_doc
 from p2pmem.retrieval.engine import Ranked, SearchEngine, SearchRequest
 from p2pmem.retrieval.lexical import Filters
-from p2pmem.storage.verify import check_part, discard_pool, verifier_pool
+from p2pmem.storage.verify import POOL_FAILURES, check_part, discard_pool, verifier_pool
 
 HEAD, SUPERSEDED = 0, 1
 DB_FILE = "store.db"
@@ -259,7 +258,7 @@ class Store:
         for chunk, future in zip(chunks, futures, strict=True):
             try:
                 verdicts = future.result()
-            except BrokenProcessPool:  # a worker was killed: verify here, start afresh next time
+            except POOL_FAILURES:  # a worker was killed: verify here, start afresh next time
                 discard_pool(pool)
                 verdicts = check_part(chunk)
             yield chunk, [

@@ -13,7 +13,8 @@ import multiprocessing
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import CancelledError, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from p2pmem.errors import RecordError
 from p2pmem.model.record import check_record
@@ -57,6 +58,10 @@ def verifier_pool(workers: int) -> ProcessPoolExecutor:
         return _POOL
 
 
+#: What waiting on a worker's future raises when the pool broke under it.
+POOL_FAILURES = (BrokenProcessPool, CancelledError)
+
+
 def discard_pool(pool: ProcessPoolExecutor) -> None:
     """Forget a pool that broke (a worker was killed): the next call to
     :func:`verifier_pool` starts a fresh one."""
@@ -64,4 +69,6 @@ def discard_pool(pool: ProcessPoolExecutor) -> None:
     with _POOL_LOCK:
         if _POOL is pool:
             _POOL = None
-    pool.shutdown(wait=False, cancel_futures=True)
+    # not cancel_futures: a broken pool fails its pending futures itself, and a
+    # cancelled one would surprise whoever waits on it
+    pool.shutdown(wait=False)
