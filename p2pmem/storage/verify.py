@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -21,6 +22,7 @@ from p2pmem.model.record import check_record
 
 _POOL: ProcessPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
+OWNER_CHECK_S = 1.0  # how soon a worker notices that its node is gone
 
 
 def usable_cores() -> int:
@@ -44,6 +46,25 @@ def check_part(raws: Sequence[bytes]) -> list[str | None]:
     return out
 
 
+def _exit_with(owner: int) -> None:
+    """In each worker, at start: exit once the process that made the pool is
+    gone. A node killed with SIGKILL (or by the OOM killer) never tells its
+    workers to stop; blocked on the task queue they would wait forever, and
+    keep the fork server alive with them."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(OWNER_CHECK_S)
+            try:
+                os.kill(owner, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # alive, under another user: cannot be ours, but not gone
+                pass
+
+    threading.Thread(target=watch, name="p2pmem-owner-watch", daemon=True).start()
+
+
 def verifier_pool(workers: int) -> ProcessPoolExecutor:
     """The process's pool, started on first use. forkserver: forking a
     process that runs threads (trio, the MCP server) is not safe."""
@@ -54,7 +75,9 @@ def verifier_pool(workers: int) -> ProcessPoolExecutor:
             # the fork server imports the checks once; each worker forks from
             # it ready to verify instead of importing p2pmem itself
             context.set_forkserver_preload(["p2pmem.storage.verify"])
-            _POOL = ProcessPoolExecutor(workers, mp_context=context)
+            _POOL = ProcessPoolExecutor(
+                workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
+            )
         return _POOL
 
 
