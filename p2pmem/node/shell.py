@@ -418,6 +418,7 @@ class Node:
         out = self.core.status(mono())
         out["id"] = agent_id(self.agent.key)
         out["pid"] = os.getpid()
+        out["queues"]["ingest_jobs"] = self._ingest.backlog()  # per stage of node/ingest.py
         out["local"] = dict(sorted(self.local_stats.items()))
         return out
 
