@@ -114,6 +114,15 @@ INTEREST_MIN_INTERVAL_S = 5.0
 # (verification and storage run beside the event loop); past this we stop
 # reading that peer until they are stored. Two maximal records messages.
 MAX_INGEST_PENDING = 2 * MAX_MESSAGE
+# The serving node's ingest pipeline (p2pmem/node/ingest.py): records per task
+# of a verification worker (~5 ms of work, so IPC stays small beside it); jobs
+# (one records message each, <= MAX_RECORDS_PER_MESSAGE) whose chunks are in
+# the workers, and verified jobs waiting for the writer (enough to keep every
+# worker busy through a commit); records the writer stores in one transaction.
+INGEST_CHUNK = 64
+INGEST_VERIFYING_JOBS = 16
+INGEST_VERIFIED_JOBS = 16
+INGEST_GROUP_RECORDS = 4096
 
 # --- connections ---------------------------------------------------------
 # Connections whose handshake (Noise and hello) is not complete. A stalled

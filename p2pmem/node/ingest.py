@@ -34,6 +34,7 @@ from pathlib import Path
 
 import trio
 
+from p2pmem import limits
 from p2pmem.errors import RecordError
 from p2pmem.model.record import Record, load_stored
 from p2pmem.protocol.core import IngestOutcome, record_stored, screen_ingest
@@ -43,10 +44,11 @@ from p2pmem.storage.verify import POOL_FAILURES, check_part, discard_pool, verif
 
 log = logging.getLogger("p2pmem.node.ingest")
 
-CHUNK = 64  # records per task of a worker process (~5 ms of work: IPC stays small beside it)
-MAX_VERIFYING = 16  # jobs whose chunks are in the pool: keeps every worker busy through a commit
-MAX_VERIFIED = 16  # verified jobs waiting for the writer
-MAX_GROUP_RECORDS = 4096  # records in one writer transaction
+# the bounds of the stages (p2pmem/limits.py says why these sizes)
+CHUNK = limits.INGEST_CHUNK
+MAX_VERIFYING = limits.INGEST_VERIFYING_JOBS
+MAX_VERIFIED = limits.INGEST_VERIFIED_JOBS
+MAX_GROUP_RECORDS = limits.INGEST_GROUP_RECORDS
 
 Done = Callable[[Sequence[tuple[IngestJob, IngestOutcome]]], None]
 
@@ -55,7 +57,8 @@ class IngestPipeline:
     """Verify and store :class:`IngestJob` s off the event loop.
 
     ``done([(job, outcome), ...])`` is called on the event loop for every
-    group the writer stored, jobs in submission order. ``workers`` <= 1 verifies in the writer thread."""
+    group the writer stored, jobs in submission order. ``workers`` <= 1
+    verifies in the writer thread."""
 
     def __init__(self, store_path: Path, *, workers: int, done: Done) -> None:
         self._store_path = store_path
