@@ -66,7 +66,7 @@ class IngestPipeline:
         self._done = done
         self._jobs_send, self._jobs_receive = trio.open_memory_channel[IngestJob](math.inf)
         self._verifying_send, self._verifying_receive = trio.open_memory_channel[
-            tuple[IngestJob, list[Future[list[str | None]]] | None]
+            tuple[IngestJob, ProcessPoolExecutor | None, list[Future[list[str | None]]] | None]
         ](MAX_VERIFYING)
         self._verified_send, self._verified_receive = trio.open_memory_channel[
             tuple[IngestJob, list[str | None] | None]
@@ -133,12 +133,12 @@ class IngestPipeline:
                     except (BrokenProcessPool, RuntimeError):  # broken, or shut down by another thread
                         discard_pool(pool)  # the writer verifies this job itself
                         futures = None
-                await self._verifying_send.send((job, futures))
+                await self._verifying_send.send((job, pool, futures))
 
     # -- stage 2: take the verdicts back, in order ---------------------------
     async def _collect(self) -> None:
         async with self._verified_send:
-            async for job, futures in self._verifying_receive:
+            async for job, pool, futures in self._verifying_receive:
                 verdicts: list[str | None] | None = None
                 if futures is not None:
                     try:
@@ -147,9 +147,8 @@ class IngestPipeline:
                             verdicts.extend(await self._result(future))
                     except POOL_FAILURES as exc:  # a worker was killed
                         log.warning("verification worker failed (%s): verifying in the writer", exc)
-                        pool = self._pool()
-                        if pool is not None:
-                            discard_pool(pool)
+                        assert pool is not None
+                        discard_pool(pool)  # that pool only: a newer one may already be at work
                         verdicts = None
                 await self._verified_send.send((job, verdicts))
 
