@@ -157,3 +157,21 @@ def test_a_killed_worker_costs_no_record(tmp_path):
     assert sum(len(o.added) for o in outcomes) == 3000
     with Store(path) as store:
         assert store.count("memory") == 3000
+
+
+def test_single_records_are_checked_in_the_writer_alike(tmp_path):
+    """Jobs below limits.INGEST_POOL_MIN_RECORDS (an eager push of one record)
+    skip the worker round trip; the checks are the same."""
+    path = tmp_path / DB_FILE
+    Store(path).close()
+    records = _records(6, seed=6)
+    forged = bytearray(records[3].raw)
+    forged[-1] ^= 1
+    jobs = [_job(1, [r.raw]) for r in records[:3]] + [_job(2, [bytes(forged)])]
+    jobs += [_job(1, [r.raw]) for r in records[4:]]
+    groups = trio.run(_run, path, jobs)
+    outcomes = [outcome for group in groups for _, outcome in group]
+    assert [o.error for o in outcomes] == [None, None, None, "bad signature", None, None]
+    assert [len(o.added) for o in outcomes] == [1, 1, 1, 0, 1, 1]
+    with Store(path) as store:
+        assert store.known_ids([r.id for r in records]) == {r.id for i, r in enumerate(records) if i != 3}

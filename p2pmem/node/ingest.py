@@ -46,6 +46,7 @@ log = logging.getLogger("p2pmem.node.ingest")
 
 # the bounds of the stages (p2pmem/limits.py says why these sizes)
 CHUNK = limits.INGEST_CHUNK
+POOL_MIN_RECORDS = limits.INGEST_POOL_MIN_RECORDS
 MAX_VERIFYING = limits.INGEST_VERIFYING_JOBS
 MAX_VERIFIED = limits.INGEST_VERIFIED_JOBS
 MAX_GROUP_RECORDS = limits.INGEST_GROUP_RECORDS
@@ -121,7 +122,8 @@ class IngestPipeline:
     async def _submit_chunks(self) -> None:
         async with self._verifying_send:
             async for job in self._jobs_receive:
-                pool = self._pool()
+                # small jobs (single eager pushes) cost less checked in the writer
+                pool = self._pool() if len(job.raws) >= POOL_MIN_RECORDS else None
                 futures = None
                 if pool is not None:
                     raws = job.raws
