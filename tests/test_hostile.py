@@ -12,6 +12,7 @@ each defence to its test here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -130,6 +131,18 @@ def test_reconciliations_asking_for_everything_are_paced_by_the_send_queue(net):
         _bounded_and_stops(node)
 
 
+@contextlib.contextmanager
+def _burst(node, records):
+    """A stranger's records, 200 to a message, all sent at once; the
+    connection stays open for the block."""
+    with Attacker(node.address) as attacker:
+        attacker.hello()
+        for message in records_messages(records, per_message=200):
+            attacker.queue(message)
+        attacker.flush()
+        yield attacker
+
+
 def test_a_burst_of_records_does_not_block_the_event_loop(net):
     """12,000 valid records from a stranger as fast as TCP carries them: they
     are verified and stored beside the event loop, so status keeps answering
@@ -137,11 +150,7 @@ def test_a_burst_of_records_does_not_block_the_event_loop(net):
     victim, = net.homes(1)
     node = net.start(victim, "--replicate", "all")
     records = stranger_records("memory", 12_000, size=100)
-    with Attacker(node.address) as attacker:
-        attacker.hello()
-        for message in records_messages(records, per_message=200):
-            attacker.queue(message)
-        attacker.flush()  # ~3 MB: the kernel's buffers take it at once
+    with _burst(node, records):  # ~3 MB: the kernel's buffers take it at once
         worst = 0.0
         stored = 0
         deadline = time.monotonic() + 20
@@ -159,12 +168,7 @@ def test_a_burst_of_records_does_not_block_the_event_loop(net):
 def test_sigterm_is_honoured_in_the_middle_of_a_burst(net):
     victim, = net.homes(1)
     node = net.start(victim, "--replicate", "all")
-    records = stranger_records("memory", 12_000, size=100)
-    with Attacker(node.address) as attacker:
-        attacker.hello()
-        for message in records_messages(records, per_message=200):
-            attacker.queue(message)
-        attacker.flush()
+    with _burst(node, stranger_records("memory", 12_000, size=100)):
         time.sleep(0.3)
         _bounded_and_stops(node)
 

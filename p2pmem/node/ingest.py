@@ -3,7 +3,7 @@ and stored by one writer, beside the event loop.
 
 ::
 
-    core --Ingest(job)--> submit --> verifier processes (chunks of CHUNK records)
+    core --Ingest(job)--> submit --> verifier processes (limits.INGEST_CHUNK records a task)
                                          |  in order, at most MAX_VERIFYING jobs in flight
     core.ingest_done <-- writer thread <-+  one transaction for every job verified meanwhile
 
@@ -35,17 +35,24 @@ from pathlib import Path
 import trio
 
 from p2pmem import limits
-from p2pmem.errors import RecordError
-from p2pmem.model.record import Record, load_stored
+from p2pmem.model.record import Record
 from p2pmem.protocol.core import IngestOutcome, record_stored, screen_ingest
 from p2pmem.protocol.events import IngestJob
-from p2pmem.storage.store import Store, decode_or_error
-from p2pmem.storage.verify import POOL_FAILURES, check_part, discard_pool, verifier_pool
+from p2pmem.storage.store import Store
+from p2pmem.storage.verify import (
+    POOL_FAILURES,
+    check_part,
+    decode_or_error,
+    discard_pool,
+    parts,
+    records_from,
+    start_workers,
+    verifier_pool,
+)
 
 log = logging.getLogger("p2pmem.node.ingest")
 
 # the bounds of the stages (p2pmem/limits.py says why these sizes)
-CHUNK = limits.INGEST_CHUNK
 POOL_MIN_RECORDS = limits.INGEST_POOL_MIN_RECORDS
 MAX_VERIFYING = limits.INGEST_VERIFYING_JOBS
 MAX_VERIFIED = limits.INGEST_VERIFIED_JOBS
@@ -112,9 +119,7 @@ class IngestPipeline:
         """In a thread: start every worker process (each imports p2pmem,
         a fraction of a second) before the first records arrive."""
         try:
-            pool = self._pool()
-            if pool is not None:
-                list(pool.map(check_part, [[]] * self._workers))
+            start_workers(self._workers)
         except Exception as exc:  # no processes here (a sandbox, no /dev/shm): verify in the writer
             log.warning("no verification worker processes (%s): verifying in the writer thread", exc)
             self._workers = 1
@@ -126,12 +131,8 @@ class IngestPipeline:
                 pool = self._pool() if len(job.raws) >= POOL_MIN_RECORDS else None
                 futures = None
                 if pool is not None:
-                    raws = job.raws
                     try:
-                        futures = [
-                            pool.submit(check_part, raws[i : i + CHUNK])
-                            for i in range(0, len(raws), CHUNK)
-                        ]
+                        futures = [pool.submit(check_part, part) for part in parts(job.raws)]
                     except (BrokenProcessPool, RuntimeError):  # broken, or shut down by another thread
                         discard_pool(pool)  # the writer verifies this job itself
                         futures = None
@@ -197,14 +198,10 @@ class IngestPipeline:
         store = self._store
         screened: list[tuple[list[Record], IngestOutcome]] = []
         for job, verdicts in group:
-            decoded: list[Record | RecordError]
-            if verdicts is None:
-                decoded = [decode_or_error(raw) for raw in job.raws]
-            else:
-                decoded = [
-                    load_stored(raw) if verdict is None else RecordError(verdict)
-                    for raw, verdict in zip(job.raws, verdicts, strict=True)
-                ]
+            decoded = (
+                [decode_or_error(raw) for raw in job.raws] if verdicts is None
+                else records_from(job.raws, verdicts)
+            )
             screened.append(screen_ingest(job, decoded))
         stored = [(accepted, outcome) for accepted, outcome in screened if outcome.error is None]
         results = store.ingest_groups([accepted for accepted, _ in stored])

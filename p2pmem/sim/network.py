@@ -78,7 +78,8 @@ from p2pmem.protocol.events import (
 )
 from p2pmem.protocol.query import VerifiedHit
 from p2pmem.sim.topology import Topology, make_topology
-from p2pmem.storage.store import IngestResult, Store, decode_or_error
+from p2pmem.storage.store import IngestResult, Store
+from p2pmem.storage.verify import decode_or_error
 
 #: Virtual time zero, in seconds since the Unix epoch (2023-11-14). Record
 #: timestamps are hybrid logical clocks on this virtual wall clock.
@@ -353,10 +354,6 @@ class SimNetwork:
         (integer arithmetic, the same instant the Agents read)."""
         return BASE_MS + self.now_us // 1000
 
-    def agent_ms(self) -> int:
-        """The nodes' Agents' clock (their records' timestamps): ``wall_ms``."""
-        return self.wall_ms
-
     def wire_digest(self) -> str:
         """SHA-256 over every byte delivered so far (handshakes included),
         with its connection and direction, in delivery order: a run replays
@@ -380,7 +377,7 @@ class SimNetwork:
         store = Store(Path(":memory:"), verify_workers=1, decoder=decoder,
                       on_ingest=lambda result: self._stored(node_box[0], result))
         # An Agent reads its home only in Agent.open; a simulated node has none.
-        agent = Agent(Path(":memory:"), identity, store, wall_ms=self.agent_ms)
+        agent = Agent(Path(":memory:"), identity, store, wall_ms=lambda: self.wall_ms)
         node = SimNode(index, self._address(index), identity, store, bootstrap, replicate_all, agent)
         node_box.append(node)
         self.nodes.append(node)
@@ -836,15 +833,19 @@ class SimNetwork:
             node.timer_at = t_us
             self._push(t_us, _TIMER, (node, node.timer_gen))
 
-    def _flush(self, node: SimNode, cid: int | None, chunks: list[bytes]) -> None:
-        if cid is None or not chunks:
-            return
+    def _open_end(self, node: SimNode, cid: int) -> tuple[_SimLink, int] | None:
+        """The connection and ``node``'s side of it, if that side is still open."""
         conn = self._conns.get(cid)
         if conn is None:
-            return
+            return None
         side = conn.side_of(node)
-        if not conn.open[side]:
+        return (conn, side) if conn.open[side] else None
+
+    def _flush(self, node: SimNode, cid: int | None, chunks: list[bytes]) -> None:
+        end = self._open_end(node, cid) if cid is not None and chunks else None
+        if end is None:
             return
+        conn, side = end
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         node.bytes_sent += len(data)
         self._send_item(conn, side, data)
@@ -856,12 +857,10 @@ class SimNetwork:
     def _on_close(self, node: SimNode, cid: int, reason: CloseReason) -> None:
         self.closes[reason] = self.closes.get(reason, 0) + 1
         self.close_reasons[reason.value] = self.close_reasons.get(reason.value, 0) + 1
-        conn = self._conns.get(cid)
-        if conn is None:
+        end = self._open_end(node, cid)
+        if end is None:
             return
-        side = conn.side_of(node)
-        if not conn.open[side]:
-            return
+        conn, side = end
         conn.open[side] = False
         self._send_item(conn, side, _FIN)
         self._push(self.now_us, _LOST, (conn, side))

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from p2pmem import limits
 from p2pmem.errors import RecordError, StoreError
@@ -30,9 +31,19 @@ from p2pmem.model.record import Record, admission_error, decode_record, load_sto
 from p2pmem.retrieval.documents import Entry, IndexDoc, make_doc
 from p2pmem.retrieval.engine import Ranked, SearchEngine, SearchRequest
 from p2pmem.retrieval.lexical import Filters
-from p2pmem.storage.verify import POOL_FAILURES, check_part, discard_pool, verifier_pool
+from p2pmem.storage.verify import (
+    POOL_FAILURES,
+    check_part,
+    decode_or_error,
+    discard_pool,
+    parts,
+    records_from,
+    start_workers,
+    verifier_pool,
+)
 
 HEAD, SUPERSEDED = 0, 1
+T = TypeVar("T")
 DB_FILE = "store.db"
 SCHEMA_VERSION = 3  # 2: FTS5 replaced by the derived tantivy index and index_log
 # Ingest of random 32-byte ids dirties pages all over the id and lineage
@@ -93,8 +104,7 @@ CREATE INDEX IF NOT EXISTS records_session ON records(author, session, ts) WHERE
 """
 
 _COLUMNS = "r.id, r.raw, r.state"
-_PIPELINE_CHUNK = 64
-_PROCESS_BATCH = 64  # smaller batches verify in-line: a round trip to a worker costs more
+SQL_IN_PART = 500  # values in one `IN (...)` list (see _in_parts)
 
 
 @dataclass
@@ -249,11 +259,11 @@ class Store:
         inserting thread); the caller stores each chunk while the workers
         verify the next ones. Workers only say which bytes passed: the
         records themselves are rebuilt here from the very same bytes."""
-        if len(raws) < _PROCESS_BATCH or self._verify_workers <= 1:
+        if len(raws) < limits.INGEST_POOL_MIN_RECORDS or self._verify_workers <= 1:
             yield raws, [decode_or_error(raw) for raw in raws]
             return
         pool = verifier_pool(self._verify_workers)
-        chunks = [raws[i : i + _PIPELINE_CHUNK] for i in range(0, len(raws), _PIPELINE_CHUNK)]
+        chunks = parts(raws)
         futures = [pool.submit(check_part, chunk) for chunk in chunks]
         for chunk, future in zip(chunks, futures, strict=True):
             try:
@@ -261,17 +271,12 @@ class Store:
             except POOL_FAILURES:  # a worker was killed: verify here, start afresh next time
                 discard_pool(pool)
                 verdicts = check_part(chunk)
-            yield chunk, [
-                load_stored(raw) if verdict is None else RecordError(verdict)
-                for raw, verdict in zip(chunk, verdicts, strict=True)
-            ]
+            yield chunk, records_from(chunk, verdicts)
 
     def start_verifiers(self) -> None:
         """Start the verification workers now rather than on the first large
         batch (a long-running node or a benchmark pays the start-up once)."""
-        if self._verify_workers > 1:
-            pool = verifier_pool(self._verify_workers)
-            list(pool.map(check_part, [[]] * self._verify_workers))
+        start_workers(self._verify_workers)
 
     def ingest_raw(self, raws: Sequence[bytes], *, wall_ms: int | None = None) -> IngestResult:
         """Verify and store signed records from an untrusted source, in one
@@ -375,10 +380,8 @@ class Store:
                 result.duplicates += 1
             else:
                 unique[record.id] = record
-        for i in range(0, len(unique), 400):
-            part = list(unique.values())[i : i + 400]
+        for part, marks in _in_parts(list(unique.values())):
             ids = [r.id for r in part]
-            marks = ",".join("?" * len(ids))
             existing = {row[0] for row in db.execute(f"SELECT id FROM records WHERE id IN ({marks})", ids)}
             # a plain memory is its own lineage root, so (id, author) is all a tombstone can name
             tombstoned = set(db.execute(f"SELECT target, author FROM tombstones WHERE target IN ({marks})", ids))
@@ -623,19 +626,16 @@ class Store:
     def raws_of(self, ids: Sequence[bytes]) -> list[bytes]:
         """The stored bytes of those ``ids`` that are stored, in rowid order."""
         out: list[tuple[int, bytes]] = []
-        for i in range(0, len(ids), 500):
-            part = list(ids[i : i + 500])
+        for part, marks in _in_parts(ids):
             out.extend(self._db.execute(
-                f"SELECT rowid, raw FROM records WHERE id IN ({','.join('?' * len(part))})", part
+                f"SELECT rowid, raw FROM records WHERE id IN ({marks})", part
             ))
         return [raw for _, raw in sorted(out)]
 
     def known_ids(self, ids: Sequence[bytes]) -> set[bytes]:
         """Which of ``ids`` are stored."""
         found: set[bytes] = set()
-        for i in range(0, len(ids), 500):
-            part = ids[i : i + 500]
-            marks = ",".join("?" * len(part))
+        for part, marks in _in_parts(ids):
             found.update(row[0] for row in self._db.execute(f"SELECT id FROM records WHERE id IN ({marks})", part))
         return found
 
@@ -645,13 +645,12 @@ class Store:
         ``target`` is a message's recipient (and a follow's or endorsement's
         target; None for other kinds)."""
         ids = list(ids)
-        for i in range(0, len(ids), 500):  # one query per 500 ids, in the order asked
-            part = ids[i : i + 500]
+        for part, marks in _in_parts(ids):  # one query per part, in the order asked
             rows = {
                 row[0]: row[1:]
                 for row in self._db.execute(
                     "SELECT id, raw, kind, author, visibility, target FROM records "
-                    f"WHERE id IN ({','.join('?' * len(part))})",
+                    f"WHERE id IN ({marks})",
                     part,
                 )
             }
@@ -741,10 +740,9 @@ class Store:
         """Raw bytes of those rowids that are still current memories: the
         index may lag the store by a commit, never the other way round."""
         out: dict[int, bytes] = {}
-        for i in range(0, len(rids), 500):
-            part = list(rids[i : i + 500])
+        for part, marks in _in_parts(rids):
             rows = self._db.execute(
-                f"SELECT rowid, raw FROM records WHERE rowid IN ({','.join('?' * len(part))}) "
+                f"SELECT rowid, raw FROM records WHERE rowid IN ({marks}) "
                 f"AND +state = {HEAD} AND +kind = 'memory'",
                 part,
             )
@@ -780,9 +778,7 @@ class Store:
             return {}
         lineages = list({r.lineage for r in records})
         heads: dict[tuple[bytes, bytes], list[bytes]] = {}
-        for i in range(0, len(lineages), 500):
-            part = lineages[i : i + 500]
-            marks = ",".join("?" * len(part))
+        for part, marks in _in_parts(lineages):
             rows = self._db.execute(
                 f"SELECT id, lineage, author FROM records WHERE state = {HEAD} AND (id IN ({marks}) "
                 f"OR (lineage IN ({marks}) AND lineage != id)) ORDER BY ts DESC, id DESC",
@@ -818,11 +814,10 @@ class Store:
         up together: one range query finds a run of them and their
         neighbours, where one query per memory and side would cost four."""
         rows: list[tuple] = []
-        for i in range(0, len(rids), 500):
-            part = rids[i : i + 500]
+        for part, marks in _in_parts(rids):
             rows.extend(self._db.execute(
                 f"SELECT {self._ENTRY} FROM records WHERE rowid IN "
-                f"({','.join('?' * len(part))}) AND +state = {HEAD} AND +kind = 'memory'",
+                f"({marks}) AND +state = {HEAD} AND +kind = 'memory'",
                 part,
             ))
         groups: dict[tuple[bytes, str], list[tuple]] = {}
@@ -933,10 +928,9 @@ class Store:
     def times(self, rids: Sequence[int]) -> dict[int, tuple[int, int]]:
         """rowid -> (at, ts) of stored records."""
         out: dict[int, tuple[int, int]] = {}
-        for i in range(0, len(rids), 500):
-            part = list(rids[i : i + 500])
+        for part, marks in _in_parts(rids):
             rows = self._db.execute(
-                f"SELECT rowid, at, ts FROM records WHERE rowid IN ({','.join('?' * len(part))})", part
+                f"SELECT rowid, at, ts FROM records WHERE rowid IN ({marks})", part
             )
             out.update((rid, (at, ts)) for rid, at, ts in rows)
         return out
@@ -1077,8 +1071,10 @@ def _doc_between(
     return make_doc(entry, prev, following)
 
 
-def decode_or_error(raw: bytes) -> Record | RecordError:
-    try:
-        return decode_record(raw)
-    except RecordError as exc:
-        return exc
+def _in_parts(values: Sequence[T]) -> Iterator[tuple[list[T], str]]:
+    """``values`` in parts of at most SQL_IN_PART, each with its ``?, ?, ...``
+    placeholders: SQLite limits a statement's parameters, and shorter IN
+    lists plan better."""
+    for i in range(0, len(values), SQL_IN_PART):
+        part = list(values[i : i + SQL_IN_PART])
+        yield part, ",".join("?" * len(part))

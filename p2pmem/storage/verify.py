@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from p2pmem import limits
 from p2pmem.errors import RecordError
-from p2pmem.model.record import check_record
+from p2pmem.model.record import Record, check_record, decode_record, load_stored
 
 _POOL: ProcessPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
@@ -31,6 +32,28 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def decode_or_error(raw: bytes) -> Record | RecordError:
+    """Decode and verify here, in this thread (a batch too small for the
+    workers, or no workers): the record, or why it is refused."""
+    try:
+        return decode_record(raw)
+    except RecordError as exc:
+        return exc
+
+
+def parts(raws: Sequence[bytes]) -> list[Sequence[bytes]]:
+    """``raws`` in tasks for the workers (limits.INGEST_CHUNK records each)."""
+    size = limits.INGEST_CHUNK
+    return [raws[i : i + size] for i in range(0, len(raws), size)]
+
+
+def records_from(raws: Sequence[bytes], verdicts: Sequence[str | None]) -> list[Record | RecordError]:
+    """The records the workers passed, rebuilt from the very bytes they
+    checked (verification is not repeated), and an error for the others."""
+    return [load_stored(raw) if verdict is None else RecordError(verdict)
+            for raw, verdict in zip(raws, verdicts, strict=True)]
 
 
 def check_part(raws: Sequence[bytes]) -> list[str | None]:
@@ -79,6 +102,14 @@ def verifier_pool(workers: int) -> ProcessPoolExecutor:
                 workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
             )
         return _POOL
+
+
+def start_workers(workers: int) -> None:
+    """Start every worker of the pool now rather than on the first batch
+    (each imports p2pmem, a fraction of a second): a long-running node or a
+    benchmark pays that once, before its first records."""
+    if workers > 1:
+        list(verifier_pool(workers).map(check_part, [[]] * workers))
 
 
 #: What waiting on a worker's future raises when the pool broke under it.
