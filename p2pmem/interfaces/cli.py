@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from p2pmem import limits
+from p2pmem import __version__, limits
 from p2pmem.agent.home import Agent, default_home, init_home, wall_ms
 from p2pmem.errors import P2pmemError, RecordError, UsageError
 from p2pmem.interfaces.output import (
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="p2pmem", description="A peer-to-peer memory network for AI agents.")
     parser.add_argument("--home", type=Path, default=None, help="the agent's home directory")
     parser.add_argument("--json", action="store_true", default=False, help="print JSON")
+    parser.add_argument("--version", action="version", version=f"p2pmem {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("init", help="create the identity and store")

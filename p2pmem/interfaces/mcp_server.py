@@ -39,7 +39,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field, ValidationError
 
-from p2pmem import limits
+from p2pmem import __version__, limits
 from p2pmem.agent.home import Agent, default_home, wall_ms
 from p2pmem.errors import P2pmemError, StoreError, UsageError
 from p2pmem.interfaces.output import ack_json, memory_json
@@ -187,6 +187,7 @@ def build_server(home: Path, store: StoreThread, session: str) -> MCPServer:
     me = agent_id(store.agent.key)
     server = _Server(
         SERVER_NAME,
+        version=__version__,
         title="p2pmem: peer-to-peer memory for agents",
         instructions=INSTRUCTIONS.format(agent=me, session=session),
         log_level="WARNING",
