@@ -1,8 +1,8 @@
 """Any sequence of wire messages from hostile peers leaves the sans-IO core's
 memory and queues within the limits of p2pmem/limits.py (issue #11).
 
-A hypothesis state machine drives one :class:`NodeCore` with flow control
-on (as the trio node runs it) through real Noise connections from several
+A hypothesis state machine drives one :class:`NodeCore` (as every shell
+runs it: flow control, the ingest pipeline) through real Noise connections from several
 attackers that send any mix of reconciliation messages (including the
 7-byte "send me everything", in floods and paced within the reconciliation
 rate limit), Interest, peer exchange, records, pings and stalled handshakes, while the shell writes out only what the test says
@@ -62,15 +62,14 @@ class _Peer:
 
 
 class HostilePeers(RuleBasedStateMachine):
-    @initialize(seed=st.integers(0, 2**32 - 1), deferred=st.booleans())
-    def start(self, seed: int, deferred: bool) -> None:
+    @initialize(seed=st.integers(0, 2**32 - 1))
+    def start(self, seed: int) -> None:
         self.now = T0
         self.store = Store(Path(":memory:"), verify_workers=1)
         self.store.ingest(RECORDS)
         rng = random.Random(seed)
         self.core = NodeCore(NODE, self.store, rng, router_rng=random.Random(rng.getrandbits(64)), now=self.now,
-                             listen_addresses=["node.test:7000"], replicate_all=True,
-                             flow_control=True, deferred_ingest=deferred)
+                             listen_addresses=["node.test:7000"], replicate_all=True)
         self.peers: dict[int, _Peer] = {}
         self.unsent: dict[int, int] = {}  # conn -> bytes the shell holds, not yet written
         self.jobs: list = []
@@ -275,7 +274,7 @@ def test_a_flood_fills_the_send_queue_up_to_its_limit_and_no_further():
     """The state machine's bounds are reached, not just respected: a peer
     that never reads gets its queue filled to the mark, then is not read."""
     machine = HostilePeers()
-    machine.start(seed=1, deferred=False)
+    machine.start(seed=1)
     machine.attacker_joins("10.0.0.1", True)
     peer = machine._ready_peers()[0]
     connection = machine.core.connections[peer.conn]

@@ -31,7 +31,7 @@ from p2pmem.model.identity import Identity
 from p2pmem.model.record import VISIBILITIES, Record, sign_record
 from p2pmem.model.scope import ReplicationInterest, shared, travels
 from p2pmem.protocol import wire
-from p2pmem.protocol.core import Close, Dial, NodeCore, Send, Timing
+from p2pmem.protocol.core import Close, Dial, Ingest, NodeCore, Send, Timing, run_ingest
 from p2pmem.protocol.events import (
     CloseReason,
     IngestFinished,
@@ -222,6 +222,10 @@ class SimNet:
                     progress = True
                 for action in actions:
                     self._act(i, action)
+                for conn, end in list(self.ends.items()):
+                    if end.node == i and i in self.cores and core.has_backlog(conn):
+                        core.resume(conn, self.now, wall_ms=self.wall_ms)
+                        progress = True
 
     def _act(self, i: int, action: object) -> None:
         core = self.cores.get(i)
@@ -235,6 +239,9 @@ class SimNet:
                 self.raw_out.setdefault(action.conn, bytearray()).extend(action.data)
             elif end.peer in self.inbox:
                 self.inbox[end.peer].append(action.data)
+            core.sent(action.conn, len(action.data), self.now, wall_ms=self.wall_ms)
+        elif isinstance(action, Ingest):
+            core.ingest_done(action.job, run_ingest(core.store, action.job), self.now, wall_ms=self.wall_ms)
         elif isinstance(action, Close):
             self.closes.append((self.now, i, str(action)))
             end = self.ends.pop(action.conn, None)

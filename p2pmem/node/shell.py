@@ -146,7 +146,6 @@ class Node:
             self.agent.identity, self.agent.store, rng, router_rng=random.Random(rng.getrandbits(64)),
             now=mono(), listen_addresses=[self.address], bootstrap=self.peers,
             replicate_all=self.replicate_all, timing=self.timing,
-            flow_control=True, deferred_ingest=True,
         )
         try:
             async with trio.open_nursery() as nursery:

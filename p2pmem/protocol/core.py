@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,23 +80,21 @@ class IngestOutcome:
     error: str | None = None  # a record failed verification: the sender misbehaved
 
 
-def run_ingest(
-    store: StorePort, job: IngestJob, observe: Callable[[int], bool] | None = None
-) -> IngestOutcome:
-    """Verify and store one job: CPU and disk work, no core state touched.
-    The simulator runs it in line; the trio node runs the same two steps,
+def run_ingest(store: StorePort, job: IngestJob) -> IngestOutcome:
+    """Verify and store one job: CPU and disk work, no core state touched
+    (the test harnesses' ingest). The trio node runs the same steps,
     :func:`screen_ingest` and :func:`record_stored`, in its pipeline
-    (p2pmem/node/ingest.py) with verification in worker processes.
-    ``observe`` (synchronous use only) is the core's clock check; without it
-    the job's ``wall_ms`` snapshot decides what is too far in the future."""
-    accepted, outcome = screen_ingest(job, store.decode_many(list(job.raws)), observe)
+    (p2pmem/node/ingest.py) with verification in worker processes; the
+    simulator in its virtual one (p2pmem/sim/ingest.py). The job's ``wall_ms``
+    snapshot decides what is too far in the future."""
+    accepted, outcome = screen_ingest(job, store.decode_many(list(job.raws)))
     if outcome.error is None:
         record_stored(outcome, store.ingest(accepted))  # applies the quotas of p2pmem/model/quota.py
     return outcome
 
 
 def screen_ingest(
-    job: IngestJob, decoded: Sequence[Record | P2pmemError], observe: Callable[[int], bool] | None = None
+    job: IngestJob, decoded: Sequence[Record | P2pmemError]
 ) -> tuple[list[Record], IngestOutcome]:
     """Which of a job's decoded records to store: none if one failed
     verification (the sender misbehaved, ``outcome.error``), else those in
@@ -109,9 +107,8 @@ def screen_ingest(
             return [], outcome
         if not job.interest.wants(item.kind, item.author, item.visibility):
             continue  # out of our scope: not an error, just not kept
-        # the same clock check as `import` (record.admission_error), then the core's clock
-        ok = admission_error(item, job.wall_ms) is None and (observe is None or observe(item.ts))
-        if not ok:
+        # the same clock check as `import` (record.admission_error), on the job's clock
+        if admission_error(item, job.wall_ms) is not None:
             outcome.skipped_future += 1
             continue
         accepted.append(item)
@@ -238,16 +235,13 @@ class NodeCore:
         bootstrap: Sequence[str] = (),
         replicate_all: bool = False,
         timing: Timing | None = None,
-        flow_control: bool = False,
-        deferred_ingest: bool = False,
         key_source: KeySource | None = None,
     ) -> None:
-        """``flow_control``: the shell reports written bytes with :meth:`sent`
-        and stops reading a connection while :meth:`readable` is false (the
-        trio node); without it every Send counts as written at once (the
-        simulator). ``deferred_ingest``: received records are verified and
-        stored by the shell beside the loop (:class:`Ingest` actions); without
-        it the core does it inline. ``rng`` and ``router_rng`` (two
+        """Every shell runs the same paths: it reports written bytes with
+        :meth:`sent`, stops reading a connection while :meth:`readable` is
+        false, calls :meth:`resume` while :meth:`has_backlog` holds, and
+        verifies and stores received records beside the loop (:class:`Ingest`
+        actions, then :meth:`ingest_done`). ``rng`` and ``router_rng`` (two
         independent streams, the second for the query router) are seeded by
         the shell, as ``store`` is opened by it (p2pmem.protocol.ports).
         ``key_source`` makes the X25519 keys of every Noise handshake
@@ -255,8 +249,6 @@ class NodeCore:
         a run replays byte for byte). ``now`` here and in every input is
         monotonic seconds: timers, deadlines and rate buckets only."""
         self.identity = identity
-        self.flow_control = flow_control
-        self.deferred_ingest = deferred_ingest
         self.key_source = key_source
         self.stopping = False  # shutdown() was called: no new connections, no dials
         # The wall clock (ms) of the input being handled: record admission and
@@ -459,7 +451,7 @@ class NodeCore:
 
     def _pump(self, connection: Connection, now: float) -> None:
         """Handle the connection's received messages until none is left, the
-        turn's work budget is spent (with flow control; limits.WORK_PER_TURN: the shell lets
+        turn's work budget is spent (limits.WORK_PER_TURN: the shell lets
         other tasks run, then calls :meth:`resume`), or the peer has filled
         its queues: then messages wait in the backlog (at most one read's
         worth) and the shell stops reading the peer (:meth:`readable`) until
@@ -468,8 +460,7 @@ class NodeCore:
         backlog = connection.backlog
         try:
             while backlog and not connection.closed:
-                if ((self.flow_control and work >= limits.WORK_PER_TURN)
-                        or self._pressured(connection)):
+                if work >= limits.WORK_PER_TURN or self._pressured(connection):
                     return
                 event = backlog.popleft()
                 if isinstance(event, HandshakeComplete):
@@ -502,7 +493,7 @@ class NodeCore:
             self._flush(connection)
 
     def _pressured(self, connection: Connection) -> bool:
-        if self.flow_control and connection.queued >= limits.MAX_SEND_QUEUE:
+        if connection.queued >= limits.MAX_SEND_QUEUE:
             self._bite("send_queue_full")
             return True
         if connection.ingest_pending >= limits.MAX_INGEST_PENDING:
@@ -521,7 +512,7 @@ class NodeCore:
         if connection is None or connection.closed:
             return True  # let the shell notice the end of the stream
         return not (
-            (self.flow_control and connection.queued >= limits.MAX_SEND_QUEUE)
+            connection.queued >= limits.MAX_SEND_QUEUE
             or connection.ingest_pending >= limits.MAX_INGEST_PENDING
             or len(connection.push_pending) >= limits.MAX_PUSH_PENDING
         )
@@ -597,9 +588,7 @@ class NodeCore:
             deadlines.append(s.last_heard + self.timing.dead_after)
             deadlines.append(s.next_resync)
             deadlines.append(s.next_pex)
-            if s.push_pending and s.push_bucket is not None and not (
-                self.flow_control and s.queued >= limits.SEND_QUEUE_LOW
-            ):
+            if s.push_pending and s.push_bucket is not None and s.queued < limits.SEND_QUEUE_LOW:
                 deadlines.append(s.push_bucket.ready_at())
         if self._interest_dirty:
             deadlines.append(self._next_interest_at)
@@ -1004,8 +993,7 @@ class NodeCore:
         assert bucket is not None
         batches = 0
         while pending and connection.ready and not connection.closed:
-            if self.flow_control and (connection.queued >= limits.SEND_QUEUE_LOW
-                                      or batches >= limits.PUSH_BATCHES_PER_TURN):
+            if connection.queued >= limits.SEND_QUEUE_LOW or batches >= limits.PUSH_BATCHES_PER_TURN:
                 return  # sent() resumes
             if not bucket.ready(now):
                 self._bite("push_rate")
@@ -1069,15 +1057,9 @@ class NodeCore:
                         frozenset(i for i, _ in pairs), self._interest, wall_ms,
                         known=len(raws) - len(pairs))
         connection.received_records += job.known
-        if self.deferred_ingest:
-            connection.ingest_pending += job.size
-            self._inflight.update(job.ids)
-            self._actions.append(Ingest(job))
-            return
-        outcome = run_ingest(
-            self.store, job, lambda ts: self.clock.observe(ts, wall_ms, limits.MAX_FUTURE_SKEW_MS)
-        )
-        self._ingested(connection.conn, connection, job, outcome, now)
+        connection.ingest_pending += job.size
+        self._inflight.update(job.ids)
+        self._actions.append(Ingest(job))
 
     def _ingested(self, conn: ConnId, connection: Connection | None, job: IngestJob,
                   outcome: IngestOutcome, now: float) -> None:
@@ -1128,7 +1110,7 @@ class NodeCore:
             wanted = [r for r in records if interest.wants(r.kind, r.author, r.visibility)]
             if not wanted:
                 continue
-            if self.flow_control and connection.queued >= limits.SEND_QUEUE_LOW:
+            if connection.queued >= limits.SEND_QUEUE_LOW:
                 # a peer that does not keep up gets them by reconciliation
                 self._bite("eager_push_skipped", len(wanted))
                 continue
@@ -1274,8 +1256,7 @@ class NodeCore:
     def _send_raw(self, connection: Connection, data: bytes) -> None:
         if data:
             self.stats.bytes_out += len(data)
-            if self.flow_control:
-                connection.queued += len(data)
+            connection.queued += len(data)
             self._actions.append(Send(connection.conn, data))
 
     def _flush(self, connection: Connection) -> None:

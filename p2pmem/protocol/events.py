@@ -125,8 +125,8 @@ class IngestJob:
 @dataclass(frozen=True)
 class Ingest:
     """Run :func:`p2pmem.protocol.core.run_ingest` on ``job`` off the event
-    loop, then call :meth:`NodeCore.ingest_done`. Only asked for with
-    ``deferred_ingest``."""
+    loop, then call :meth:`NodeCore.ingest_done` (every shell: the trio
+    node's pipeline, the simulator's virtual one, the test harnesses)."""
 
     job: IngestJob
 

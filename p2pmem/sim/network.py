@@ -64,11 +64,12 @@ from p2pmem.errors import P2pmemError, RecordError
 from p2pmem.model.identity import Identity
 from p2pmem.model.record import Record, decode_record
 from p2pmem.model.views import ViewSnapshot, build_views
-from p2pmem.protocol.core import NodeCore, Timing
+from p2pmem.protocol.core import NodeCore, Timing, run_ingest
 from p2pmem.protocol.events import (
     Close,
     CloseReason,
     Dial,
+    Ingest,
     IngestFinished,
     PeerClosed,
     PeerReady,
@@ -779,7 +780,12 @@ class SimNetwork:
         while True:
             actions = core.take_actions()
             if not actions:
-                break
+                for cid in list(node.conns):
+                    if core.has_backlog(cid):
+                        core.resume(cid, self.wall, wall_ms=self.wall_ms)
+                actions = core.take_actions()
+                if not actions:
+                    break
             pending: int | None = None
             chunks: list[bytes] = []
             for action in actions:
@@ -796,6 +802,9 @@ class SimNetwork:
                     self._on_close(node, action.conn, action.reason)
                 elif kind is Dial:
                     self._dial(node, action.address, action.expected)
+                elif kind is Ingest:
+                    core.ingest_done(action.job, run_ingest(node.store, action.job), self.wall,
+                                     wall_ms=self.wall_ms)
                 elif kind is IngestFinished:
                     # records that came from a peer, new or not (known ones
                     # were skipped by the core before any check)
@@ -849,6 +858,8 @@ class SimNetwork:
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         node.bytes_sent += len(data)
         self._send_item(conn, side, data)
+        assert node.core is not None
+        node.core.sent(conn.cid, len(data), self.wall, wall_ms=self.wall_ms)
 
     def _other_end(self, node: SimNode, cid: int) -> SimNode | None:
         conn = self._conns.get(cid)
