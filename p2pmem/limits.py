@@ -32,6 +32,11 @@ MAX_IMPORT_LINE = 4 * MAX_RECORD  # a JSON line of an export (base64 + fields)
 MAX_BATCH_LINE = 4 * MAX_BODY  # a JSON line of `remember --batch`
 MAX_RECALL_LIMIT = 1000
 MAX_QUERY_TEXT = 1024
+# The configuration file (p2pmem.toml): a real one is well under 1 KiB; a list
+# (bootstrap peers) holds at most this many items, from the file, a variable
+# or repeated flags.
+MAX_CONFIG_BYTES = 64 * 1024
+MAX_CONFIG_LIST = 64
 
 # --- transport -----------------------------------------------------------
 MAX_FRAME = 65535  # one Noise message, the 2-byte length prefix's maximum
@@ -97,6 +102,11 @@ MAX_PUSH_PENDING = 20_000
 # attacker that asks again and again costs us at most this much disk reading.
 PUSH_BYTES_PER_S = 8 * 1024 * 1024
 PUSH_BURST_BYTES = 16 * 1024 * 1024
+# An operator may lower the rate (`serve --push-rate`, p2pmem.toml push_rate)
+# on a metered or slow uplink, down to this: two of the largest records a
+# second, so a sync slows down but never stalls. Raising it past
+# PUSH_BYTES_PER_S would widen what one peer can make us read from disk.
+MIN_PUSH_BYTES_PER_S = 256 * 1024
 
 # Reconciliations a peer may open (token bucket). Honest peers open
 # one per resync (30 s) and one per interest change (at most one per

@@ -165,13 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("serve", help="run the node until SIGINT or SIGTERM")
-    p.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT",
-                   help="where to accept peers (default 127.0.0.1 and a free port)")
-    p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT", help="a bootstrap peer")
-    p.add_argument("--replicate", choices=("follows", "all"), default="follows",
-                   help="whose public memories to keep: followed agents' (default) or everyone's")
-    p.add_argument("--max-peers", type=_positive, default=limits.MAX_ACTIVE_PEERS,
-                   help=f"most connections to keep (default {limits.MAX_ACTIVE_PEERS})")
+    _serve_settings(p)
+    _common(p)
+
+    p = sub.add_parser("config", help="the serving node's configuration")
+    config_sub = p.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser, required=True)
+    p = config_sub.add_parser("show", help="the effective configuration and where each value came from")
+    _serve_settings(p)
     _common(p)
 
     _common(sub.add_parser("peers", help="connected peers of the serving node"))
@@ -201,6 +201,65 @@ def build_parser() -> argparse.ArgumentParser:
     for extra in _EXTRA_PARSERS:
         extra(sub)
     return parser
+
+
+def serve_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``serve``. Each is also a key of the configuration
+    file and a P2PMEM_ variable (p2pmem/node/config.py reads them from here:
+    a flag added here is configurable with no other change)."""
+    p.add_argument("--listen", type=_address, default="127.0.0.1:0", metavar="HOST:PORT",
+                   help="where to accept peers (default 127.0.0.1 and a free port)")
+    p.add_argument("--peer", action="append", type=_address, default=[], metavar="HOST:PORT",
+                   help="a bootstrap peer (repeatable)")
+    p.add_argument("--replicate", choices=("follows", "all"), default="follows",
+                   help="whose public memories to keep: followed agents' (default) or everyone's")
+    p.add_argument("--max-peers", type=_at_most(limits.MAX_ACTIVE_PEERS), default=limits.MAX_ACTIVE_PEERS,
+                   help=f"most connections to keep (1 to {limits.MAX_ACTIVE_PEERS}, the default)")
+    p.add_argument("--push-rate", type=_push_rate, default=limits.PUSH_BYTES_PER_S, metavar="BYTES",
+                   help=f"bytes per second of records sent to one peer "
+                        f"({limits.MIN_PUSH_BYTES_PER_S} to {limits.PUSH_BYTES_PER_S}, the default)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                   help="the least important log lines to write (default info)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="log lines as text (default) or one JSON object per line, on standard error")
+
+
+def _serve_settings(p: argparse.ArgumentParser) -> None:
+    """serve's options, which count as given only when given, and --config."""
+    from p2pmem.node.config import suppress_defaults
+
+    serve_options(p)
+    suppress_defaults(p)
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="the configuration file (default p2pmem.toml in the home)")
+
+
+def _address(text: str) -> str:
+    from p2pmem.node.shell import parse_address
+
+    try:
+        parse_address(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _at_most(most: int) -> Callable[[str], int]:
+    def check(text: str) -> int:
+        value = _positive(text)
+        if value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most}: {text!r}")
+        return value
+
+    return check
+
+
+def _push_rate(text: str) -> int:
+    value = _positive(text)
+    if not limits.MIN_PUSH_BYTES_PER_S <= value <= limits.PUSH_BYTES_PER_S:
+        raise argparse.ArgumentTypeError(
+            f"must be {limits.MIN_PUSH_BYTES_PER_S} to {limits.PUSH_BYTES_PER_S} bytes per second: {text!r}")
+    return value
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
@@ -623,17 +682,43 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 1 if rejected else 0
 
 
+def _config(args: argparse.Namespace) -> Any:
+    """The effective serve configuration of ``args`` (p2pmem/node/config.py)."""
+    from p2pmem.node import config
+
+    settings = config.settings_from_parser(_with(serve_options))
+    given = {s.dest: getattr(args, s.dest) for s in settings if hasattr(args, s.dest)}
+    path, explicit = config.config_path(_home(args), args.config, os.environ)
+    return config.resolve(settings, flags=given, environ=os.environ, file=path, explicit=explicit)
+
+
+def _with(add: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
+    parser = _Parser(add_help=False)
+    add(parser)
+    return parser
+
+
+@command("config")
+def cmd_config(args: argparse.Namespace) -> int:
+    from p2pmem.node.config import render
+
+    cfg = _config(args)
+    if args.json:
+        print_json(cfg.to_json())
+    else:
+        print(render(cfg))
+    return 0
+
+
 @command("serve")
 def cmd_serve(args: argparse.Namespace) -> int:
-    from p2pmem.node.shell import parse_address, run_serve
+    from p2pmem.node.shell import run_serve
 
-    parse_address(args.listen)
-    for peer in args.peer:
-        parse_address(peer)
+    args = _config(args).namespace(args)
     with _open(args) as agent:
         return run_serve(agent, listen=args.listen, peers=args.peer,
                          replicate_all=args.replicate == "all", json_out=args.json,
-                         max_peers=min(args.max_peers, limits.MAX_ACTIVE_PEERS))
+                         max_peers=args.max_peers, push_rate=args.push_rate)
 
 
 @command("peers")

@@ -12,6 +12,7 @@ monotonic clock as ``now`` and the wall clock in milliseconds as ``wall_ms``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -494,14 +495,14 @@ async def serve_forever(node: Node, on_ready: Callable[[str], None] | None = Non
 
 def run_serve(
     agent: Agent, *, listen: str, peers: list[str], replicate_all: bool, json_out: bool,
-    max_peers: int = limits.MAX_ACTIVE_PEERS,
+    max_peers: int = limits.MAX_ACTIVE_PEERS, push_rate: float = limits.PUSH_BYTES_PER_S,
 ) -> int:
     from p2pmem.model.identity import agent_id
 
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s p2pmem %(message)s", datefmt="%H:%M:%S"
     )
-    timing = Timing.for_max_peers(max_peers)
+    timing = dataclasses.replace(Timing.for_max_peers(max_peers), push_rate=push_rate)
     node = Node(agent, listen=listen, peers=peers, replicate_all=replicate_all, timing=timing)
 
     def ready(address: str) -> None:

@@ -142,6 +142,7 @@ class Timing:
     max_peers: int = limits.MAX_ACTIVE_PEERS
     pex_interval: float = PEX_INTERVAL_S
     handshake_timeout: float = limits.HANDSHAKE_TIMEOUT_S
+    push_rate: float = limits.PUSH_BYTES_PER_S  # an operator may lower it (serve --push-rate)
 
     @classmethod
     def for_max_peers(cls, max_peers: int) -> Timing:
@@ -341,7 +342,7 @@ class NodeCore:
         channel = SecureChannel(initiator, self.identity.signing_key, expected_peer=expected,
                                 key_source=self.key_source)
         connection = Connection(conn, channel, initiator, address, opened=now, last_heard=now)
-        connection.push_bucket = Bucket(limits.PUSH_BYTES_PER_S, limits.PUSH_BURST_BYTES, now)
+        connection.push_bucket = Bucket(self.timing.push_rate, limits.PUSH_BURST_BYTES, now)
         connection.recon_bucket = Bucket(limits.RECON_STARTS_PER_S, limits.RECON_STARTS_BURST, now)
         connection.interest_bucket = Bucket(limits.INTEREST_PER_S, limits.INTEREST_BURST, now)
         self.connections[conn] = connection
