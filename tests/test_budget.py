@@ -25,7 +25,9 @@ from p2pmem.model.clock import from_ms
 from p2pmem.model.identity import Identity
 from p2pmem.model.record import sign_record
 from p2pmem.protocol import wire
-from p2pmem.protocol.core import Close, Ingest, NodeCore, Send, run_ingest
+from p2pmem.protocol.actions import execute
+from p2pmem.protocol.core import Close, Dial, NodeCore, run_ingest
+from p2pmem.protocol.events import Event, IngestJob
 from p2pmem.protocol.noise import HandshakeComplete, MessageReceived, SecureChannel
 from p2pmem.storage.store import Store
 
@@ -80,19 +82,30 @@ class HostilePeers(RuleBasedStateMachine):
 
     # -- the shell ----------------------------------------------------------------
     def _apply(self) -> None:
-        for action in self.core.take_actions():
-            if isinstance(action, Send):
-                self.unsent[action.conn] = self.unsent.get(action.conn, 0) + len(action.data)
-                peer = self.peers.get(action.conn)
-                if peer is not None:
-                    peer.inbox += action.data
-            elif isinstance(action, Ingest):
-                self.jobs.append(action.job)
-            elif isinstance(action, Close) and action.conn not in self.closed:
-                self.closed.add(action.conn)
-                self.core.connection_lost(action.conn, self.now)
-                self.peers.pop(action.conn, None)
-                self.unsent.pop(action.conn, None)
+        execute(self.core, self)  # the shared executor; this machine is its Effects
+
+    def send(self, conn: int, data: bytes) -> None:
+        """Held by the shell until shell_writes: a peer that never reads."""
+        self.unsent[conn] = self.unsent.get(conn, 0) + len(data)
+        peer = self.peers.get(conn)
+        if peer is not None:
+            peer.inbox += data
+
+    def close(self, action: Close) -> None:
+        if action.conn not in self.closed:
+            self.closed.add(action.conn)
+            self.core.connection_lost(action.conn, self.now)
+            self.peers.pop(action.conn, None)
+            self.unsent.pop(action.conn, None)
+
+    def dial(self, action: Dial) -> None:
+        self.core.dial_failed(action.address, self.now, "no network here")
+
+    def ingest(self, job: IngestJob) -> None:
+        self.jobs.append(job)  # stored when shell_ingests says
+
+    def event(self, event: Event) -> None:
+        pass  # the bounds are read from the core itself
 
     def _connect(self, host: str, identity: Identity) -> _Peer:
         self.next_conn += 1

@@ -31,10 +31,12 @@ from p2pmem.model.identity import Identity
 from p2pmem.model.record import VISIBILITIES, Record, sign_record
 from p2pmem.model.scope import ReplicationInterest, shared, travels
 from p2pmem.protocol import wire
-from p2pmem.protocol.core import Close, Dial, Ingest, NodeCore, Send, Timing, run_ingest
+from p2pmem.protocol.actions import execute
+from p2pmem.protocol.core import Close, Dial, NodeCore, Send, Timing, run_ingest
 from p2pmem.protocol.events import (
     CloseReason,
     IngestFinished,
+    IngestJob,
     PeerClosed,
     PeerReady,
     QueryFinished,
@@ -75,6 +77,30 @@ def addr(i: int) -> str:
 class _End:
     node: int
     peer: int | None  # the other end's connection id; None for a test-driven raw end
+
+
+class _Effects:
+    """SimNet's effects for node ``i`` (p2pmem.protocol.actions.Effects):
+    bytes go to the other end's inbox and count as written at once, records
+    are stored at once, a dial connects at once or fails."""
+
+    def __init__(self, net: SimNet, i: int) -> None:
+        self.net, self.i = net, i
+
+    def send(self, conn: int, data: bytes) -> None:
+        self.net._send(self.i, conn, data)
+
+    def close(self, action: Close) -> None:
+        self.net._close(self.i, action)
+
+    def dial(self, action: Dial) -> None:
+        self.net._dial(self.i, action)
+
+    def ingest(self, job: IngestJob) -> None:
+        self.net._ingest(self.i, job)
+
+    def event(self, event: object) -> None:
+        self.net.events.append((self.net.now, self.i, event))
 
 
 class SimNet:
@@ -212,65 +238,60 @@ class SimNet:
 
     # -- actions ---------------------------------------------------------------
     def drain(self) -> None:
-        """Carry out every action of every core until none is left."""
+        """Carry out every action of every core until none is left (the
+        shared executor, p2pmem/protocol/actions.py), resuming backlogs."""
         progress = True
         while progress:
             progress = False
             for i, core in list(self.cores.items()):
-                actions = core.take_actions()
-                if actions:
+                if execute(core, _Effects(self, i)):
                     progress = True
-                for action in actions:
-                    self._act(i, action)
                 for conn, end in list(self.ends.items()):
                     if end.node == i and i in self.cores and core.has_backlog(conn):
                         core.resume(conn, self.now, wall_ms=self.wall_ms)
                         progress = True
 
-    def _act(self, i: int, action: object) -> None:
-        core = self.cores.get(i)
-        if core is None:
+    def _send(self, i: int, conn: int, data: bytes) -> None:
+        end = self.ends.get(conn)
+        if end is None:
             return
-        if isinstance(action, Send):
-            end = self.ends.get(action.conn)
-            if end is None:
-                return
-            if end.peer is None:
-                self.raw_out.setdefault(action.conn, bytearray()).extend(action.data)
-            elif end.peer in self.inbox:
-                self.inbox[end.peer].append(action.data)
-            core.sent(action.conn, len(action.data), self.now, wall_ms=self.wall_ms)
-        elif isinstance(action, Ingest):
-            core.ingest_done(action.job, run_ingest(core.store, action.job), self.now, wall_ms=self.wall_ms)
-        elif isinstance(action, Close):
-            self.closes.append((self.now, i, str(action)))
-            end = self.ends.pop(action.conn, None)
-            if end is None:
-                return
-            self.inbox.pop(action.conn, None)
-            if end.peer is None:
-                self.raw_closed[action.conn] = str(action)
-            elif end.peer in self.inbox:
-                self.inbox[end.peer].append(None)  # FIN after the bytes already sent
-            core.connection_lost(action.conn, self.now)
-        elif isinstance(action, Dial):
-            target = self.addresses.get(action.address)
-            ok = target is not None and self._reachable(i, target)
-            self.dials.append((self.now, i, action.address, ok))
-            if not ok:
-                core.dial_failed(action.address, self.now, "connection refused")
-                return
-            assert target is not None
-            mine = self._new_conn(i, None)
-            theirs = self._new_conn(target, mine)
-            self.ends[mine].peer = theirs
-            core.connection_made(mine, initiator=True, now=self.now, address=action.address,
-                                 expected=action.expected)
-            self.cores[target].connection_made(theirs, initiator=False, now=self.now)
-        elif isinstance(action, PeerReady | PeerClosed | RecordsStored | IngestFinished | QueryFinished):
-            self.events.append((self.now, i, action))
-        else:  # pragma: no cover
-            raise AssertionError(f"unknown action {action!r}")
+        if end.peer is None:
+            self.raw_out.setdefault(conn, bytearray()).extend(data)
+        elif end.peer in self.inbox:
+            self.inbox[end.peer].append(data)
+        self.cores[i].sent(conn, len(data), self.now, wall_ms=self.wall_ms)
+
+    def _close(self, i: int, action: Close) -> None:
+        self.closes.append((self.now, i, str(action)))
+        end = self.ends.pop(action.conn, None)
+        if end is None:
+            return
+        self.inbox.pop(action.conn, None)
+        if end.peer is None:
+            self.raw_closed[action.conn] = str(action)
+        elif end.peer in self.inbox:
+            self.inbox[end.peer].append(None)  # FIN after the bytes already sent
+        self.cores[i].connection_lost(action.conn, self.now)
+
+    def _dial(self, i: int, action: Dial) -> None:
+        core = self.cores[i]
+        target = self.addresses.get(action.address)
+        ok = target is not None and self._reachable(i, target)
+        self.dials.append((self.now, i, action.address, ok))
+        if not ok:
+            core.dial_failed(action.address, self.now, "connection refused")
+            return
+        assert target is not None
+        mine = self._new_conn(i, None)
+        theirs = self._new_conn(target, mine)
+        self.ends[mine].peer = theirs
+        core.connection_made(mine, initiator=True, now=self.now, address=action.address,
+                             expected=action.expected)
+        self.cores[target].connection_made(theirs, initiator=False, now=self.now)
+
+    def _ingest(self, i: int, job: IngestJob) -> None:
+        core = self.cores[i]
+        core.ingest_done(job, run_ingest(core.store, job), self.now, wall_ms=self.wall_ms)
 
     def _deliverable(self) -> list[int]:
         return [c for c, q in self.inbox.items()

@@ -33,8 +33,9 @@ from p2pmem.agent.home import Agent
 from p2pmem.errors import P2pmemError, UsageError
 from p2pmem.node.control import ControlServer
 from p2pmem.node.ingest import IngestPipeline
+from p2pmem.protocol.actions import execute
 from p2pmem.protocol.core import IngestOutcome, NodeCore, Timing
-from p2pmem.protocol.events import Close, ConnId, Dial, Ingest, IngestJob, QueryFinished, Send
+from p2pmem.protocol.events import Close, ConnId, Dial, Event, IngestJob, QueryFinished
 from p2pmem.storage.store import Store
 from p2pmem.storage.verify import usable_cores
 
@@ -90,6 +91,45 @@ class _StreamConn:
     closing: bool = False
 
 
+class _NodeEffects:
+    """What the trio node does for each of the core's outputs
+    (:class:`p2pmem.protocol.actions.Effects`)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def send(self, conn_id: ConnId, data: bytes) -> None:
+        conn = self.node._conns.get(conn_id)
+        if conn is not None:  # the writer task reports it written (core.sent)
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                conn.outbox.send_nowait(data)
+
+    def close(self, action: Close) -> None:
+        conn = self.node._conns.get(action.conn)
+        if conn is not None and not conn.closing:
+            conn.closing = True
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                conn.outbox.send_nowait(None)  # writer closes after what is queued
+            # a peer that does not read would keep the writer blocked
+            assert self.node._nursery is not None
+            self.node._nursery.start_soon(self.node._cancel_later, conn)
+
+    def dial(self, action: Dial) -> None:
+        assert self.node._nursery is not None
+        self.node._nursery.start_soon(self.node._dial, action.address, action.expected)
+
+    def ingest(self, job: IngestJob) -> None:
+        self.node._ingest.submit(job)  # then Node._ingested calls core.ingest_done
+
+    def event(self, event: Event) -> None:
+        # PeerReady, PeerClosed, RecordsStored, IngestFinished: the core logs them
+        if isinstance(event, QueryFinished):
+            waiter = self.node._query_waiters.get(event.qid)
+            if waiter is not None:
+                self.node._query_hits[event.qid] = event.hits
+                waiter.set()
+
+
 class Node:
     """One running node of a home."""
 
@@ -128,6 +168,7 @@ class Node:
         # own queries being waited on: qid -> the event set when the core finishes it
         self._query_waiters: dict[bytes, trio.Event] = {}
         self._query_hits: dict[bytes, tuple[Any, ...]] = {}
+        self._effects = _NodeEffects(self)
 
     # -- lifecycle -------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -235,36 +276,12 @@ class Node:
 
     # -- the core's actions ------------------------------------------------
     def _apply(self, *, wake: bool = True) -> None:
-        """Carry out the core's actions, then wake the timer task (its next
-        deadline may have moved); the timer task itself passes ``wake=False``,
-        or it would wake itself at once, forever, in a busy loop."""
+        """Carry out the core's actions (p2pmem/protocol/actions.py), then
+        wake the timer task (its next deadline may have moved); the timer
+        task itself passes ``wake=False``, or it would wake itself at once,
+        forever, in a busy loop."""
         assert self.core is not None
-        for action in self.core.take_actions():
-            if isinstance(action, Send):
-                conn = self._conns.get(action.conn)
-                if conn is not None:
-                    with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-                        conn.outbox.send_nowait(action.data)
-            elif isinstance(action, Close):
-                conn = self._conns.get(action.conn)
-                if conn is not None and not conn.closing:
-                    conn.closing = True
-                    with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-                        conn.outbox.send_nowait(None)  # writer closes after what is queued
-                    # a peer that does not read would keep the writer blocked
-                    assert self._nursery is not None
-                    self._nursery.start_soon(self._cancel_later, conn)
-            elif isinstance(action, Ingest):
-                self._ingest.submit(action.job)
-            elif isinstance(action, QueryFinished):
-                waiter = self._query_waiters.get(action.qid)
-                if waiter is not None:
-                    self._query_hits[action.qid] = action.hits
-                    waiter.set()
-            # PeerReady, PeerClosed, RecordsStored, IngestFinished: the core logs them
-            elif isinstance(action, Dial):
-                assert self._nursery is not None
-                self._nursery.start_soon(self._dial, action.address, action.expected)
+        execute(self.core, self._effects)
         if wake:
             self._wakeup.set()
         for conn in self._conns.values():

@@ -64,18 +64,19 @@ from p2pmem.errors import P2pmemError, RecordError
 from p2pmem.model.identity import Identity
 from p2pmem.model.record import Record, decode_record
 from p2pmem.model.views import ViewSnapshot, build_views
+from p2pmem.protocol.actions import execute
 from p2pmem.protocol.core import NodeCore, Timing, run_ingest
 from p2pmem.protocol.events import (
     Close,
     CloseReason,
     Dial,
-    Ingest,
+    Event,
     IngestFinished,
+    IngestJob,
     PeerClosed,
     PeerReady,
     QueryFinished,
     RecordsStored,
-    Send,
 )
 from p2pmem.protocol.query import VerifiedHit
 from p2pmem.sim.topology import Topology, make_topology
@@ -225,12 +226,40 @@ class SimNode:
     timer_gen: int = 0
     timer_at: int | None = None
     spins: int = 0
+    effects: _NodeEffects | None = None  # what the simulator does for the core's outputs
     ready: dict[int, bytes] = field(default_factory=dict)  # conn -> agent, from PeerReady/PeerClosed
     finished: dict[bytes, tuple[VerifiedHit, ...]] = field(default_factory=dict)  # QueryFinished hits
 
     @property
     def key(self) -> bytes:
         return self.identity.public_key
+
+
+class _NodeEffects:
+    """The simulator's :class:`p2pmem.protocol.actions.Effects` for one node."""
+
+    __slots__ = ("net", "node")
+
+    def __init__(self, net: SimNetwork, node: SimNode) -> None:
+        self.net = net
+        self.node = node
+
+    def send(self, conn: int, data: bytes) -> None:
+        self.net._write(self.node, conn, data)
+
+    def close(self, action: Close) -> None:
+        self.net._on_close(self.node, action.conn, action.reason)
+
+    def dial(self, action: Dial) -> None:
+        self.net._dial(self.node, action.address, action.expected)
+
+    def ingest(self, job: IngestJob) -> None:
+        net, core = self.net, self.node.core
+        assert core is not None
+        core.ingest_done(job, run_ingest(self.node.store, job), net.wall, wall_ms=net.wall_ms)
+
+    def event(self, event: Event) -> None:
+        self.net._event(self.node, event)
 
 
 @dataclass(frozen=True)
@@ -394,6 +423,7 @@ class SimNetwork:
         keys = self.rng(f"keys/{node.index}/{node.incarnation}")
         node.ready.clear()
         node.finished.clear()
+        node.effects = _NodeEffects(self, node)
         node.core = NodeCore(
             node.identity, node.store, rng, router_rng=random.Random(rng.getrandbits(64)), now=self.wall,
             listen_addresses=[node.address], bootstrap=node.bootstrap,
@@ -777,48 +807,15 @@ class SimNetwork:
         """Carry out what the node's core asked for, then set its timer."""
         core = node.core
         assert core is not None
+        effects = node.effects
+        assert effects is not None
         while True:
-            actions = core.take_actions()
-            if not actions:
-                for cid in list(node.conns):
-                    if core.has_backlog(cid):
-                        core.resume(cid, self.wall, wall_ms=self.wall_ms)
-                actions = core.take_actions()
-                if not actions:
-                    break
-            pending: int | None = None
-            chunks: list[bytes] = []
-            for action in actions:
-                if type(action) is Send:
-                    if action.conn != pending:
-                        self._flush(node, pending, chunks)
-                        pending, chunks = action.conn, []
-                    chunks.append(action.data)
-                    continue
-                self._flush(node, pending, chunks)
-                pending, chunks = None, []
-                kind = type(action)
-                if kind is Close:
-                    self._on_close(node, action.conn, action.reason)
-                elif kind is Dial:
-                    self._dial(node, action.address, action.expected)
-                elif kind is Ingest:
-                    core.ingest_done(action.job, run_ingest(node.store, action.job), self.wall,
-                                     wall_ms=self.wall_ms)
-                elif kind is IngestFinished:
-                    # records that came from a peer, new or not (known ones
-                    # were skipped by the core before any check)
-                    node.records_received += action.known + action.offered
-                    node.duplicates += action.known + action.duplicates
-                elif kind is RecordsStored:
-                    self._arrived(node, action.ids, self._other_end(node, action.conn))
-                elif kind is PeerReady:
-                    node.ready[action.conn] = action.agent
-                elif kind is PeerClosed:
-                    node.ready.pop(action.conn, None)
-                elif kind is QueryFinished:
-                    node.finished[action.qid] = action.hits
-            self._flush(node, pending, chunks)
+            execute(core, effects)
+            backlog = [cid for cid in node.conns if core.has_backlog(cid)]
+            if not backlog:
+                break
+            for cid in backlog:
+                core.resume(cid, self.wall, wall_ms=self.wall_ms)
         if node.core is not core:  # the node crashed meanwhile
             return
         deadline = core.next_deadline()
@@ -842,6 +839,23 @@ class SimNetwork:
             node.timer_at = t_us
             self._push(t_us, _TIMER, (node, node.timer_gen))
 
+    def _event(self, node: SimNode, event: Event) -> None:
+        """The bookkeeping of the core's events: who is ready, what arrived."""
+        kind = type(event)
+        if kind is IngestFinished:
+            # records that came from a peer, new or not (known ones were
+            # skipped by the core before any check)
+            node.records_received += event.known + event.offered
+            node.duplicates += event.known + event.duplicates
+        elif kind is RecordsStored:
+            self._arrived(node, event.ids, self._other_end(node, event.conn))
+        elif kind is PeerReady:
+            node.ready[event.conn] = event.agent
+        elif kind is PeerClosed:
+            node.ready.pop(event.conn, None)
+        elif kind is QueryFinished:
+            node.finished[event.qid] = event.hits
+
     def _open_end(self, node: SimNode, cid: int) -> tuple[_SimLink, int] | None:
         """The connection and ``node``'s side of it, if that side is still open."""
         conn = self._conns.get(cid)
@@ -850,12 +864,11 @@ class SimNetwork:
         side = conn.side_of(node)
         return (conn, side) if conn.open[side] else None
 
-    def _flush(self, node: SimNode, cid: int | None, chunks: list[bytes]) -> None:
-        end = self._open_end(node, cid) if cid is not None and chunks else None
+    def _write(self, node: SimNode, cid: int, data: bytes) -> None:
+        end = self._open_end(node, cid)
         if end is None:
             return
         conn, side = end
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         node.bytes_sent += len(data)
         self._send_item(conn, side, data)
         assert node.core is not None
