@@ -34,8 +34,8 @@ SYBIL_RECORDS = 6  # each ~60 KiB: 30 x 6 x 60 KiB = ~10.5 MiB, over the 8 MiB b
 
 
 class HostileRouter(QueryRouter):
-    def receive_query(self, peer, data, now, neighbours, answer):  # type: ignore[no-untyped-def]
-        super().receive_query(peer, data, now, neighbours, answer)
+    def receive_query(self, peer, data, now, neighbours, answer, *echo):  # type: ignore[no-untyped-def]
+        super().receive_query(peer, data, now, neighbours, answer, *echo)
         try:
             query = decode_query(data)
         except QueryError:

@@ -183,6 +183,35 @@ def test_topic_limit_and_human_output(ask_line):
     assert "lemur troop three" in human and "2 hops via" in human
 
 
+@pytest.mark.slow
+def test_ask_ends_when_its_flood_is_done_not_at_its_timeout(ask_line):
+    """Every node of the line echoes: a 20 s ask over four hops returns in
+    about a second, complete, with every node counted."""
+    al = ask_line
+    started = time.monotonic()
+    results = cli_json(al.homes[0], "ask", "zebra", "--ttl", "4", "--timeout", "20")
+    elapsed = time.monotonic() - started
+    assert [m["id"] for m in results] == [al.ids["zebra"]]
+    assert elapsed < 5.0, f"ask took {elapsed:.1f} s: it waited for its 20 s timeout"
+
+
+@pytest.mark.slow
+def test_json_lines_streams_each_hit_then_a_summary(ask_line):
+    al = ask_line
+    result = run_cli(al.homes[0], "ask", "quokka axolotl", "--ttl", "4", "--timeout", "20", "--json-lines")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    hits, summary = lines[:-1], lines[-1]["summary"]
+    expected = {al.ids[f"quokka {y}"] for y in ("2020", "2021", "2022")} | {al.ids["axolotl 1"], al.ids["axolotl 3"]}
+    assert {h["id"] for h in hits} == expected and len(hits) == len(expected)
+    assert all({"id", "text", "hops", "via", "author"} <= set(h) and "record" not in h for h in hits)
+    assert set(summary["ranked"]) == expected and summary["hits"] == len(expected)
+    assert summary["reached"] == 4 and summary["complete"] is True
+    assert 0 < summary["elapsed_s"] < 5.0
+    both = run_cli(al.homes[0], "ask", "quokka", "--json-lines", "--json")
+    assert both.returncode == 2 and len(both.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("args", [
     ("--ttl", "0"), ("--ttl", "9"), ("--ttl", "x"), ("--timeout", "abc"), ("--timeout", "0"),
     ("--agent", "not-an-agent"), ("--since", "yesterday-ish"), ("--limit", "0"),

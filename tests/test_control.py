@@ -123,8 +123,13 @@ def test_a_good_ask_request_still_works(served) -> None:
     reply = json.loads(raw_request(
         home, b'{"op":"ask","text":"anything","ttl":2,"query_timeout":0.2,"topics":["a"],"limit":5,'
               b'"since":1,"until":2,"agent":null}\n'))
-    assert reply == {"ok": True, "results": []}
+    # a node without peers is done at once: nobody to wait for
+    assert reply["ok"] is True and reply["results"] == [] and reply["reached"] == 0 and reply["complete"] is True
+    assert reply["elapsed_s"] == 0
     assert run_cli(home, "ask", "anything", "--timeout", "0.2").returncode == 0
+    for bad in (b'"yes"', b'1', b'null'):
+        refused = json.loads(raw_request(home, b'{"op":"ask","text":"x","stream":' + bad + b'}\n'))
+        assert refused["ok"] is False and ("stream" in refused["error"] or bad == b"null")
 
 
 def test_depth_scan_ignores_brackets_in_strings() -> None:

@@ -46,6 +46,7 @@ def valid(rule: str, data: bytes) -> bool:
 
 
 ALICE = Identity.from_seeds(bytes(32), bytes([1]) * 32)
+BOB = Identity.from_seeds(bytes([2]) * 32, bytes([3]) * 32)
 
 
 def sample_messages() -> list[wire.Message]:
@@ -62,6 +63,7 @@ def sample_messages() -> list[wire.Message]:
         wire.QueryMsg(b"q"),
         wire.HitsMsg(b"h"),
         wire.Bye("stopping"),
+        wire.EchoMsg(b"e"),
     ]
 
 
@@ -71,7 +73,7 @@ def sample_messages() -> list[wire.Message]:
 RULES = {
     wire.Hello: "hello", wire.Interest: "interest", wire.Recon: "recon", wire.Records: "records",
     wire.PeerExchange: "peer-exchange", wire.Ping: "ping", wire.Pong: "pong",
-    wire.QueryMsg: "query-msg", wire.HitsMsg: "hits-msg", wire.Bye: "bye",
+    wire.QueryMsg: "query-msg", wire.HitsMsg: "hits-msg", wire.Bye: "bye", wire.EchoMsg: "echo-msg",
 }
 
 
@@ -102,7 +104,7 @@ def test_the_reserved_type_4_is_no_wire_message() -> None:
     with pytest.raises(wire.WireError, match="unknown message type 4"):
         wire.decode(data)
     # and the other types keep their numbers
-    assert sorted(cbor2.loads(wire.encode(m))[0] for m in sample_messages()) == [0, 1, 2, 3, 5, 6, 7, 8, 9, 10]
+    assert sorted(cbor2.loads(wire.encode(m))[0] for m in sample_messages()) == [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11]
 
 
 def test_wire_cddl_rejects_a_wrong_message() -> None:
@@ -151,3 +153,23 @@ def test_query_messages_match_their_cddl() -> None:
     assert valid("hits-to-sign", answer.to_sign())
     assert valid("query", encode_query(query))
     assert not valid("query-hits", hits.replace(b"\xa5", b"\xa4", 1))
+
+
+def test_echo_wave_messages_match_their_cddl() -> None:
+    """A query with an echo budget (field 12, to an echoing peer) and the
+    echoes a relay sends: covered at once, then its subtree's."""
+    router = QueryRouter(ALICE.public_key, random.Random(3))
+    router.start_query("who knows", now=0.0, neighbours=["new", "old"], echo_peers={"new"}, ttl=3, timeout=3.0)
+    copies = dict((peer, data) for peer, _kind, data in router.take_outbox())
+    assert valid("query", copies["new"]) and decode_query(copies["new"]).echo_ms == 2350
+    assert valid("query", copies["old"]) and decode_query(copies["old"]).echo_ms is None
+    relay = QueryRouter(BOB.public_key, random.Random(4))
+    relay.receive_query("alice", copies["new"], 0.0, ["alice", "carol"], lambda q: [], {"alice", "carol"})
+    relay.receive_query("carol", copies["new"], 0.0, ["alice", "carol"], lambda q: [], {"alice", "carol"})
+    echoes = [data for _peer, kind, data in relay.take_outbox() if kind == "echo"]
+    assert echoes and all(valid("query-echo", e) for e in echoes)
+    relay.handle_timer(10.0)  # carol never echoed: the relay gives up and echoes partial
+    (late,) = [data for _peer, kind, data in relay.take_outbox() if kind == "echo"]
+    assert valid("query-echo", late) and cbor2.loads(late)[1] == 1
+    assert not valid("query-echo", late.replace(b"\x01", b"\x07", 1))  # no status 7
+    assert not valid("query-echo", cbor2.dumps({0: bytes(16), 1: 0, 2: 1}, canonical=True))

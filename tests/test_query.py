@@ -410,7 +410,10 @@ def test_decoders_reject_out_of_bounds_fields() -> None:
         (0, b"short"),
         (1, "not bytes"),
         (5, None),
-        (12, 1),  # unknown field
+        (12, 0),  # an echo budget of nothing
+        (12, q.timeout_ms + 1),  # an echo budget beyond the query's own timeout
+        (12, None),
+        (13, 1),  # unknown field
     ]:
         with pytest.raises(QueryError):
             decode_query(cbor2.dumps({**good, key: bad}, canonical=True))

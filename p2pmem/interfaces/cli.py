@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"links the query may cross (default {limits.DEFAULT_TTL}, at most {limits.MAX_TTL})")
     p.add_argument("--timeout", type=_seconds, default=3.0, help="seconds to wait for answers (default 3)")
     p.add_argument("--agent", type=_agent, default=None, help="ask one agent only")
+    p.add_argument("--json-lines", action="store_true", default=False,
+                   help="print each answer as one JSON line as it arrives, then a summary line")
     _filters(p)
     _common(p)
 
@@ -763,11 +765,16 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     if args.ttl > limits.MAX_TTL:
         raise UsageError(f"--ttl is at most {limits.MAX_TTL}")
-    reply = request(
-        _home(args), "ask", timeout=args.timeout + 5.0, text=args.query, ttl=args.ttl,
-        query_timeout=args.timeout, since=args.since, until=args.until, topics=args.topic,
-        limit=args.limit, agent=agent_id(args.agent) if args.agent else None,
-    )
+    if args.json_lines and args.json:
+        raise UsageError("--json and --json-lines exclude each other")
+    fields: dict[str, Any] = {
+        "text": args.query, "ttl": args.ttl, "query_timeout": args.timeout, "since": args.since,
+        "until": args.until, "topics": args.topic, "limit": args.limit,
+        "agent": agent_id(args.agent) if args.agent else None,
+    }
+    if args.json_lines:
+        return _ask_json_lines(_home(args), args.timeout, fields)
+    reply = request(_home(args), "ask", timeout=args.timeout + 5.0, **fields)
     results = reply["results"]
     if args.json:
         for item in results:
@@ -779,6 +786,28 @@ def cmd_ask(args: argparse.Namespace) -> int:
         for i, item in enumerate(results, 1):
             record = decode_record(base64.b64decode(item["record"]), verify=False)
             print(memory_lines(i, record, hops=item["hops"], via=parse_agent_id(item["via"])))
+    return 0
+
+
+def _ask_json_lines(home: Path, timeout: float, fields: dict[str, Any]) -> int:
+    """Each verified answer as one JSON line as it arrives (the memory
+    object of `ask --json`, unranked), then one summary line:
+    {"summary": {"ranked": [ids, best first], "hits", "reached", "complete", "elapsed_s"}}."""
+    from p2pmem.node.control import request
+
+    streamed = 0
+
+    def line(hit: dict[str, Any]) -> None:
+        nonlocal streamed
+        streamed += 1
+        print(json.dumps(hit, ensure_ascii=False), flush=True)
+
+    reply = request(home, "ask", timeout=timeout + 5.0, on_line=line, stream=True, **fields)
+    summary = {
+        "ranked": [item["id"] for item in reply["results"]], "hits": streamed,
+        **{key: reply.get(key) for key in ("reached", "complete", "elapsed_s")},
+    }
+    print(json.dumps({"summary": summary}), flush=True)
     return 0
 
 

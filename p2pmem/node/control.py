@@ -22,6 +22,7 @@ import math
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,7 +120,7 @@ class ControlServer:
             with trio.fail_after(CLIENT_TIMEOUT_S):
                 line = await _read_line(stream)
             request = parse_request(line)
-            return {"ok": True, **await self._dispatch(request)}
+            return {"ok": True, **await self._dispatch(request, stream)}
         except (P2pmemError, trio.TooSlowError) as exc:
             self.node.count("control_refused")
             return {"ok": False, "error": _one_line(str(exc) or type(exc).__name__)}
@@ -127,7 +128,7 @@ class ControlServer:
             log.exception("control request failed")
             return {"ok": False, "error": _one_line(f"internal error: {type(exc).__name__}: {exc}")}
 
-    async def _dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _dispatch(self, request: dict[str, Any], stream: trio.SocketStream) -> dict[str, Any]:
         op = request["op"]
         node = self.node
         if op == "ping":
@@ -144,9 +145,42 @@ class ControlServer:
         options = ask_options(request)
         text = options.pop("text")
         timeout = options.pop("timeout")
-        ask = node.ask_graph if op == "ask_graph" else node.ask
-        results = await ask(text, timeout=timeout, **options)
-        return {"results": results}
+        if op == "ask_graph":
+            return {"results": await node.ask_graph(text, timeout=timeout, **options)}
+        if not request.get("stream"):
+            return await node.ask(text, timeout=timeout, **options)
+        return await _ask_streaming(node, stream, text, timeout, options)
+
+
+async def _ask_streaming(
+    node: Node, stream: trio.SocketStream, text: str, timeout: float, options: dict[str, Any],
+) -> dict[str, Any]:
+    """An ask whose verified hits go to the client as they arrive, one
+    ``{"hit": memory}`` line each, before the usual reply line. A client that
+    stops reading loses the lines, never the ask (each write is bounded)."""
+    from p2pmem.interfaces.output import memory_json
+    from p2pmem.model.identity import agent_id
+
+    # unbounded, but a query holds at most MAX_COLLECTED_RECORDS hits
+    send, receive = trio.open_memory_channel[list[Any]](math.inf)
+
+    async def write_lines() -> None:
+        broken = False
+        async for batch in receive:
+            if broken:
+                continue
+            data = b"".join(json.dumps({"hit": memory_json(h.record, hops=h.hops, via=agent_id(h.responder))})
+                            .encode() + b"\n" for h in batch)
+            try:
+                with trio.fail_after(CLIENT_TIMEOUT_S):
+                    await stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+                broken = True
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write_lines)
+        with send:
+            return await node.ask(text, timeout=timeout, on_hits=send.send_nowait, **options)
 
 
 # --- request validation -----------------------------------------------------
@@ -158,7 +192,7 @@ _FIELDS: dict[str, frozenset[str]] = {
     "notify": frozenset(),
     "status": frozenset(),
     "peers": frozenset(),
-    "ask": frozenset({"text", "ttl", "query_timeout", "since", "until", "topics", "limit", "agent"}),
+    "ask": frozenset({"text", "ttl", "query_timeout", "since", "until", "topics", "limit", "agent", "stream"}),
     "ask_graph": frozenset({"text", "ttl", "query_timeout", "since", "until", "topics", "limit", "agent"}),
 }
 
@@ -254,6 +288,8 @@ def ask_options(request: dict[str, Any]) -> dict[str, Any]:
         "topics": topics,
         "limit": _int_field(request, "limit", 10, 1, limits.MAX_RECALL_LIMIT),
     }
+    if type(request.get("stream", False)) is not bool:
+        raise UsageError("'stream' must be true or false")
     agent = request.get("agent")
     if agent is not None:
         if type(agent) is not str:
@@ -277,7 +313,11 @@ async def _read_line(stream: trio.SocketStream) -> bytes:
     return bytes(buf).split(b"\n", 1)[0]
 
 
-def _request_sync(home: Path, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+def _request_sync(
+    home: Path, request: dict[str, Any], timeout: float, on_line: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """One request; the reply is the first line that is not a streamed
+    ``{"hit": ...}`` line (those go to ``on_line``, when streaming)."""
     path = home / CONTROL_SOCKET
     if not path.exists():
         raise NotServing(f"no node is serving {home}; start one with `p2pmem serve`")
@@ -286,12 +326,7 @@ def _request_sync(home: Path, request: dict[str, Any], timeout: float) -> dict[s
     try:
         sock.connect(str(path))
         sock.sendall(json.dumps(request).encode() + b"\n")
-        buf = bytearray()
-        while not buf.endswith(b"\n"):
-            data = sock.recv(1 << 20)
-            if not data:
-                break
-            buf += data
+        buf = _read_reply(sock, on_line)
     except (ConnectionRefusedError, FileNotFoundError):
         raise NotServing(f"no node is serving {home} (stale socket); start one with `p2pmem serve`") from None
     except TimeoutError:
@@ -309,9 +344,31 @@ def _request_sync(home: Path, request: dict[str, Any], timeout: float) -> dict[s
     return reply
 
 
-def request(home: Path, op: str, *, timeout: float = CLIENT_TIMEOUT_S, **fields: Any) -> dict[str, Any]:
-    """One control request to the node serving ``home``."""
-    return _request_sync(home, {"op": op, **fields}, timeout)
+def _read_reply(sock: socket.socket, on_line: Callable[[dict[str, Any]], None] | None) -> bytes:
+    buf = bytearray()
+    while True:
+        while b"\n" not in buf:
+            data = sock.recv(1 << 20)
+            if not data:
+                return bytes(buf)
+            buf += data
+        line, _, rest = bytes(buf).partition(b"\n")
+        buf = bytearray(rest)
+        if on_line is None or not line.startswith(b'{"hit": '):
+            return line
+        try:
+            on_line(json.loads(line)["hit"])
+        except (ValueError, KeyError, TypeError):
+            raise P2pmemError("the serving node sent a malformed line") from None
+
+
+def request(
+    home: Path, op: str, *, timeout: float = CLIENT_TIMEOUT_S,
+    on_line: Callable[[dict[str, Any]], None] | None = None, **fields: Any,
+) -> dict[str, Any]:
+    """One control request to the node serving ``home``; with ``on_line``,
+    each streamed hit line of an ``ask`` with ``stream`` goes there first."""
+    return _request_sync(home, {"op": op, **fields}, timeout, on_line)
 
 
 def notify_new_records(home: Path, ids: list[bytes]) -> None:

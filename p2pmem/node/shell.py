@@ -169,6 +169,8 @@ class Node:
         self._query_waiters: dict[bytes, trio.Event] = {}
         self._query_hits: dict[bytes, tuple[Any, ...]] = {}
         self._effects = _NodeEffects(self)
+        # own queries whose hits stream out as they arrive (ask --json-lines)
+        self._query_streams: dict[bytes, _HitStream] = {}
 
     # -- lifecycle -------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -282,6 +284,8 @@ class Node:
         forever, in a busy loop."""
         assert self.core is not None
         execute(self.core, self._effects)
+        for qid, stream in self._query_streams.items():
+            stream.feed(self.core.query_results(qid))
         if wake:
             self._wakeup.set()
         for conn in self._conns.values():
@@ -448,19 +452,30 @@ class Node:
             for peer in self.core.peers()
         ]
 
-    async def ask(self, text: str, *, timeout: float, **options: Any) -> list[dict[str, Any]]:
+    async def ask(
+        self, text: str, *, timeout: float, on_hits: Callable[[list[Any]], None] | None = None, **options: Any,
+    ) -> dict[str, Any]:
+        """Ask the network: the ranked results and how the flood went
+        (``reached``, ``complete``, ``elapsed_s``). ``on_hits`` gets each
+        batch of new verified hits as they arrive."""
         from p2pmem.agent.ranking import rank_hits
 
-        hits = await self._collect_hits(text, timeout, options)
-        return rank_hits(self.agent, text, hits, limit=options.get("limit", 10))
+        hits, summary = await self._collect_hits(text, timeout, options, on_hits)
+        return {"results": rank_hits(self.agent, text, hits, limit=options.get("limit", 10)), **summary}
 
-    async def _collect_hits(self, text: str, timeout: float, options: dict[str, Any]) -> list[Any]:
+    async def _collect_hits(
+        self, text: str, timeout: float, options: dict[str, Any],
+        on_hits: Callable[[list[Any]], None] | None = None,
+    ) -> tuple[list[Any], dict[str, Any]]:
         """Flood a query and gather the verified hits until the core says it
-        is finished (its QueryFinished event, at the query's deadline)."""
+        is finished (its QueryFinished event: when the flood echoed back, or
+        at the query's deadline when some branch is slow)."""
         assert self.core is not None
         timeout = max(0.05, min(timeout, limits.MAX_QUERY_TIMEOUT_S))
         qid = self.core.start_query(text, now=mono(), timeout=timeout, **options)
         waiter = self._query_waiters[qid] = trio.Event()
+        if on_hits is not None:
+            self._query_streams[qid] = _HitStream(on_hits)
         self._apply()
         try:
             # the core decides when the query ends; the bound only guards
@@ -468,10 +483,15 @@ class Node:
             with trio.move_on_after(timeout + CLOSE_GRACE_S):
                 await waiter.wait()
             hits = self._query_hits.pop(qid, None)
-            return list(hits) if hits is not None else self.core.query_results(qid)
+            hits = list(hits) if hits is not None else self.core.query_results(qid)
+            stream = self._query_streams.pop(qid, None)
+            if stream is not None:
+                stream.feed(hits)
+            return hits, self.core.query_summary(qid)
         finally:
             self._query_waiters.pop(qid, None)
             self._query_hits.pop(qid, None)
+            self._query_streams.pop(qid, None)
             self.core.finish_query(qid)
 
     async def ask_graph(self, text: str, *, timeout: float, **options: Any) -> dict[str, Any]:
@@ -482,7 +502,7 @@ class Node:
         from p2pmem.graph.view import build_graph
         from p2pmem.model.identity import agent_id
 
-        hits = await self._collect_hits(text, timeout, options)
+        hits, _summary = await self._collect_hits(text, timeout, options)
         graph = build_graph(h.record for h in hits if h.record.kind in ("entity", "observation", "relation"))
         names = ops.search_names(graph, text, options.get("limit", 10))
         out = ops.describe(graph, names)
@@ -495,6 +515,20 @@ class Node:
                 via[hit.record.id.hex()] = {"hops": hit.hops, "via": agent_id(hit.responder)}
         out["answered"] = via
         return out
+
+
+class _HitStream:
+    """Hands each verified hit of one query to a callback once, as it arrives."""
+
+    def __init__(self, send: Callable[[list[Any]], None]) -> None:
+        self.send = send
+        self.sent: set[bytes] = set()
+
+    def feed(self, hits: list[Any]) -> None:
+        new = [h for h in hits if h.record.id not in self.sent]
+        if new:
+            self.sent.update(h.record.id for h in new)
+            self.send(new)
 
 
 async def serve_forever(node: Node, on_ready: Callable[[str], None] | None = None) -> None:

@@ -52,8 +52,10 @@ from p2pmem.protocol.noise import HandshakeComplete, MessageReceived, ProtocolEr
 from p2pmem.protocol.ports import IngestReport, KeySource, Rng, StorePort
 from p2pmem.protocol.query import QueryError, QueryRouter, VerifiedHit
 from p2pmem.protocol.reconcile import ItemIndex, ReconcileError, Reconciler
+from p2pmem.protocol.wave import ECHO_FEATURE
 
 log = logging.getLogger("p2pmem.protocol.core")
+_ROUTER_MESSAGES = {"query": wire.QueryMsg, "hits": wire.HitsMsg, "echo": wire.EchoMsg}
 
 __all__ = [  # the actions live in p2pmem.protocol.events; re-exported for the shells
     "Action", "Close", "CloseReason", "ConnId", "Dial", "Ingest", "IngestJob", "IngestOutcome",
@@ -629,8 +631,7 @@ class NodeCore:
                 self._relieve(connection, now)
         if self._interest_dirty and now >= self._next_interest_at:
             self._interest_changed(now)
-        for qid in self.router.handle_timer(now):
-            self._actions.append(QueryFinished(qid, tuple(self.router.results(qid))))
+        self.router.handle_timer(now)  # finished queries come out of _flush_router
         self._flush_router()
         self._maintain(now)
         self.flush_all()
@@ -671,13 +672,18 @@ class NodeCore:
     def start_query(self, text: str, *, now: float, **options: Any) -> bytes:
         """Ask the network; see :meth:`QueryRouter.start_query`."""
         neighbours = [s.remote for s in self.connections.values() if s.ready and s.remote]
-        qid = self.router.start_query(text, now=now, neighbours=neighbours, **options)
+        qid = self.router.start_query(text, now=now, neighbours=neighbours, echo_peers=self._echo_peers(),
+                                      **options)
         self._flush_router()
         return qid
 
     def query_results(self, qid: bytes) -> list[VerifiedHit]:
         """Verified, de-duplicated hits of one of our queries so far."""
         return self.router.results(qid)  # verified by the router as they arrived
+
+    def query_summary(self, qid: bytes) -> dict[str, Any]:
+        """How one of our queries went: nodes reached, complete, elapsed."""
+        return self.router.summary(qid)
 
     def finish_query(self, qid: bytes) -> None:
         self.router.finish(qid)
@@ -817,8 +823,12 @@ class NodeCore:
             case wire.QueryMsg():
                 neighbours = [s.remote for s in self.ready_peers() if s.remote]
                 self.router.receive_query(
-                    connection.remote, message.payload, now, neighbours, self._answer_query
+                    connection.remote, message.payload, now, neighbours, self._answer_query,
+                    self._echo_peers(),
                 )
+                self._flush_router()
+            case wire.EchoMsg():
+                self.router.receive_echo(connection.remote, message.payload, now)
                 self._flush_router()
             case wire.HitsMsg():
                 self.router.receive_hits(connection.remote, message.payload, now)
@@ -1271,8 +1281,16 @@ class NodeCore:
             connection = self.connections.get(conn) if conn is not None else None
             if connection is None or not connection.ready:
                 continue
-            self._send(connection, wire.QueryMsg(data) if kind == "query" else wire.HitsMsg(data))
+            message = _ROUTER_MESSAGES[kind](data)
+            self._send(connection, message)
             self._flush(connection)
+        for qid in self.router.take_finished():  # by its echoes, or at its deadline
+            self._actions.append(QueryFinished(qid, tuple(self.router.results(qid))))
+
+    def _echo_peers(self) -> set[bytes]:
+        """The ready peers that echo queries (p2pmem.protocol.wave)."""
+        return {s.remote for s in self.ready_peers()
+                if s.remote and s.hello is not None and ECHO_FEATURE in s.hello.features}
 
     def flush_all(self) -> None:
         for connection in list(self.connections.values()):

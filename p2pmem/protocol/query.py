@@ -51,6 +51,15 @@ not have produced, so each message has exactly one encoding)::
       ? 9: bstr .size 32,          ; target: only this agent's records answer
       10: uint,                    ; limit, 1..MAX_QUERY_HITS
       11: uint,                    ; timeout_ms, 1..MAX_QUERY_TIMEOUT_S * 1000
+      ? 12: uint,                  ; echo_ms: echo within this budget, 1..timeout_ms
+                                   ;   (only to peers with "query-echo-v1")
+    }
+
+    query-echo = {                 ; p2pmem.protocol.wave
+      0: bstr .size 16,            ; qid
+      1: 0..3,                     ; done, partial, covered, refused
+      2: uint,                     ; nodes the sender's subtree reached
+      3: uint,                     ; hits messages it sent up before this echo
     }
 
     query-hits = {
@@ -73,7 +82,9 @@ not have produced, so each message has exactly one encoding)::
 
 A query carries a relative ``timeout_ms``, never an absolute deadline: clocks
 differ between nodes, so each node computes its own deadline as
-``now + timeout`` when the query first arrives.
+``now + timeout`` when the query first arrives; likewise ``echo_ms``, the
+budget within which the sender waits for this node's echo
+(:mod:`p2pmem.protocol.wave`: the asker finishes when its flood is done).
 """
 
 from __future__ import annotations
@@ -83,8 +94,8 @@ import heapq
 import logging
 import re
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Container, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import cbor2
@@ -95,6 +106,16 @@ from p2pmem import limits
 from p2pmem.errors import P2pmemError, RecordError
 from p2pmem.model.record import Record, decode_record
 from p2pmem.protocol.ports import Rng
+from p2pmem.protocol.wave import (
+    MAX_ECHO_HITS,
+    Echo,
+    EchoError,
+    Status,
+    Wave,
+    child_budget_ms,
+    decode_echo,
+    encode_echo,
+)
 
 __all__ = [
     "DEFAULT_QUERY_TIMEOUT_S",
@@ -120,7 +141,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Peer = Hashable
-Kind = Literal["query", "hits"]
+Kind = Literal["query", "hits", "echo"]
 Answer = Callable[["Query"], Sequence[bytes]]
 Sign = Callable[[bytes], bytes]
 # Decodes, verifies and filter-checks one record of a hit; None drops it.
@@ -152,11 +173,11 @@ _MAX_DROP_REASONS = 64
 
 # Query map keys.
 Q_QID, Q_ASKER, Q_TTL, Q_HOPS, Q_TEXT, Q_SINCE, Q_UNTIL = 0, 1, 2, 3, 4, 5, 6
-Q_TOPICS, Q_AUTHORS, Q_TARGET, Q_LIMIT, Q_TIMEOUT = 7, 8, 9, 10, 11
+Q_TOPICS, Q_AUTHORS, Q_TARGET, Q_LIMIT, Q_TIMEOUT, Q_ECHO = 7, 8, 9, 10, 11, 12
 _Q_REQUIRED = frozenset(
     (Q_QID, Q_ASKER, Q_TTL, Q_HOPS, Q_TEXT, Q_TOPICS, Q_AUTHORS, Q_LIMIT, Q_TIMEOUT)
 )
-_Q_OPTIONAL = frozenset((Q_SINCE, Q_UNTIL, Q_TARGET))
+_Q_OPTIONAL = frozenset((Q_SINCE, Q_UNTIL, Q_TARGET, Q_ECHO))
 # QueryHits map keys.
 H_QID, H_HOPS, H_RESPONDER, H_RECORDS, H_SIGNATURE = 0, 1, 2, 3, 4
 _H_KEYS = frozenset((H_QID, H_HOPS, H_RESPONDER, H_RECORDS, H_SIGNATURE))
@@ -195,6 +216,9 @@ class Query:
     target: bytes | None = None
     limit: int = limits.MAX_QUERY_HITS
     timeout_ms: int = int(DEFAULT_QUERY_TIMEOUT_S * 1000)
+    # The sender waits this long for our echo (None: it came through a node
+    # that does not echo, so this node does not either; see wave.py).
+    echo_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +336,8 @@ def _check_query(q: Query) -> None:
         _check_bytes(q.target, "target", KEY_SIZE)
     _check_uint(q.limit, "limit", 1, limits.MAX_QUERY_HITS)
     _check_uint(q.timeout_ms, "timeout_ms", 1, _MAX_TIMEOUT_MS)
+    if q.echo_ms is not None:
+        _check_uint(q.echo_ms, "echo_ms", 1, q.timeout_ms)
 
 
 def _check_hits(h: QueryHits) -> None:
@@ -348,6 +374,8 @@ def encode_query(q: Query) -> bytes:
         obj[Q_UNTIL] = q.until
     if q.target is not None:
         obj[Q_TARGET] = q.target
+    if q.echo_ms is not None:
+        obj[Q_ECHO] = q.echo_ms
     try:
         return cbor2.dumps(obj, canonical=True)
     except Exception as exc:  # e.g. a lone surrogate in the text
@@ -417,6 +445,7 @@ def decode_query(data: bytes) -> Query:
             target=obj.get(Q_TARGET),
             limit=obj[Q_LIMIT],
             timeout_ms=obj[Q_TIMEOUT],
+            echo_ms=obj.get(Q_ECHO),
         )
         _check_query(q)
         _require_canonical(data, encode_query(q), "query")
@@ -485,6 +514,11 @@ class QueryStats:
     hits_forged: int = 0  # own-query answers whose responder signature failed
     records_invalid: int = 0  # records of own-query answers that failed to verify or match
     records_over_budget: int = 0  # valid records dropped: the query's byte, count or per-responder budget was full
+    echoes_sent: int = 0
+    echoes_received: int = 0
+    echoes_dropped: int = 0  # malformed, unexpected or late echoes
+    finished_early: int = 0  # own queries done by their echoes, before the deadline
+    finished_at_deadline: int = 0
 
 
 @dataclass(slots=True)
@@ -493,19 +527,23 @@ class _Seen:
     expiry: float
     seq: int
     relayed: int = 0
+    wave: Wave | None = None  # the parent waits for our echo (wave.py)
+    sent: int = 0  # hits messages sent to from_peer, for the echo's count
 
 
 @dataclass(slots=True)
 class _Own:
     query: Query
     deadline: float
+    wave: Wave
+    started: float
+    finished_at: float | None = None
     hits: dict[bytes, VerifiedHit] = field(default_factory=dict)  # record hash -> best hit
     held_bytes: int = 0  # encoded size of the records in hits
     # The records each responder added (hashes, in order) and their bytes: the
     # budget is shared fairly among responders (see QueryRouter._collect).
     added: dict[bytes, list[bytes]] = field(default_factory=dict)
     added_bytes: dict[bytes, int] = field(default_factory=dict)
-    notified: bool = False
 
 
 @dataclass(slots=True)
@@ -559,6 +597,8 @@ class QueryRouter:
         self._own: dict[bytes, _Own] = {}
         self._buckets: dict[Peer, _Bucket] = {}
         self._outbox: list[tuple[Peer, Kind, bytes]] = []
+        self._finished: list[bytes] = []  # own queries done since take_finished
+        self._waves: list[tuple[float, bytes]] = []  # (give-up time, qid) of open waves, lazily pruned
         self.stats = QueryStats()
         self.dropped: deque[str] = deque(maxlen=_MAX_DROP_REASONS)
 
@@ -570,6 +610,7 @@ class QueryRouter:
         *,
         now: float,
         neighbours: Iterable[Peer],
+        echo_peers: Container[Peer] = (),
         ttl: int = limits.DEFAULT_TTL,
         timeout: float = DEFAULT_QUERY_TIMEOUT_S,
         since: int | None = None,
@@ -579,7 +620,9 @@ class QueryRouter:
         target: bytes | None = None,
         limit: int = limits.MAX_QUERY_HITS,
     ) -> bytes:
-        """Ask the network; returns the new query id.
+        """Ask the network; returns the new query id. ``echo_peers`` are the
+        neighbours that echo (:data:`p2pmem.protocol.wave.ECHO_FEATURE`);
+        the others get the query without an echo budget.
 
         A TTL above the cap is clamped (asking widely is a wish, not an
         error); a TTL below 1 would reach nobody and is refused. The timeout
@@ -606,14 +649,13 @@ class QueryRouter:
             limit=min(limit, limits.MAX_QUERY_HITS),
             timeout_ms=max(1, min(_MAX_TIMEOUT_MS, round(timeout * 1000))),
         )
-        data = encode_query(query)  # validates every field
+        encode_query(query)  # validates every field
         deadline = now + query.timeout_ms / 1000
-        self._own[query.qid] = _Own(query, deadline)
+        children = self._send_copies(query, neighbours, echo_peers, (), child_budget_ms(deadline - now))
+        own = self._own[query.qid] = _Own(query, deadline, Wave.start(deadline, children), now)
         self._remember(query.qid, None, deadline)
         self.stats.started += 1
-        for peer in neighbours:
-            self._outbox.append((peer, "query", data))
-            self.stats.forwarded += 1
+        self._settle_own(query.qid, own, now)  # no neighbour: done at once
         return query.qid
 
     def results(self, qid: bytes) -> list[VerifiedHit]:
@@ -636,14 +678,30 @@ class QueryRouter:
         return [
             {"qid": qid.hex(), "text": own.query.text[:80], "records": len(own.hits),
              "bytes": own.held_bytes, "remaining_s": round(own.deadline - now, 1)}
-            for qid, own in self._own.items() if now < own.deadline
+            for qid, own in self._own.items() if not own.wave.closed
         ]
 
     def is_done(self, qid: bytes, now: float) -> bool:
-        """True once the query's deadline has passed (or it is gone): no more
-        hits will be accepted for it."""
+        """True once the query finished (its flood echoed back, or its
+        deadline passed) or is gone: no more hits will be accepted for it."""
         own = self._own.get(qid)
-        return own is None or now >= own.deadline
+        return own is None or own.wave.closed or now >= own.deadline
+
+    def take_finished(self) -> list[bytes]:
+        """Own queries that finished since the last call, each exactly once:
+        their flood echoed back, or their deadline passed (handle_timer)."""
+        out, self._finished = self._finished, []
+        return out
+
+    def summary(self, qid: bytes) -> dict[str, Any]:
+        """How an own query went: nodes reached (as its echoes counted
+        them), whether every branch echoed in time, how long it took."""
+        own = self._own.get(qid)
+        if own is None:
+            raise _fail("unknown or finished query")
+        end = own.finished_at
+        return {"reached": own.wave.reached - 1, "complete": own.wave.closed and not own.wave.partial,
+                "elapsed_s": None if end is None else round(end - own.started, 4)}
 
     def finish(self, qid: bytes) -> None:
         """Drop the state of an own query; its id stays in the seen cache until
@@ -659,12 +717,14 @@ class QueryRouter:
         now: float,
         neighbours: Iterable[Peer],
         answer: Answer,
+        echo_peers: Container[Peer] = (),
     ) -> None:
-        """Handle a query from a neighbour: drop, or answer and forward once.
+        """Handle a query from a neighbour: drop, or answer and forward once,
+        then echo when the subtree is done (if the sender asked for echoes).
 
         ``answer`` is the node's local lookup; it must apply the query's
-        filters and visibility (public and ``ask`` memories only) itself. Never
-        raises for any bytes.
+        filters and visibility (public and ``ask`` memories only) itself.
+        ``echo_peers``: the neighbours that echo. Never raises for any bytes.
         """
         self.stats.received += 1
         try:
@@ -674,33 +734,37 @@ class QueryRouter:
             return
         if query.asker == self.local_id:
             self._drop("loops", "our own query came back")
+            self._echo_at_once(peer, query, Status.COVERED)
             return
         if self._is_seen(query.qid, now):
             self.stats.duplicates += 1
+            self._echo_at_once(peer, query, Status.COVERED)
             return
-        # Charged only on first sight: duplicates cost nothing to drop, and an
+        # Charged only on first sight: a duplicate costs one small echo, and an
         # honest neighbour forwards each query to us at most once anyway.
         if not self._take_token(peer, now):
             self._drop("rate_limited", f"query from {peer!r:.40}: over the rate limit")
+            self._echo_at_once(peer, query, Status.REFUSED)
             return
-        timeout = query.timeout_ms / 1000
-        self._remember(query.qid, peer, now + timeout)
-
+        self._remember(query.qid, peer, now + query.timeout_ms / 1000)
+        entry = self._seen[query.qid]
         records = self._answer_records(query, answer) if self._sign is not None else []
         if records:
             assert self._sign is not None
             self.stats.answered += 1
             for msg in _pack_hits(query.qid, query.hops, self.local_id, records, self._sign):
                 self._outbox.append((peer, "hits", msg))
-
+                entry.sent += 1
+        children: dict[Peer, bool] = {}
         if query.ttl - 1 >= 1:
-            fwd = encode_query(_forwarded(query))
-            for neighbour in neighbours:
-                # The asker has seen it already; the sender gave it to us.
-                if neighbour == peer or neighbour == query.asker:
-                    continue
-                self._outbox.append((neighbour, "query", fwd))
-                self.stats.forwarded += 1
+            budget = None if query.echo_ms is None else child_budget_ms(query.echo_ms / 1000)
+            # The asker has seen it already; the sender gave it to us.
+            children = self._send_copies(_forwarded(query), neighbours, echo_peers, (peer, query.asker), budget)
+        if query.echo_ms is not None:
+            entry.wave = Wave.start(now + query.echo_ms / 1000, children)
+            if children:
+                heapq.heappush(self._waves, (entry.wave.give_up, query.qid))
+            self._settle_relay(query.qid, entry, now)
 
     def receive_hits(self, peer: Peer, data: bytes, now: float) -> None:
         """Handle hits from a neighbour: collect them for an own query, relay
@@ -713,15 +777,18 @@ class QueryRouter:
             return
         own = self._own.get(hits.qid)
         if own is not None:
-            if now >= own.deadline:
-                self._drop("hits_dropped", "hits after the query's deadline")
-            elif hits.hops > own.query.ttl:
+            if own.wave.closed or now >= own.deadline:
+                self._drop("hits_dropped", "hits after the query finished")
+                return
+            if hits.hops > own.query.ttl:
                 self._drop("hits_dropped", "hits claim more hops than the query's ttl")
             elif not hits.verify():
                 self._drop("hits_forged", f"hits via {peer!r:.40}: the responder's signature fails")
             else:
                 self._collect(own, hits)
                 self.stats.hits_delivered += 1
+            own.wave.on_hits(peer)
+            self._settle_own(hits.qid, own, now)
             return
         seen = self._seen.get(hits.qid)
         if seen is None or seen.from_peer is None or now >= seen.expiry:
@@ -730,12 +797,91 @@ class QueryRouter:
         if peer == seen.from_peer:
             self._drop("hits_dropped", "hits from the peer the query came from")
             return
+        if seen.wave is not None:
+            seen.wave.on_hits(peer)
         if seen.relayed + len(hits.records) > MAX_RELAYED_RECORDS:
             self._drop("hits_dropped", "relay budget of the query exhausted")
+        else:
+            seen.relayed += len(hits.records)
+            self._outbox.append((seen.from_peer, "hits", data))
+            seen.sent += 1
+            self.stats.hits_relayed += 1
+        self._settle_relay(hits.qid, seen, now)
+
+    def receive_echo(self, peer: Peer, data: bytes, now: float) -> None:
+        """Handle a child's echo: it may complete an own query or let this
+        node echo its own subtree up. Never raises."""
+        self.stats.echoes_received += 1
+        try:
+            echo = decode_echo(data)
+        except EchoError as exc:
+            self._drop("echoes_dropped", f"echo from {peer!r:.40}: {exc}")
             return
-        seen.relayed += len(hits.records)
-        self._outbox.append((seen.from_peer, "hits", data))
-        self.stats.hits_relayed += 1
+        own = self._own.get(echo.qid)
+        if own is not None:
+            if own.wave.closed or not own.wave.on_echo(peer, echo):
+                self._drop("echoes_dropped", "an echo not awaited (late, repeated or from a non-child)")
+                return
+            self._settle_own(echo.qid, own, now)
+            return
+        seen = self._seen.get(echo.qid)
+        wave = None if seen is None or now >= seen.expiry else seen.wave
+        if seen is None or wave is None or wave.closed or not wave.on_echo(peer, echo):
+            self._drop("echoes_dropped", "an echo not awaited (late, repeated or from a non-child)")
+            return
+        self._settle_relay(echo.qid, seen, now)
+
+    # -- the wave (p2pmem.protocol.wave) -------------------------------------------
+
+    def _send_copies(
+        self, query: Query, neighbours: Iterable[Peer], echo_peers: Container[Peer],
+        exclude: tuple[Peer, ...], budget_ms: int | None,
+    ) -> dict[Peer, bool]:
+        """Send ``query`` to each neighbour not excluded: with an echo budget
+        to those that echo (when there is a budget), without to the others.
+        Returns the children, each with whether it will echo."""
+        copies: dict[bool, bytes] = {}
+        children: dict[Peer, bool] = {}
+        for neighbour in neighbours:
+            if neighbour in exclude or neighbour in children:
+                continue
+            echoes = budget_ms is not None and neighbour in echo_peers
+            if echoes not in copies:
+                echo_ms = min(budget_ms, query.timeout_ms) if echoes and budget_ms is not None else None
+                copies[echoes] = encode_query(replace(query, echo_ms=echo_ms))
+            self._outbox.append((neighbour, "query", copies[echoes]))
+            self.stats.forwarded += 1
+            children[neighbour] = echoes
+        return children
+
+    def _echo_at_once(self, peer: Peer, query: Query, status: Status) -> None:
+        """Tell a sender that waits for our echo that we are not its child."""
+        if query.echo_ms is not None:
+            self._outbox.append((peer, "echo", encode_echo(Echo(query.qid, status, 0, 0))))
+            self.stats.echoes_sent += 1
+
+    def _settle_relay(self, qid: bytes, entry: _Seen, now: float) -> None:
+        """Echo to the parent once every child settled or the give-up time came."""
+        wave = entry.wave
+        if wave is None or wave.closed or not wave.settled(now) or entry.from_peer is None:
+            return
+        wave.closed = True
+        echo = Echo(qid, wave.status(), wave.reached, min(entry.sent, MAX_ECHO_HITS))
+        self._outbox.append((entry.from_peer, "echo", encode_echo(echo)))
+        self.stats.echoes_sent += 1
+
+    def _settle_own(self, qid: bytes, own: _Own, now: float) -> None:
+        """Finish an own query, exactly once: when its wave settled (every
+        child echoed, or gave up on) or at its deadline."""
+        if own.wave.closed or not (own.wave.settled(now) or now >= own.deadline):
+            return
+        own.wave.closed = True
+        own.finished_at = now
+        self._finished.append(qid)
+        if now < own.deadline:
+            self.stats.finished_early += 1
+        else:
+            self.stats.finished_at_deadline += 1
 
     # -- outputs and time ----------------------------------------------------------
 
@@ -750,17 +896,31 @@ class QueryRouter:
         self._prune_heap_top()
         if self._expiries:
             times.append(self._expiries[0][0])
+        self._prune_waves()
+        if self._waves:
+            times.append(self._waves[0][0])
         for own in self._own.values():
-            times.append(own.deadline + RESULT_LINGER_S if own.notified else own.deadline)
+            if own.wave.closed and own.finished_at is not None:
+                times.append(own.finished_at + RESULT_LINGER_S)
+            else:
+                times.append(own.deadline)
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> list[bytes]:
-        """Expire seen entries, idle rate buckets and stale own queries.
+        """Expire seen entries, idle rate buckets and stale own queries; echo
+        for waves whose give-up time came.
 
         Returns the ids of own queries whose deadline passed since the last
-        call, so the node can hand their results to whoever asked. Their
-        results stay readable until :meth:`finish`, or for RESULT_LINGER_S.
+        call (they are also in :meth:`take_finished`), so the node can hand
+        their results to whoever asked. Their results stay readable until
+        :meth:`finish`, or for RESULT_LINGER_S.
         """
+        # waves first: a wave gives up before its seen entry expires
+        while self._waves and self._waves[0][0] <= now:
+            _, qid = heapq.heappop(self._waves)
+            wave_entry = self._seen.get(qid)
+            if wave_entry is not None:
+                self._settle_relay(qid, wave_entry, now)
         while self._expiries and self._expiries[0][0] <= now:
             _, seq, qid = heapq.heappop(self._expiries)
             entry = self._seen.get(qid)
@@ -768,11 +928,11 @@ class QueryRouter:
                 del self._seen[qid]
         done: list[bytes] = []
         for qid, own in list(self._own.items()):
-            if not own.notified:
-                if now >= own.deadline:
-                    own.notified = True
+            if not own.wave.closed:
+                self._settle_own(qid, own, now)
+                if own.wave.closed:
                     done.append(qid)
-            elif now >= own.deadline + RESULT_LINGER_S:
+            elif own.finished_at is not None and now >= own.finished_at + RESULT_LINGER_S:
                 del self._own[qid]
         for peer, bucket in list(self._buckets.items()):
             if self._refilled(bucket, now) >= self._burst:
@@ -819,6 +979,13 @@ class QueryRouter:
         if len(self._expiries) > 2 * self._seen_capacity + 16:
             self._expiries = [(e.expiry, e.seq, q) for q, e in self._seen.items()]
             heapq.heapify(self._expiries)
+
+    def _prune_waves(self) -> None:
+        while self._waves:
+            entry = self._seen.get(self._waves[0][1])
+            if entry is not None and entry.wave is not None and not entry.wave.closed:
+                return
+            heapq.heappop(self._waves)
 
     def _prune_heap_top(self) -> None:
         while self._expiries:
@@ -940,6 +1107,7 @@ def _forwarded(query: Query) -> Query:
         target=query.target,
         limit=query.limit,
         timeout_ms=query.timeout_ms,
+        echo_ms=query.echo_ms,
     )
 
 

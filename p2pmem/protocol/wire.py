@@ -16,7 +16,9 @@ from p2pmem import limits
 from p2pmem.errors import P2pmemError
 
 PROTOCOL_VERSION = 1
-FEATURES = ("reconcile-v1", "push", "pex", "query-v1", "messages")
+# "query-echo-v1": this node echoes queries (p2pmem.protocol.wave) and may be
+# sent the query-echo message and a query with an echo budget (field 12).
+FEATURES = ("reconcile-v1", "push", "pex", "query-v1", "messages", "query-echo-v1")
 MAX_INTEREST_AUTHORS = 4096
 MAX_FEATURES = 32
 
@@ -78,11 +80,16 @@ class HitsMsg:
 
 
 @dataclass(frozen=True)
+class EchoMsg:
+    payload: bytes  # a query-echo (p2pmem.protocol.wave); only to peers with "query-echo-v1"
+
+
+@dataclass(frozen=True)
 class Bye:
     reason: str
 
 
-Message = Hello | Interest | Recon | Records | PeerExchange | Ping | Pong | QueryMsg | HitsMsg | Bye
+Message = Hello | Interest | Recon | Records | PeerExchange | Ping | Pong | QueryMsg | HitsMsg | Bye | EchoMsg
 
 # Type 4 is reserved. It was `want` (records asked for by id); nothing sent it
 # once reconciliation pushed what the peer lacks, so it was removed: a message
@@ -90,6 +97,7 @@ Message = Hello | Interest | Recon | Records | PeerExchange | Ping | Pong | Quer
 # Never reuse the number; the other types keep theirs.
 T_HELLO, T_INTEREST, T_RECON, T_RECORDS, T_PEX = 0, 1, 2, 3, 5
 T_PING, T_PONG, T_QUERY, T_HITS, T_BYE = 6, 7, 8, 9, 10
+T_ECHO = 11
 
 
 def encode(message: Message) -> bytes:
@@ -119,6 +127,8 @@ def encode(message: Message) -> bytes:
             kind, body = T_HITS, message.payload
         case Bye():
             kind, body = T_BYE, message.reason
+        case EchoMsg():
+            kind, body = T_ECHO, message.payload
         case _:
             raise TypeError(f"not a wire message: {message!r}")
     return cbor2.dumps([kind, body], canonical=True)
@@ -220,4 +230,6 @@ def decode(data: bytes) -> Message:
         return HitsMsg(_bytes(body, "hits", max_size=limits.MAX_MESSAGE))
     if kind == T_BYE:
         return Bye(_text(body, "reason", 256))
+    if kind == T_ECHO:
+        return EchoMsg(_bytes(body, "echo", max_size=limits.MAX_MESSAGE))
     raise WireError(f"unknown message type {kind}")
