@@ -36,6 +36,7 @@ from p2pmem.sim.network import (
     EPOCH_S,
     FAULT_KINDS,
     Arrival,
+    DiskModel,
     Fault,
     LinkModel,
     SimNetwork,
@@ -48,6 +49,7 @@ from p2pmem.sim.topology import TOPOLOGY_KINDS, Topology, bfs_distances, make_to
 __all__ = [
     "Arrival",
     "BASE_MS",
+    "DiskModel",
     "EPOCH_S",
     "FAULT_KINDS",
     "TOPOLOGY_KINDS",
@@ -231,13 +233,16 @@ def topologies(
 @st.composite
 def fault_schedules(
     draw: st.DrawFn, nodes: int, *, max_time: float = 120.0, max_faults: int = 6,
-    partitions: bool = True, crashes: bool = True, settle: bool = True,
+    partitions: bool = True, crashes: bool = True, settle: bool = True, disks: bool = False,
 ) -> tuple[Fault, ...]:
     """Well-formed fault schedules for ``nodes`` nodes over ``max_time``
     virtual seconds: a heal only while partitioned, a restart only of a
     crashed node, at least one node always up. With ``settle`` the schedule
-    ends healed with every node restarted, so the network must converge."""
-    kinds = [k for k, on in (("partition", partitions), ("crash", crashes)) if on]
+    ends healed with every node restarted, so the network must converge.
+    With ``disks`` also failures of a node's store: a failed commit, a slow
+    disk, a crash between a commit and its acknowledgement (the node comes
+    back by itself within 5 s)."""
+    kinds = [k for k, on in (("partition", partitions), ("crash", crashes), ("disk", disks)) if on]
     if nodes < 2 or not kinds:
         return ()
     times = sorted(draw(st.lists(st.integers(1, int(max_time * 10)), max_size=max_faults)))
@@ -254,8 +259,12 @@ def fault_schedules(
                 options.append("crash")
             if down:
                 options.append("restart")
+        if disks:
+            options += ["commit-fail", "slow-disk", "crash-before-ack"]
         kind = draw(st.sampled_from(options))
-        if kind == "partition":
+        if kind in ("commit-fail", "slow-disk", "crash-before-ack"):
+            out.append(_disk_fault(draw, at, kind, nodes))
+        elif kind == "partition":
             side = draw(st.lists(st.integers(0, nodes - 1), min_size=1, max_size=nodes - 1, unique=True))
             out.append(Fault(at, "partition", groups=(tuple(sorted(side)),)))
             partitioned = True
@@ -275,3 +284,13 @@ def fault_schedules(
             out.append(Fault(max_time, "heal"))
         out.extend(Fault(max_time, "restart", node=node) for node in down)
     return tuple(out)
+
+
+def _disk_fault(draw: st.DrawFn, at: float, kind: str, nodes: int) -> Fault:
+    node = draw(st.integers(0, nodes - 1))
+    if kind == "slow-disk":
+        return Fault(at, kind, node=node, factor=draw(st.sampled_from((2.0, 20.0, 500.0))),
+                     duration=draw(st.integers(1, 10)) / 1.0)
+    if kind == "crash-before-ack":
+        return Fault(at, kind, node=node, duration=draw(st.integers(1, 50)) / 10)
+    return Fault(at, kind, node=node)

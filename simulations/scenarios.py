@@ -160,6 +160,9 @@ def _footer(net: SimNetwork) -> list[str]:
         f"events {net.events:,}; virtual time {net.now:.3f} s; wire bytes {sent:,}",
         f"records received from peers {received:,}, of which duplicates {duplicates:,}",
         f"connections closed, by reason: {reasons}",
+        "shell: {sent:,} writes left send buffers (sent), {resume:,} resumed turns, reads held back "
+        "{stalls:,} times; {ingest:,} ingest jobs in {commits:,} commits ({failed_commits} failed, "
+        "{crashes_before_ack} crashes before the ack)".format(**net.counts),
         f"wire digest (every byte delivered, handshakes included) {net.wire_digest()[:32]}",
     ]
 

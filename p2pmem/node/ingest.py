@@ -35,8 +35,8 @@ from pathlib import Path
 import trio
 
 from p2pmem import limits
-from p2pmem.model.record import Record
-from p2pmem.protocol.core import IngestOutcome, record_stored, screen_ingest
+from p2pmem.protocol.commit import commit_group
+from p2pmem.protocol.core import IngestOutcome
 from p2pmem.protocol.events import IngestJob
 from p2pmem.storage.store import Store
 from p2pmem.storage.verify import (
@@ -180,7 +180,7 @@ class IngestPipeline:
                 size += len(item[0].raws)
             try:
                 outcomes = await trio.to_thread.run_sync(self._store_group, group)
-            except Exception as exc:  # the store failed (disk full, locked...): keep serving
+            except Exception as exc:  # the store would not open (locked...): keep serving
                 log.warning("could not store received records: %s", exc)
                 outcomes = [IngestOutcome() for _ in group]  # reconciliation brings them again
             self._done([(job, outcome) for (job, _), outcome in zip(group, outcomes, strict=True)])
@@ -195,19 +195,12 @@ class IngestPipeline:
             # lock (a CLI command of the home may hold it). replica: records
             # from peers are stored with synchronous=NORMAL (storage/store.py)
             self._store = Store(self._store_path, replica=True, check_same_thread=False)
-        store = self._store
-        screened: list[tuple[list[Record], IngestOutcome]] = []
-        for job, verdicts in group:
-            decoded = (
-                [decode_or_error(raw) for raw in job.raws] if verdicts is None
-                else records_from(job.raws, verdicts)
-            )
-            screened.append(screen_ingest(job, decoded))
-        stored = [(accepted, outcome) for accepted, outcome in screened if outcome.error is None]
-        results = store.ingest_groups([accepted for accepted, _ in stored])
-        for (_accepted, outcome), result in zip(stored, results, strict=True):
-            record_stored(outcome, result)
-        return [outcome for _, outcome in screened]
+        group_decoded = [
+            (job, [decode_or_error(raw) for raw in job.raws] if verdicts is None
+             else records_from(job.raws, verdicts))
+            for job, verdicts in group
+        ]
+        return commit_group(self._store, group_decoded)
 
 
 def _wake(token: trio.lowlevel.TrioToken, event: trio.Event) -> None:

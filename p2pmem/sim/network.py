@@ -21,9 +21,18 @@ and learns what happened from its events (p2pmem.protocol.events) — who is
 ready, why a connection closed, what was stored from whom — never from the
 core's internals.
 
+The network runs the paths a production node runs: the one action executor
+(p2pmem/protocol/actions.py), send buffers that report written bytes with
+``sent`` (p2pmem/sim/links.py), a reader that stops on backpressure and
+calls ``resume`` between turns, and an ingest pipeline that verifies and
+group-commits ``Ingest`` jobs on the node's real store before
+``ingest_done`` (p2pmem/sim/disk.py), with the disk's faults.
+
 The network model (docs/simulations.md):
 
-* A connection is a TCP stream: bytes arrive in order, after a latency drawn
+* A connection is a TCP stream: each write leaves its sender's buffer at the
+  link's rate (``LinkModel.rate_bytes_s``, within the receiver's
+  ``window_bytes``), then arrives in order, after a latency drawn
   per link from a lognormal law (``LinkModel.latency_ms``/``latency_sigma``)
   and per message around it (``jitter_sigma``). A message may be held up by a
   latency spike (``spike``, as a TCP retransmission would), and the stream
@@ -65,7 +74,8 @@ from p2pmem.model.identity import Identity
 from p2pmem.model.record import Record, decode_record
 from p2pmem.model.views import ViewSnapshot, build_views
 from p2pmem.protocol.actions import execute
-from p2pmem.protocol.core import NodeCore, Timing, run_ingest
+from p2pmem.protocol.commit import commit_group
+from p2pmem.protocol.core import NodeCore, Timing
 from p2pmem.protocol.events import (
     Close,
     CloseReason,
@@ -79,6 +89,8 @@ from p2pmem.protocol.events import (
     RecordsStored,
 )
 from p2pmem.protocol.query import VerifiedHit
+from p2pmem.sim.disk import DiskFaults, DiskModel, FailingDisk, Pipeline
+from p2pmem.sim.links import FIN, RST, LinkModel, SimLink
 from p2pmem.sim.topology import Topology, make_topology
 from p2pmem.storage.store import IngestResult, Store
 from p2pmem.storage.verify import decode_or_error
@@ -89,7 +101,7 @@ EPOCH_S = 1_700_000_000
 #: The same instant in milliseconds: where strategy-made records are stamped.
 #: Each node's Agent reads ``BASE_MS + now_us // 1000`` as its wall clock.
 BASE_MS = EPOCH_S * 1000
-FAULT_KINDS = ("partition", "heal", "crash", "restart")
+FAULT_KINDS = ("partition", "heal", "crash", "restart", "commit-fail", "slow-disk", "crash-before-ack")
 
 
 class SimulationError(P2pmemError):
@@ -102,15 +114,23 @@ class Fault:
 
     ``partition`` splits the nodes into ``groups`` (nodes in no group form one
     more group); ``heal`` ends it; ``crash`` and ``restart`` act on ``node``.
+    The disk of ``node`` (p2pmem/sim/disk.py): ``commit-fail`` fails its next
+    commit; ``slow-disk`` makes its commits ``factor`` times slower for
+    ``duration`` seconds; ``crash-before-ack`` crashes it right after its
+    next commit, before the core hears of it, and restarts it ``duration``
+    seconds later (0: only a ``restart`` fault brings it back).
     """
 
     at: float
     kind: str
     node: int | None = None
     groups: tuple[tuple[int, ...], ...] = ()
+    factor: float = 1.0
+    duration: float = 0.0
 
     def __str__(self) -> str:
-        what = {"partition": f"partition {list(map(list, self.groups))}", "heal": "heal"}.get(
+        what = {"partition": f"partition {list(map(list, self.groups))}", "heal": "heal",
+                "slow-disk": f"slow-disk node {self.node} x{self.factor:g} for {self.duration:g}s"}.get(
             self.kind, f"{self.kind} node {self.node}"
         )
         return f"t+{self.at:g}s {what}"
@@ -119,27 +139,6 @@ class Fault:
 # =============================================================================
 # The simulated network
 # =============================================================================
-
-
-@dataclass(frozen=True)
-class LinkModel:
-    """How the virtual network carries bytes. Times in milliseconds unless named ``_s``."""
-
-    latency_ms: float = 40.0  # median one-way latency of a link
-    latency_sigma: float = 0.5  # lognormal spread of link latencies
-    jitter_sigma: float = 0.1  # lognormal spread of one message around its link's latency
-    spike: float = 0.0  # probability that a message is held up (a TCP retransmission)
-    spike_ms: float = 1000.0  # mean extra delay of a spike (exponential)
-    reset: float = 0.0  # probability that a message is lost, which resets its connection
-    connect_fail: float = 0.0  # probability that a dial fails
-    connect_timeout_s: float = 3.0  # a dial across a partition fails after this long
-
-    def __post_init__(self) -> None:
-        for name in ("spike", "reset", "connect_fail"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1]")
-        if self.latency_ms <= 0 or self.connect_timeout_s <= 0:
-            raise ValueError("latency and connect timeout must be positive")
 
 
 def sim_timing(**overrides: Any) -> Timing:
@@ -175,31 +174,9 @@ def shared_decoder(cache: dict[bytes, Record | RecordError]) -> Callable[[Sequen
 
 
 # Event kinds of the loop.
-_TIMER, _CONNECT, _DIAL_FAIL, _DELIVER, _LOST, _CALL = range(6)
-_FIN = "fin"  # stream items besides bytes: orderly close,
-_RST = "rst"  # and reset (delivered at once, discarding what is queued)
-
-
-class _SimLink:
-    """One simulated TCP connection; side 0 dialled side 1."""
-
-    __slots__ = ("cid", "nodes", "cores", "open", "send_seq", "next_seq", "reorder", "held", "rng",
-                 "base_us")
-
-    def __init__(self, cid: int, a: SimNode, b: SimNode, rng: random.Random, base_us: float) -> None:
-        self.cid = cid
-        self.nodes = (a, b)
-        self.cores = (a.core, b.core)
-        self.open = [True, True]
-        self.send_seq = [0, 0]  # next sequence number of items sent towards side i
-        self.next_seq = [0, 0]  # next sequence number side i delivers
-        self.reorder: tuple[dict[int, object], dict[int, object]] = ({}, {})
-        self.held: tuple[list[tuple[int, object]], list[tuple[int, object]]] = ([], [])
-        self.rng = rng
-        self.base_us = base_us
-
-    def side_of(self, node: SimNode) -> int:
-        return 0 if self.nodes[0] is node else 1
+(_TIMER, _CONNECT, _DIAL_FAIL, _DELIVER, _LOST, _CALL, _TX, _READ, _WRITE, _COMMIT) = range(10)
+_FIN, _RST = FIN, RST
+READ_SIZE = 65536  # what one read takes at most (p2pmem/node/shell.py reads as much)
 
 
 @dataclass
@@ -217,7 +194,7 @@ class SimNode:
     core: NodeCore | None = None
     alive: bool = False
     incarnation: int = 0
-    conns: dict[int, _SimLink] = field(default_factory=dict)
+    conns: dict[int, SimLink] = field(default_factory=dict)
     bytes_sent: int = 0
     bytes_received: int = 0
     records_received: int = 0  # records that arrived from peers, new or not
@@ -227,6 +204,9 @@ class SimNode:
     timer_at: int | None = None
     spins: int = 0
     effects: _NodeEffects | None = None  # what the simulator does for the core's outputs
+    pipeline: Pipeline = field(default_factory=Pipeline)  # this incarnation's ingest jobs
+    disk: DiskFaults = field(default_factory=DiskFaults)  # outlives crashes, as the store does
+    stalled: dict[int, SimLink] = field(default_factory=dict)  # connections not read (backpressure)
     ready: dict[int, bytes] = field(default_factory=dict)  # conn -> agent, from PeerReady/PeerClosed
     finished: dict[bytes, tuple[VerifiedHit, ...]] = field(default_factory=dict)  # QueryFinished hits
 
@@ -254,9 +234,7 @@ class _NodeEffects:
         self.net._dial(self.node, action.address, action.expected)
 
     def ingest(self, job: IngestJob) -> None:
-        net, core = self.net, self.node.core
-        assert core is not None
-        core.ingest_done(job, run_ingest(self.node.store, job), net.wall, wall_ms=net.wall_ms)
+        self.net._ingest(self.node, job)
 
     def event(self, event: Event) -> None:
         self.net._event(self.node, event)
@@ -295,6 +273,7 @@ class SimNetwork:
         degree: int = 4,
         replicate_all: bool = True,
         link: LinkModel | None = None,
+        disk: DiskModel | None = None,
         timing: Timing | None = None,
         membership: str = "fixed",
         connect: bool = True,
@@ -309,6 +288,12 @@ class SimNetwork:
             raise ValueError("membership is 'fixed' or 'pex'")
         self.seed = seed
         self.link = link or LinkModel()
+        self.disk = disk or DiskModel()
+        # how often each shell duty ran: the core inputs the production
+        # paths need (sent, resume, ingest_done) and the disk's faults
+        self.counts: dict[str, int] = dict.fromkeys(
+            ("sent", "resume", "ingest", "ingest_done", "commits", "failed_commits", "crashes_before_ack",
+             "stalls"), 0)
         if isinstance(topology, str):
             topology = make_topology(topology, n, rng=self.rng("topology"), degree=degree)
         if topology.n != n:
@@ -339,7 +324,7 @@ class SimNetwork:
         self._heap: list[tuple[int, int, int, tuple[Any, ...]]] = []
         self._seq = 0
         self._next_cid = 0
-        self._conns: dict[int, _SimLink] = {}
+        self._conns: dict[int, SimLink] = {}
         self._by_address: dict[str, SimNode] = {}
         self._by_key: dict[bytes, SimNode] = {}
         self._groups: dict[int, int] | None = None
@@ -424,6 +409,8 @@ class SimNetwork:
         node.ready.clear()
         node.finished.clear()
         node.effects = _NodeEffects(self, node)
+        node.pipeline = Pipeline()
+        node.stalled.clear()
         node.core = NodeCore(
             node.identity, node.store, rng, router_rng=random.Random(rng.getrandbits(64)), now=self.wall,
             listen_addresses=[node.address], bootstrap=node.bootstrap,
@@ -571,11 +558,14 @@ class SimNetwork:
         node = self._live(index)
         for conn in list(node.conns.values()):
             side = conn.side_of(node)
+            conn.drop_queues(side)
             if conn.open[side]:
                 conn.open[side] = False
                 self._send_item(conn, side, _RST)
             self._forget_conn(conn)
         node.conns.clear()
+        node.stalled.clear()
+        node.pipeline = Pipeline()  # the jobs in the pipeline die with the process
         node.alive = False
         node.core = None
         node.timer_gen += 1
@@ -609,8 +599,25 @@ class SimNetwork:
             assert fault.node is not None
             if not self.nodes[fault.node].alive:
                 self.restart(fault.node)
+        elif fault.kind in ("commit-fail", "slow-disk", "crash-before-ack"):
+            self._disk_fault(fault)
         else:
             raise ValueError(f"unknown fault {fault.kind!r}")
+
+    def _disk_fault(self, fault: Fault) -> None:
+        if fault.node is None or not 0 <= fault.node < len(self.nodes):
+            raise ValueError(f"{fault.kind} needs a node of the network")
+        disk = self.nodes[fault.node].disk
+        if fault.kind == "commit-fail":
+            disk.fail_commits += 1
+        elif fault.kind == "crash-before-ack":
+            disk.crash_commits += 1
+            disk.restart_after_s = fault.duration
+        else:
+            if fault.factor < 1 or fault.duration <= 0:
+                raise ValueError("a slow disk needs factor >= 1 and a positive duration")
+            disk.slow_factor = fault.factor
+            disk.slow_until_us = self.now_us + round(fault.duration * 1e6)
 
     def schedule(self, faults: Iterable[Fault], *, start: float | None = None) -> None:
         """Apply each fault at ``start + fault.at`` (default: now)."""
@@ -800,6 +807,14 @@ class SimNetwork:
                 node.core.connection_lost(conn.cid, self.wall)
                 self._apply(node)
             self._forget_conn(conn)
+        elif kind == _TX:
+            self._on_tx(*payload)
+        elif kind == _READ:
+            self._on_read(*payload)
+        elif kind == _WRITE:
+            self._on_write(*payload)
+        elif kind == _COMMIT:
+            self._on_commit(*payload)
         elif kind == _CALL:
             payload[0]()
 
@@ -807,17 +822,15 @@ class SimNetwork:
         """Carry out what the node's core asked for, then set its timer."""
         core = node.core
         assert core is not None
-        effects = node.effects
-        assert effects is not None
-        while True:
-            execute(core, effects)
-            backlog = [cid for cid in node.conns if core.has_backlog(cid)]
-            if not backlog:
-                break
-            for cid in backlog:
-                core.resume(cid, self.wall, wall_ms=self.wall_ms)
+        assert node.effects is not None
+        execute(core, node.effects)
         if node.core is not core:  # the node crashed meanwhile
             return
+        if node.stalled:  # readers waiting on backpressure look again
+            for cid, conn in list(node.stalled.items()):
+                if core.readable(cid):
+                    del node.stalled[cid]
+                    self._schedule_read(conn, conn.side_of(node))
         deadline = core.next_deadline()
         if deadline is None:
             node.timer_gen += 1
@@ -856,7 +869,7 @@ class SimNetwork:
         elif kind is QueryFinished:
             node.finished[event.qid] = event.hits
 
-    def _open_end(self, node: SimNode, cid: int) -> tuple[_SimLink, int] | None:
+    def _open_end(self, node: SimNode, cid: int) -> tuple[SimLink, int] | None:
         """The connection and ``node``'s side of it, if that side is still open."""
         conn = self._conns.get(cid)
         if conn is None:
@@ -870,9 +883,38 @@ class SimNetwork:
             return
         conn, side = end
         node.bytes_sent += len(data)
-        self._send_item(conn, side, data)
-        assert node.core is not None
-        node.core.sent(conn.cid, len(data), self.wall, wall_ms=self.wall_ms)
+        conn.outq[side].append(data)
+        if not conn.tx_busy[side]:
+            self._transmit(conn, side)
+
+    # -- the send buffer: writes leave at the link's rate, within the window --------------
+    def _transmit(self, conn: SimLink, side: int) -> None:
+        """Start the next write of ``side``'s send buffer, unless the peer's
+        receive window is full (its reads start it again)."""
+        queue = conn.outq[side]
+        if not queue or (queue[0] is not _FIN and conn.unread[1 - side] >= self.link.window_bytes):
+            conn.tx_busy[side] = False
+            return
+        item = queue.popleft()
+        conn.tx_busy[side] = True
+        size = len(item) if isinstance(item, bytes) else 0
+        self._push(self.now_us + self.link.transmit_us(size), _TX, (conn, side, item))
+
+    def _on_tx(self, conn: SimLink, side: int, item: object) -> None:
+        """A write left ``side``'s send buffer: on the wire, and the core is told."""
+        node, core = conn.nodes[side], conn.cores[side]
+        if node.core is not core or core is None or not conn.tx_busy[side]:
+            return  # the sender crashed, or a reset emptied its buffer meanwhile
+        if isinstance(item, bytes):
+            conn.unread[1 - side] += len(item)
+            self._send_item(conn, side, item)
+            self.counts["sent"] += 1
+            core.sent(conn.cid, len(item), self.wall, wall_ms=self.wall_ms)
+        else:
+            self._send_item(conn, side, item)
+        self._transmit(conn, side)
+        if isinstance(item, bytes):
+            self._apply(node)
 
     def _other_end(self, node: SimNode, cid: int) -> SimNode | None:
         conn = self._conns.get(cid)
@@ -889,7 +931,7 @@ class SimNetwork:
         self._send_item(conn, side, _FIN)
         self._push(self.now_us, _LOST, (conn, side))
 
-    def _forget_conn(self, conn: _SimLink) -> None:
+    def _forget_conn(self, conn: SimLink) -> None:
         if conn.open[0] or conn.open[1]:
             return
         self._conns.pop(conn.cid, None)
@@ -941,7 +983,7 @@ class SimNetwork:
             self._apply(node)
             return
         base = self._link_latency(node.index, target.index)
-        conn = _SimLink(cid, node, target, self.rng(f"conn/{cid}"), base)
+        conn = SimLink(cid, node, target, self.rng(f"conn/{cid}"), base)
         self._conns[cid] = conn
         node.conns[cid] = conn
         target.conns[cid] = conn
@@ -951,7 +993,7 @@ class SimNetwork:
         node.core.connection_made(cid, initiator=True, now=self.wall, address=address, expected=expected)
         self._apply(node)
 
-    def _send_item(self, conn: _SimLink, from_side: int, item: object) -> None:
+    def _send_item(self, conn: SimLink, from_side: int, item: object) -> None:
         """Put bytes, a FIN or a RST on the wire towards the other side."""
         dest = 1 - from_side
         if not conn.open[dest]:
@@ -963,6 +1005,7 @@ class SimNetwork:
         if item is not _FIN and self.link.reset and conn.rng.random() < self.link.reset:
             # Lost: the stream cannot go on without it. Both ends see a reset.
             self.close_reasons["lost message (reset)"] = self.close_reasons.get("lost message (reset)", 0) + 1
+            conn.drop_queues(from_side)
             conn.open[from_side] = False
             self._send_item(conn, from_side, _RST)
             self._push(self.now_us, _LOST, (conn, from_side))
@@ -971,10 +1014,11 @@ class SimNetwork:
         conn.send_seq[dest] += 1
         self._schedule_item(conn, dest, seq, item)
 
-    def _schedule_item(self, conn: _SimLink, dest: int, seq: int, item: object) -> None:
+    def _schedule_item(self, conn: SimLink, dest: int, seq: int, item: object) -> None:
         self._push(self.now_us + self._delay(conn.rng, conn.base_us), _DELIVER, (conn, dest, seq, item))
 
-    def _on_deliver(self, conn: _SimLink, dest: int, seq: int, item: object) -> None:
+    def _on_deliver(self, conn: SimLink, dest: int, seq: int, item: object) -> None:
+        """Bytes reach ``dest``'s end: in order into its inbox, then read."""
         if not conn.open[dest]:
             return
         node = conn.nodes[dest]
@@ -983,6 +1027,8 @@ class SimNetwork:
             return
         if item is _RST:
             conn.open[dest] = False
+            conn.drop_queues(dest)
+            node.stalled.pop(conn.cid, None)
             core.connection_lost(conn.cid, self.wall)
             self._apply(node)
             self._forget_conn(conn)
@@ -992,19 +1038,124 @@ class SimNetwork:
             return
         buffer = conn.reorder[dest]
         buffer[seq] = item
-        while conn.open[dest] and conn.next_seq[dest] in buffer:
-            piece = buffer.pop(conn.next_seq[dest])
+        inbox = conn.inbox[dest]
+        while conn.next_seq[dest] in buffer:
+            inbox.append(buffer.pop(conn.next_seq[dest]))
             conn.next_seq[dest] += 1
+        if not conn.read_scheduled[dest]:
+            self._read(conn, dest)
+
+    # -- the reader: what the trio node's reader task does ------------------------------
+    def _schedule_read(self, conn: SimLink, side: int) -> None:
+        if not conn.read_scheduled[side]:
+            conn.read_scheduled[side] = True
+            self._push(self.now_us, _READ, (conn, side))
+
+    def _on_read(self, conn: SimLink, side: int) -> None:
+        """The reader's next turn: a turn of the core's backlog first (the
+        shell yields between turns, as trio.sleep(0) does), then reads."""
+        conn.read_scheduled[side] = False
+        node, core = conn.nodes[side], conn.cores[side]
+        if node.core is not core or core is None or not conn.open[side]:
+            return
+        if core.has_backlog(conn.cid):
+            self.counts["resume"] += 1
+            core.resume(conn.cid, self.wall, wall_ms=self.wall_ms)
+            self._apply(node)
+        self._read(conn, side)
+
+    def _read(self, conn: SimLink, side: int) -> None:
+        """Hand ``side``'s core what arrived, up to READ_SIZE bytes a read
+        (at least one whole write), while it reads: a backlog waits for the next turn, backpressure until the core
+        is readable again (:meth:`_apply` looks)."""
+        node, core = conn.nodes[side], conn.cores[side]
+        assert core is not None
+        cid = conn.cid
+        inbox = conn.inbox[side]
+        while conn.open[side] and node.core is core:
+            if core.has_backlog(cid):
+                self._schedule_read(conn, side)
+                break
+            if not inbox:
+                break
+            if not core.readable(cid):
+                self.counts["stalls"] += 1
+                node.stalled[cid] = conn
+                break
+            piece = inbox.popleft()
             if piece is _FIN:
-                conn.open[dest] = False
-                core.connection_lost(conn.cid, self.wall)
+                conn.open[side] = False
+                core.connection_lost(cid, self.wall)
+                self._apply(node)
                 break
             assert isinstance(piece, bytes)
+            if inbox and isinstance(inbox[0], bytes) and len(piece) + len(inbox[0]) <= READ_SIZE:
+                pieces = [piece]  # one read takes what arrived, as receive_some(READ_SIZE) does
+                size = len(piece)
+                while inbox and isinstance(inbox[0], bytes) and size + len(inbox[0]) <= READ_SIZE:
+                    pieces.append(inbox.popleft())  # type: ignore[arg-type]
+                    size += len(pieces[-1])
+                piece = b"".join(pieces)
+            conn.unread[side] -= len(piece)
             node.bytes_received += len(piece)
-            self._wire.update(b"%d %d %d:" % (conn.cid, dest, len(piece)) + piece)
-            core.data_received(conn.cid, piece, self.wall, wall_ms=self.wall_ms)
-        self._apply(node)
+            self._wire.update(b"%d %d %d:" % (cid, side, len(piece)) + piece)
+            core.data_received(cid, piece, self.wall, wall_ms=self.wall_ms)
+            self._apply(node)
+            if not conn.tx_busy[1 - side] and conn.outq[1 - side]:
+                self._transmit(conn, 1 - side)  # room in the window again
         self._forget_conn(conn)
+
+    # -- the ingest pipeline: verify, group commit, ingest_done (p2pmem/sim/disk.py) -----
+    def _ingest(self, node: SimNode, job: IngestJob) -> None:
+        self.counts["ingest"] += 1
+        node.pipeline.submit(job, self.now_us, self.disk)
+        if not node.pipeline.writing:
+            self._wake_writer(node)
+
+    def _wake_writer(self, node: SimNode) -> None:
+        pipeline = node.pipeline
+        at = pipeline.next_ready_us(self.now_us)
+        pipeline.writing = at is not None
+        if at is not None:
+            self._push(at, _WRITE, (node, pipeline))
+
+    def _on_write(self, node: SimNode, pipeline: Pipeline) -> None:
+        """The writer takes what verified meanwhile and commits it."""
+        if node.pipeline is not pipeline:
+            return  # the node crashed: its jobs died with the process
+        group = pipeline.take_group(self.now_us)
+        size = sum(job.size for job in group)
+        self._push(self.now_us + self.disk.write_us(size, node.disk.slowness(self.now_us)), _COMMIT,
+                   (node, pipeline, group))
+
+    def _on_commit(self, node: SimNode, pipeline: Pipeline, group: list[IngestJob]) -> None:
+        """The commit ends: the store's real ingest (or the fault plan's
+        failure), then the core's ``ingest_done`` for each job in order (or
+        the fault plan's crash before it)."""
+        if node.pipeline is not pipeline or node.core is None:
+            return
+        disk = node.disk
+        failed = disk.fail_commits > 0
+        disk.fail_commits -= failed
+        self.counts["commits"] += 1
+        self.counts["failed_commits"] += failed
+        store = FailingDisk() if failed else node.store
+        outcomes = commit_group(store, [(job, node.store.decode_many(job.raws)) for job in group])
+        if disk.crash_commits > 0:
+            disk.crash_commits -= 1
+            self.counts["crashes_before_ack"] += 1
+            self.crash(node.index)
+            if disk.restart_after_s > 0:
+                self.call_at(self.now + disk.restart_after_s,
+                             functools.partial(self.apply_fault, Fault(0.0, "restart", node.index)))
+            return
+        core = node.core
+        for job, outcome in zip(group, outcomes, strict=True):
+            pipeline.jobs -= 1
+            self.counts["ingest_done"] += 1
+            core.ingest_done(job, outcome, self.wall, wall_ms=self.wall_ms)
+        self._apply(node)
+        self._wake_writer(node)
 
     # -- store bookkeeping ----------------------------------------------------------------------------------
     def _digest_remove(self, digest: tuple[int, int]) -> None:
