@@ -314,6 +314,7 @@ class SimNetwork:
         self.share_verification = share_verification
         self._decoded: dict[bytes, Record | RecordError] = {}
         self.nodes: list[SimNode] = []
+        self._down = 0  # crashed nodes not restarted yet
         self.events = 0
         self.now_us = 0
         self.close_reasons: dict[str, int] = {}  # by CloseReason value, and "lost message (reset)"
@@ -401,6 +402,8 @@ class SimNetwork:
         return node
 
     def _start(self, node: SimNode) -> None:
+        if node.incarnation:
+            self._down -= 1
         node.incarnation += 1
         node.alive = True
         node.spins = 0
@@ -567,6 +570,7 @@ class SimNetwork:
         node.stalled.clear()
         node.pipeline = Pipeline()  # the jobs in the pipeline die with the process
         node.alive = False
+        self._down += 1
         node.core = None
         node.timer_gen += 1
         node.timer_at = None
@@ -771,6 +775,8 @@ class SimNetwork:
     def holders(self, record_id: bytes) -> int:
         """How many live nodes have stored ``record_id`` (needs ``track_arrivals``)."""
         seen = self.arrivals.get(record_id, {})
+        if self._down == 0:
+            return len(seen)  # every node is up (checked after every event by the scenarios)
         return sum(1 for i in seen if self.nodes[i].alive)
 
     def protocol_errors(self) -> int:
