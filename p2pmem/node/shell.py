@@ -72,8 +72,11 @@ INDEX_MAX_STALE_S = 10.0  # the longest a burst delays indexing
 
 
 def mono() -> float:
-    """The core's ``now``: monotonic seconds (timers, deadlines, buckets)."""
-    return time.monotonic()
+    """The core's ``now``: trio's clock, monotonic seconds (timers,
+    deadlines, buckets), the one the shell's sleeps and timeouts use too, so
+    a node runs on virtual time under ``trio.testing.MockClock``
+    (tests/test_node_virtual_time.py)."""
+    return trio.current_time()
 
 
 def wall_ms() -> int:
