@@ -55,7 +55,11 @@ def test_two_trio_nodes_sync_push_and_answer_on_virtual_time(tmp_path: Path) -> 
             pushed = b.remember("the ferry leaves at nine", topics=["sea"])
             node_b.poke()
             await _until(lambda: a.store.has(pushed.id), "the push")
-            # b asks the network: a answers from its store, the asker's own is not searched
+            # b asks the network: a answers from its search index (kept current by a
+            # worker thread, which virtual time does not wait for: wait until it has
+            # indexed), the asker's own store is not searched
+            await _until(lambda: asked.id in {m.record.id for m in a.store.recall("lighthouse", fresh=False)},
+                         "a's search index")
             answer = await node_b.ask("lighthouse", timeout=3.0)
             report["hits"] = len(answer["results"])
             assert asked.id.hex() in {h["id"] for h in answer["results"]}
