@@ -25,3 +25,20 @@ class UsageError(P2pmemError):
 
 class HomeError(P2pmemError):
     """The home directory is missing, unreadable or not initialised."""
+
+
+class DiskError(StoreError):
+    """The disk under a home refused: read-only, full, damaged or missing
+    files. The message names the file and what to do (docs/operations.md)."""
+
+
+class ReadOnlyError(DiskError):
+    """A write to a home that can only be read (a read-only mount or mode)."""
+
+
+class DiskFullError(DiskError):
+    """ENOSPC or EFBIG: nothing of the failed write was kept."""
+
+
+class DamagedStoreError(DiskError):
+    """The store file is not a SQLite database or fails its integrity check."""

@@ -25,6 +25,8 @@ from p2pmem.model.record import Record, sign_record
 from p2pmem.model.trust import TrustModel
 from p2pmem.retrieval.embed import configured_model_path
 from p2pmem.retrieval.text import query_terms
+from p2pmem.storage.diskerrors import explain
+from p2pmem.storage.files import private_dir, secure_home
 from p2pmem.storage.keyfile import KEY_FILE, load_identity, save_identity
 from p2pmem.storage.store import DB_FILE, IngestResult, Memory, Store
 
@@ -42,22 +44,43 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def init_home(home: Path, *, name: str | None = None, skills: Sequence[str] = ()) -> tuple[Identity, bool]:
+def init_home(
+    home: Path, *, name: str | None = None, skills: Sequence[str] = (), new_store: bool = False
+) -> tuple[Identity, bool]:
     """Create identity and store; on an existing home change nothing.
-    Returns the identity and whether it was created now."""
+    Returns the identity and whether it was created now. ``new_store``: an
+    identity whose store is gone gets a new, empty one (peers send back what
+    they hold)."""
     try:
-        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(home)
     except OSError as exc:
         raise HomeError(f"cannot create home {home}: {exc.strerror}") from None
-    if (home / KEY_FILE).exists():
-        return load_identity(home), False
+    key, db = home / KEY_FILE, home / DB_FILE
+    if key.exists():
+        identity = load_identity(home)
+        if not db.exists():
+            if not new_store:
+                raise HomeError(missing_store(home))
+            with Agent.open(home, create=True) as agent:
+                agent.set_profile(name=name, skills=list(skills) if skills else None)
+        return identity, False
+    if db.exists():
+        raise HomeError(f"{home} has a store but no key file {key}: restore identity.key from a "
+                        "backup (`p2pmem restore`); a new identity could not change its records")
     identity = Identity.generate()
-    save_identity(identity, home)
-    with Agent.open(home) as agent:
-        agent.set_profile(name=name or "", skills=list(skills))
+    try:
+        save_identity(identity, home)
+        with Agent.open(home, create=True) as agent:
+            agent.set_profile(name=name or "", skills=list(skills))
+    except OSError as exc:
+        raise explain(exc, home) from None
     return identity, True
 
 
+def missing_store(home: Path) -> str:
+    return (f"the store {home / DB_FILE} is missing beside the identity {home / KEY_FILE}; "
+            "restore a backup with `p2pmem restore FILE --home NEWDIR`, or start an empty "
+            "store for this identity with `p2pmem init --new-store`")
 
 
 class Agent:
@@ -80,14 +103,22 @@ class Agent:
         self.clock = HybridClock(store.last_ts(identity.public_key))
 
     @classmethod
-    def open(cls, home: Path, *, model: Path | None = None) -> Agent:
+    def open(
+        cls, home: Path, *, model: Path | None = None, read_only: bool | None = None,
+        create: bool = False,
+    ) -> Agent:
         """The agent of ``home``. ``model`` (else $P2PMEM_MODEL, else the
         home's ``model`` folder or ``model.txt``) turns on the semantic stage
-        of recall (docs/models.md)."""
+        of recall (docs/models.md). A home on a disk that refuses writes
+        opens read-only unless ``read_only=False``; a missing store is an
+        error unless ``create`` (docs/operations.md, "Disk states")."""
         if not home.is_dir():
             raise HomeError(f"no p2pmem home at {home} (run `p2pmem init`)")
         identity = load_identity(home)
-        store = Store(home / DB_FILE)
+        if not create and not (home / DB_FILE).exists():
+            raise HomeError(missing_store(home))
+        secure_home(home, home / DB_FILE)
+        store = Store(home / DB_FILE, read_only=read_only)
         store.search.model_path = model or configured_model_path(os.environ, home)
         return cls(home, identity, store)
 

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from p2pmem.interfaces.output import (
 from p2pmem.model.identity import agent_id, parse_agent_id
 from p2pmem.model.record import VISIBILITIES, load_stored
 from p2pmem.model.when import parse_when
+from p2pmem.storage.diskerrors import explain
 
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Handler] = {}
@@ -95,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="create the identity and store")
     p.add_argument("--name", help="the agent's display name")
     p.add_argument("--skill", action="append", default=[], help="a declared skill (repeatable)")
+    p.add_argument("--new-store", action="store_true",
+                   help="give an identity whose store is lost a new, empty store")
     _common(p)
 
     _common(sub.add_parser("id", help="print the agent id"))
@@ -314,7 +318,8 @@ def _notify(agent: Agent, records: Sequence[Any]) -> None:
 
 @command("init")
 def cmd_init(args: argparse.Namespace) -> int:
-    identity, created = init_home(_home(args), name=args.name, skills=args.skill)
+    identity, created = init_home(_home(args), name=args.name, skills=args.skill,
+                                  new_store=args.new_store)
     if args.json:
         print_json({"id": identity.agent_id, "created": created})
     else:
@@ -878,6 +883,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    os.umask(0o077)  # every file of a home is the agent's alone (docs/operations.md)
     try:
         return COMMANDS[args.command](args)
     except UsageError as exc:
@@ -890,6 +896,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("p2pmem: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        return 1
+    except (OSError, sqlite3.Error) as exc:  # the disk refused: one line, never a traceback
+        print(f"p2pmem: {explain(exc, _home(args))}", file=sys.stderr)
         return 1
 
 

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import secrets
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,9 @@ from p2pmem.errors import P2pmemError, StoreError, UsageError
 from p2pmem.interfaces.output import ack_json, memory_json
 from p2pmem.model.identity import agent_id, parse_agent_id
 from p2pmem.model.when import parse_when
+from p2pmem.storage.diskerrors import explain
+from p2pmem.storage.keyfile import load_identity
+from p2pmem.storage.store import DB_FILE
 
 log = logging.getLogger("p2pmem.mcp")
 T = TypeVar("T")
@@ -58,23 +62,57 @@ def new_session_id() -> str:
 
 
 class StoreThread:
-    """The one thread that owns the agent's SQLite store."""
+    """The one thread that owns the agent's SQLite store.
+
+    A home that cannot be opened (a damaged or missing store, a bad key
+    file) does not stop the server: every tool call answers with the reason
+    in one line, and the next call tries again, so the server recovers once
+    the home is repaired (docs/operations.md, "Disk states")."""
 
     def __init__(self, home: Path) -> None:
+        self.home = home
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2pmem-store")
+        self.agent: Agent | None = None
+        self.broken: str | None = None
+        self._pool.submit(self._open).result()
+
+    def _open(self) -> None:
         try:
-            self.agent: Agent = self._pool.submit(Agent.open, home).result()
-        except BaseException:
-            self._pool.shutdown()
-            raise
+            self.agent = Agent.open(self.home)
+            self.broken = None
+        except P2pmemError as exc:
+            self.broken = str(exc)
+        except (OSError, sqlite3.Error) as exc:
+            self.broken = str(explain(exc, self.home / DB_FILE))
+
+    def _call(self, fn: Callable[[Agent], T]) -> T:
+        if self.agent is None:
+            self._open()
+            if self.agent is None:
+                raise ToolFailure(self.broken or "the home cannot be opened")
+        try:
+            return fn(self.agent)
+        except (OSError, sqlite3.Error) as exc:  # the disk refused: one line for the client
+            raise explain(exc, self.home / DB_FILE) from None
 
     async def run(self, fn: Callable[[Agent], T]) -> T:
-        future = self._pool.submit(fn, self.agent)
+        future = self._pool.submit(self._call, fn)
         return await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+
+    def agent_id(self) -> str:
+        """This home's agent id, read from the key file even when the store
+        cannot be opened."""
+        if self.agent is not None:
+            return agent_id(self.agent.key)
+        try:
+            return load_identity(self.home).agent_id
+        except P2pmemError:
+            return "(unknown: the key file cannot be read)"
 
     def close(self) -> None:
         try:
-            self._pool.submit(self.agent.close).result()
+            if self.agent is not None:
+                self._pool.submit(self.agent.close).result()
         finally:
             self._pool.shutdown()
 
@@ -184,7 +222,7 @@ carry it, and `recall(query, session=...)` finds one session's memories.
 
 def build_server(home: Path, store: StoreThread, session: str) -> MCPServer:
     """The MCP server of one agent's home for one session."""
-    me = agent_id(store.agent.key)
+    me = store.agent_id()
     server = _Server(
         SERVER_NAME,
         version=__version__,
@@ -488,14 +526,12 @@ def run_mcp(home: Path) -> int:
         datefmt="%H:%M:%S",
     )
     session = new_session_id()
-    try:
-        store = StoreThread(home)
-    except P2pmemError as exc:
-        print(f"p2pmem: {exc}", file=sys.stderr)
-        return 1
+    store = StoreThread(home)
+    if store.broken:
+        log.warning("%s (every tool call will say so until it is fixed)", store.broken)
     try:
         server = build_server(home, store, session)
-        log.info("serving MCP for %s, session %s", agent_id(store.agent.key), session)
+        log.info("serving MCP for %s, session %s", store.agent_id(), session)
         anyio.run(server.run_stdio_async)
     except KeyboardInterrupt:
         return 130

@@ -3,8 +3,9 @@
 While ``serve`` runs, the other commands of the same home talk to it here:
 one JSON request line per connection, one JSON reply line. The socket is
 created with mode 0600 in a home that is 0700, so only the agent's own user
-reaches it. When the home's path is too long for a Unix socket address, the
-socket lives in the temporary directory and the home holds a symlink to it.
+reaches it. A Unix socket address holds about 100 bytes, so under a longer
+home path both ends name the socket through a short alias of the home
+directory (:func:`socket_address`): the socket itself is always in the home.
 
 A local client is trusted with the agent's data but not with the node's life:
 every request is checked (size, nesting depth before any JSON parsing, then
@@ -15,14 +16,12 @@ request, however malformed, ends the node.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
 import os
 import socket
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,12 +43,27 @@ class NotServing(P2pmemError):
     """No node serves this home."""
 
 
-def _socket_target(home: Path) -> Path:
+@contextlib.contextmanager
+def socket_address(home: Path) -> Iterator[str]:
+    """The address that names ``home``'s control socket, for bind and connect
+    alike (one function, so server and client cannot disagree). A long home
+    is reached through ``/proc/self/fd/N``, a descriptor of the home held
+    while the address is in use: no file outside the home, nothing to squat."""
     path = home / CONTROL_SOCKET
-    if len(str(path)) <= _MAX_UNIX_PATH:
-        return path
-    digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"p2pmem-{digest}.sock"
+    if len(os.fsencode(path)) <= _MAX_UNIX_PATH:
+        yield str(path)
+        return
+    if not os.path.isdir("/proc/self/fd"):
+        raise P2pmemError(f"the home path {home} is too long for a control socket on this system "
+                          f"(at most {_MAX_UNIX_PATH - len(CONTROL_SOCKET) - 1} bytes)")
+    try:
+        fd = os.open(home, os.O_PATH | os.O_DIRECTORY)
+    except OSError as exc:
+        raise NotServing(f"cannot reach the serving node of {home}: {exc.strerror}") from None
+    try:
+        yield f"/proc/self/fd/{fd}/{CONTROL_SOCKET}"
+    finally:
+        os.close(fd)
 
 
 class ControlServer:
@@ -57,7 +71,6 @@ class ControlServer:
         self.home = home
         self.node = node
         self.path = home / CONTROL_SOCKET
-        self.target = _socket_target(home)
         self._owned = False  # cleanup never removes another node's live socket
         self._clients = 0
 
@@ -68,19 +81,17 @@ class ControlServer:
 
     async def start(self, nursery: trio.Nursery) -> None:
         self.check_free()
-        for stale in {self.path, self.target}:
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
-            await sock.bind(str(self.target))
+            with socket_address(self.home) as address:
+                await sock.bind(address)
         finally:
             os.umask(old_umask)
         self._owned = True
-        os.chmod(self.target, 0o600)
-        if self.target != self.path:
-            os.symlink(self.target, self.path)
+        os.chmod(self.path, 0o600)
         sock.listen(16)
         listener = trio.SocketListener(sock)
         nursery.start_soon(trio.serve_listeners, self._handle, [listener])
@@ -95,9 +106,8 @@ class ControlServer:
     def cleanup(self) -> None:
         if not self._owned:
             return
-        for path in {self.path, self.target}:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         async with stream:
@@ -324,7 +334,8 @@ def _request_sync(
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        sock.connect(str(path))
+        with socket_address(home) as address:
+            sock.connect(address)
         sock.sendall(json.dumps(request).encode() + b"\n")
         buf = _read_reply(sock, on_line)
     except (ConnectionRefusedError, FileNotFoundError):
@@ -332,7 +343,7 @@ def _request_sync(
     except TimeoutError:
         raise P2pmemError("the serving node did not answer in time") from None
     except OSError as exc:
-        raise NotServing(f"cannot reach the serving node of {home}: {exc.strerror}") from None
+        raise NotServing(f"cannot reach the serving node of {home}: {exc.strerror or exc}") from None
     finally:
         sock.close()
     try:

@@ -31,6 +31,11 @@ from p2pmem.model.record import Record, admission_error, decode_record, load_sto
 from p2pmem.retrieval.documents import Entry, IndexDoc, make_doc
 from p2pmem.retrieval.engine import Ranked, SearchEngine, SearchRequest
 from p2pmem.retrieval.lexical import Filters
+from p2pmem.storage.diskerrors import explain
+from p2pmem.storage.diskerrors import read_only as read_only_error
+from p2pmem.storage.files import private_dir
+from p2pmem.storage.opening import connect, open_database
+from p2pmem.storage.schema import SCHEMA_VERSION  # noqa: F401 - re-exported
 from p2pmem.storage.verify import (
     POOL_FAILURES,
     check_part,
@@ -45,63 +50,7 @@ from p2pmem.storage.verify import (
 HEAD, SUPERSEDED = 0, 1
 T = TypeVar("T")
 DB_FILE = "store.db"
-SCHEMA_VERSION = 3  # 2: FTS5 replaced by the derived tantivy index and index_log
-# Ingest of random 32-byte ids dirties pages all over the id and lineage
-# indexes; checkpointing every 10,000 WAL pages (40 MiB) rather than
-# 1,000 writes each hot page back once per checkpoint instead of ten times.
-WAL_CHECKPOINT_PAGES = 10_000
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    rowid INTEGER PRIMARY KEY,
-    id BLOB NOT NULL UNIQUE,
-    ts INTEGER NOT NULL,
-    author BLOB NOT NULL,
-    kind TEXT NOT NULL,
-    at INTEGER NOT NULL,
-    session TEXT NOT NULL,
-    visibility TEXT NOT NULL,
-    lineage BLOB,
-    target BLOB,
-    state INTEGER NOT NULL DEFAULT 0,
-    raw BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS records_ts ON records(ts, id);
-CREATE INDEX IF NOT EXISTS records_kind ON records(kind, author, ts);
--- only records that are not their lineage's root: a root is found by its id,
--- and indexing every memory's random root id would cost ingest a second
--- random-key index (queries say `id = L OR (lineage = L AND lineage != id)`)
-CREATE INDEX IF NOT EXISTS records_lineage_later ON records(lineage) WHERE lineage != id;
-CREATE INDEX IF NOT EXISTS records_target ON records(target, kind) WHERE target IS NOT NULL;
-CREATE TABLE IF NOT EXISTS topics (
-    topic TEXT NOT NULL,
-    rid INTEGER NOT NULL,
-    PRIMARY KEY (topic, rid)
-) WITHOUT ROWID;
--- supersede edges of stored, unretracted memories: source supersedes target
-CREATE TABLE IF NOT EXISTS supersedes (
-    target BLOB NOT NULL,
-    author BLOB NOT NULL,
-    source BLOB NOT NULL,
-    PRIMARY KEY (target, author, source)
-) WITHOUT ROWID;
--- what retract records named: a memory matching (id or lineage, author) is gone for good
-CREATE TABLE IF NOT EXISTS tombstones (
-    target BLOB NOT NULL,
-    author BLOB NOT NULL,
-    PRIMARY KEY (target, author)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
--- rowids of memories whose searchable state changed, in commit order: what
--- the derived search indexes replay (p2pmem/retrieval/sync.py). purge = 1
--- when the change was a retraction, whose text must leave every index
-CREATE TABLE IF NOT EXISTS index_log (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    rid INTEGER NOT NULL,
-    purge INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS records_session ON records(author, session, ts) WHERE kind = 'memory';
-"""
 
 _COLUMNS = "r.id, r.raw, r.state"
 SQL_IN_PART = 500  # values in one `IN (...)` list (see _in_parts)
@@ -139,6 +88,8 @@ class Store:
         decoder: Callable[[Sequence[bytes]], list[Record | RecordError]] | None = None,
         replica: bool = False,
         on_ingest: Callable[[IngestResult], None] | None = None,
+        read_only: bool | None = None,
+        create: bool = True,
     ) -> None:
         """``decoder`` replaces :meth:`decode_many`'s decode-and-verify (a
         simulation shares one cache of verified bytes among its nodes).
@@ -146,51 +97,35 @@ class Store:
         from peers: ``synchronous=NORMAL`` keeps the database consistent
         through any crash (WAL) but may lose the last commits to a power
         cut, which the next reconciliation fetches again; nothing
-        acknowledged to a local writer goes through such a connection."""
+        acknowledged to a local writer goes through such a connection.
+        ``read_only``: None writes where the disk allows and else reads
+        (p2pmem/storage/opening.py); ``create=False`` refuses a missing file."""
         self.path = Path(path)
         self._decoder = decoder
         self._on_ingest = on_ingest  # told of every ingest's result (a simulator's bookkeeping)
-        try:
-            self._db = sqlite3.connect(
-                self.path, timeout=30.0, isolation_level=None, check_same_thread=check_same_thread
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open store {self.path}: {exc}") from None
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL" if replica else "PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA secure_delete=ON")
-        self._db.execute("PRAGMA foreign_keys=OFF")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+        opened = open_database(self.path, create=create, read_only=read_only, replica=replica,
+                               check_same_thread=check_same_thread)
+        self._db = opened.db
+        self._opened = opened
+        #: True when the disk allows only reading: writes raise ReadOnlyError
+        #: and the search index is kept in memory (docs/operations.md).
+        self.read_only = opened.read_only
         self._lock = threading.Lock()
         self._purged_rids: list[int] = []  # retracted in the transaction just committed
-        with self._transaction():
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            graph_tables.create(self._db)
-            self._migrate()
         self._verify_workers = verify_workers
         in_memory = str(path) == ":memory:"
         if index_root is None and not in_memory:
             index_root = self.path.parent / f"{self.path.stem}.index"
-        self.search = SearchEngine(self, None if in_memory else index_root)
+        if index_root is not None and not self.read_only:
+            try:
+                private_dir(index_root)
+            except OSError as exc:
+                self._db.close()
+                raise explain(exc, index_root) from None
+        self.search = SearchEngine(self, None if in_memory or self.read_only else index_root)
+        self._init_social()
 
-    def _migrate(self) -> None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if row is not None and int(row[0]) > SCHEMA_VERSION:
-            raise StoreError(f"store {self.path} was written by a newer p2pmem (schema {row[0]})")
-        self._db.execute("DROP INDEX IF EXISTS records_lineage")  # schema 2's, on every memory
-        # a random-key index every memory paid for at ingest (the cost that grew
-        # with the store); time-window listings read the search index instead
-        self._db.execute("DROP INDEX IF EXISTS records_at")
-        if row is not None and int(row[0]) < 2:
-            # secure_delete is on: the dropped FTS5 pages are zeroed, and the
-            # derived index is rebuilt from the records on first use
-            self._db.execute("DROP TABLE IF EXISTS memory_fts")
-        self._db.execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
-        )
+    def _init_social(self) -> None:
         # follow/endorse state, read incrementally (see _social)
         self._social_rowid = 0
         self._social_count = 0
@@ -216,6 +151,8 @@ class Store:
             self.db = store._db
 
         def __enter__(self) -> sqlite3.Connection:
+            if self.store.read_only:
+                raise read_only_error(self.store.path)
             self.db.execute("BEGIN IMMEDIATE")
             return self.db
 
@@ -870,7 +807,7 @@ class Store:
         from one snapshot, on a connection of its own so the caller may keep
         using this one. Session by session, so neighbours are adjacent rows."""
         in_memory = str(self.path) == ":memory:"
-        snapshot = self._db if in_memory else sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        snapshot = self._db if in_memory else connect(self._opened.target, uri=self._opened.uri)
         if not in_memory:
             snapshot.execute("BEGIN")
         row = snapshot.execute("SELECT seq FROM sqlite_sequence WHERE name = 'index_log'").fetchone()
@@ -918,6 +855,8 @@ class Store:
     def index_applied(self, consumer: str, seq: int) -> None:
         """A derived index durably applied the log up to ``seq``: drop the
         entries every consumer has applied."""
+        if self.read_only:
+            return  # the in-memory index of a read-only home starts afresh each time
         key = f"index_log.{consumer}"
         with self._lock, self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, seq))
