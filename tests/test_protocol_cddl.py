@@ -173,3 +173,13 @@ def test_echo_wave_messages_match_their_cddl() -> None:
     assert valid("query-echo", late) and cbor2.loads(late)[1] == 1
     assert not valid("query-echo", late.replace(b"\x01", b"\x07", 1))  # no status 7
     assert not valid("query-echo", cbor2.dumps({0: bytes(16), 1: 0, 2: 1}, canonical=True))
+
+
+def test_hits_with_context_match_their_cddl() -> None:
+    record = sign_record(ALICE, "memory", from_ms(1_700_000_000_000), "hello")
+    before = sign_record(ALICE, "memory", from_ms(1_699_999_999_000), "just before")
+    answer = QueryHits(bytes(16), 1, ALICE.public_key, (record.raw,), context=(before.raw,)).signed(ALICE.sign)
+    data = encode_hits(answer)
+    assert valid("query-hits", data) and valid("hits-to-sign-context", answer.to_sign())
+    assert not valid("hits-to-sign", answer.to_sign())
+    assert not valid("query-hits", cbor2.dumps({**cbor2.loads(data), 5: []}, canonical=True))  # [+ bstr]

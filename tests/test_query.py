@@ -922,3 +922,52 @@ def test_junk_from_a_newcomer_evicts_nothing() -> None:
     r.receive_hits(node_id(1), signed_hits(40, qid, 1, (b"\x01" * 500,)), 0.2)
     assert [h.record.id for h in r.results(qid)] == before
     assert r.stats.records_invalid == 1 and r.stats.records_over_budget == 0
+
+
+# --- context records (session neighbours for the asker's ranking) ----------------------
+
+
+def _context_setup():
+    """An asker 0 and a relay-and-responder 1 that answers one memory with
+    two context records, over an echoing link."""
+    who = _IDS[5]
+    answer_rec, before, after = (_memory(who, n) for n in range(3))
+    asker = QueryRouter(node_id(0), random.Random(0), sign=_IDS[0].sign)
+    responder = QueryRouter(node_id(1), random.Random(1), sign=_IDS[1].sign)
+    from p2pmem.protocol.query import Answered
+
+    def answer(_q):
+        return Answered([answer_rec.raw], {answer_rec.raw: [before.raw, after.raw, answer_rec.raw]})
+
+    return asker, responder, answer, (answer_rec, before, after)
+
+
+def test_context_travels_only_on_an_echoing_path_and_is_kept_apart() -> None:
+    for echoing in (True, False):
+        asker, responder, answer, (rec, before, after) = _context_setup()
+        qid = asker.start_query("x", now=0.0, neighbours=[node_id(1)],
+                                echo_peers={node_id(1)} if echoing else set(), ttl=2)
+        ((_, _, query),) = asker.take_outbox()
+        responder.receive_query(node_id(0), query, 0.0, [node_id(0)], answer, {node_id(0)})
+        out = responder.take_outbox()
+        (hits,) = [data for _, kind, data in out if kind == "hits"]
+        assert decode_hits(hits).context == ((before.raw, after.raw) if echoing else ())
+        for _, kind, data in out:
+            (asker.receive_hits if kind == "hits" else asker.receive_echo)(node_id(1), data, 0.1)
+        assert [h.record.id for h in asker.results(qid)] == [rec.id]  # context is never an answer
+        assert {r.id for r in asker.context(qid)} == ({before.id, after.id} if echoing else set())
+        assert asker.is_done(qid, 0.1) is echoing  # an old path waits for the deadline
+
+
+def test_context_is_signed_and_private_context_is_dropped() -> None:
+    asker, _responder, _answer, (rec, before, _after) = _context_setup()
+    qid = asker.start_query("x", now=0.0, neighbours=[node_id(1)], echo_peers={node_id(1)}, ttl=2)
+    secret = sign_record(_IDS[5], "memory", from_ms(1_700_000_000_000), "secret", visibility="private")
+    good = QueryHits(qid, 1, node_id(1), (rec.raw,), context=(secret.raw,)).signed(_IDS[1].sign)
+    forged = QueryHits(qid, 1, node_id(1), (rec.raw,), good.signature, context=(before.raw,))
+    asker.receive_hits(node_id(1), encode_hits(forged), 0.1)  # context swapped: signature fails
+    assert asker.stats.hits_forged == 1 and asker.context(qid) == []
+    asker.receive_hits(node_id(1), encode_hits(good), 0.1)
+    assert asker.context(qid) == [] and asker.stats.records_invalid == 1
+    with pytest.raises(QueryError):  # more than two context records per answer record
+        encode_hits(QueryHits(qid, 1, node_id(1), (rec.raw,), context=(b"a", b"b", b"c")))

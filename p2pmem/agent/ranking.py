@@ -1,19 +1,28 @@
 """One scorer for answers from many nodes.
 
-Each node ranks its own hits with its own BM25 statistics, which are not
+Each node ranks its own hits with its own statistics, which are not
 comparable across nodes. The asker therefore ranks every verified hit again
-in a throw-away in-memory store: one corpus, one BM25, newest first on ties.
+in a throw-away in-memory store: one corpus, one engine, newest first on
+ties. The engine scores a memory with its session neighbours (the window and
+session stages, p2pmem/retrieval/engine.py), which live on the answering
+node; answers carry them as context records (query-hits field 5), and they
+go into the throw-away store beside the hits, so each hit is scored as one
+index over the union of the network would score it. Context records are
+never results themselves. docs/retrieval.md ("Merging answers") has the
+measurement against one store holding everything.
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from p2pmem import limits
 from p2pmem.interfaces.output import memory_json
 from p2pmem.model.identity import agent_id
+from p2pmem.model.record import Record
 from p2pmem.model.trust import TrustModel
 from p2pmem.protocol.query import VerifiedHit
 from p2pmem.retrieval.text import query_terms
@@ -37,21 +46,29 @@ def rank_by_trust(memories: list[Memory], trust: TrustModel) -> list[Memory]:
 
     return sorted(memories, key=key)
 
-def rank_hits(agent: Agent | None, text: str, hits: list[VerifiedHit], *, limit: int) -> list[dict[str, Any]]:
-    """The contract's `ask` result objects, best first."""
+def rank_hits(
+    agent: Agent | None, text: str, hits: list[VerifiedHit], *, limit: int,
+    context: Sequence[Record] = (), now_ms: int | None = None,
+) -> list[dict[str, Any]]:
+    """The contract's `ask` result objects, best first. ``context``: the
+    answers' session neighbours, scored beside them, never returned."""
     best: dict[bytes, VerifiedHit] = {}
     for hit in hits:
         seen = best.get(hit.record.id)
         if seen is None or hit.hops < seen.hops:
             best[hit.record.id] = hit
+    if now_ms is None and agent is not None:
+        now_ms = agent.wall_ms()
     with Store(Path(":memory:"), verify_workers=1) as scratch:
-        scratch.ingest([h.record for h in best.values()])
-        ranked = scratch.recall(text, limit=limits.MAX_QUERY_HITS * 8)
+        scratch.ingest([h.record for h in best.values()] + [r for r in context if r.id not in best])
+        everything = limits.MAX_QUERY_HITS * 8 * 3  # hits and their context
+        ranked = [m for m in scratch.recall(text, limit=everything, now_ms=now_ms) if m.record.id in best]
         if agent is not None and query_terms(text):
             ranked = rank_by_trust(ranked, agent.trust())
         if len(ranked) < limit:  # filters-only queries: whatever matched them, newest first
             seen_ids = {m.record.id for m in ranked}
-            ranked += [m for m in scratch.recall("", limit=limit) if m.record.id not in seen_ids]
+            ranked += [m for m in scratch.recall("", limit=limit + len(context))
+                       if m.record.id not in seen_ids and m.record.id in best]
     out = []
     for memory in ranked[:limit]:
         hit = best[memory.record.id]

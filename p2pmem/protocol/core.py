@@ -50,7 +50,7 @@ from p2pmem.protocol.events import (
 )
 from p2pmem.protocol.noise import HandshakeComplete, MessageReceived, ProtocolError, SecureChannel
 from p2pmem.protocol.ports import IngestReport, KeySource, Rng, StorePort
-from p2pmem.protocol.query import QueryError, QueryRouter, VerifiedHit
+from p2pmem.protocol.query import Answered, QueryError, QueryRouter, VerifiedHit
 from p2pmem.protocol.reconcile import ItemIndex, ReconcileError, Reconciler
 from p2pmem.protocol.wave import ECHO_FEATURE
 
@@ -681,6 +681,10 @@ class NodeCore:
         """Verified, de-duplicated hits of one of our queries so far."""
         return self.router.results(qid)  # verified by the router as they arrived
 
+    def query_context(self, qid: bytes) -> list[Any]:
+        """Verified context records of one of our queries' answers (ranking)."""
+        return self.router.context(qid)
+
     def query_summary(self, qid: bytes) -> dict[str, Any]:
         """How one of our queries went: nodes reached, complete, elapsed."""
         return self.router.summary(qid)
@@ -1136,7 +1140,7 @@ class NodeCore:
             self._send_records(connection, raws, now)
             self._flush(connection)
 
-    def _answer_query(self, query: Any) -> list[bytes]:
+    def _answer_query(self, query: Any) -> Answered:
         """Answer a flooded query from the local store: public and ``ask``
         memories, never private ones."""
         authors = list(query.authors)
@@ -1150,11 +1154,15 @@ class NodeCore:
             limit=min(query.limit, limits.MAX_QUERY_HITS), fresh=False,
         )
         raws = [m.record.raw for m in found]
+        context: dict[bytes, list[bytes]] = {}
+        if query.echo_ms is not None and found:  # an asker that ranks with context (query.py)
+            around = self.store.session_context([m.ranked.rid for m in found if m.ranked is not None])
+            context = {m.record.raw: around.get(m.ranked.rid, []) for m in found if m.ranked is not None}
         if not query.topics and query.since is None and query.until is None:
             # the knowledge graph's best entities too (p2pmem/graph; `graph ask`)
             raws += self.store.graph_answers(query.text, authors=authors, limit=min(query.limit, 10),
                                              max_records=max(0, limits.MAX_QUERY_HITS - len(raws)))
-        return raws
+        return Answered(raws, context)
 
     # -- membership -------------------------------------------------------------
     def _learn_addresses(self, profile: Record) -> None:

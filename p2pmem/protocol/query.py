@@ -121,6 +121,7 @@ __all__ = [
     "DEFAULT_QUERY_TIMEOUT_S",
     "MAX_QUERY_AUTHORS",
     "MAX_RELAYED_RECORDS",
+    "Answered",
     "Hit",
     "Query",
     "QueryError",
@@ -142,7 +143,7 @@ log = logging.getLogger(__name__)
 
 Peer = Hashable
 Kind = Literal["query", "hits", "echo"]
-Answer = Callable[["Query"], Sequence[bytes]]
+Answer = Callable[["Query"], "Sequence[bytes] | Answered"]
 Sign = Callable[[bytes], bytes]
 # Decodes, verifies and filter-checks one record of a hit; None drops it.
 Check = Callable[["Query", bytes], Any]
@@ -153,6 +154,10 @@ QID_SIZE = 16
 KEY_SIZE = 32
 SIG_SIZE = 64
 HITS_DOMAIN = "p2pmem/query-hits/1"
+HITS_CONTEXT_DOMAIN = "p2pmem/query-hits/2"  # an answer with context records (field 5)
+# Context records per answer record: its session neighbours (the previous and
+# the next memory of its session), which the asker's merge scores it with.
+MAX_CONTEXT_PER_HIT = 2
 # Records a relay passes back for one query: enough for every node within reach
 # to fill a few answers, small enough that one query cannot make a relay carry
 # an unbounded volume (amplification).
@@ -180,6 +185,7 @@ _Q_REQUIRED = frozenset(
 _Q_OPTIONAL = frozenset((Q_SINCE, Q_UNTIL, Q_TARGET, Q_ECHO))
 # QueryHits map keys.
 H_QID, H_HOPS, H_RESPONDER, H_RECORDS, H_SIGNATURE = 0, 1, 2, 3, 4
+H_CONTEXT = 5
 _H_KEYS = frozenset((H_QID, H_HOPS, H_RESPONDER, H_RECORDS, H_SIGNATURE))
 
 _MAX_UINT = (1 << 64) - 1
@@ -192,6 +198,15 @@ class QueryError(P2pmemError):
 
 
 # --- messages ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """A node's answer with context: ``context`` maps an answer record to
+    its session neighbours (the asker scores the answer with them)."""
+
+    records: Sequence[bytes]
+    context: dict[bytes, Sequence[bytes]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,18 +246,26 @@ class QueryHits:
     responder: bytes
     records: tuple[bytes, ...]
     signature: bytes = bytes(SIG_SIZE)
+    # Session neighbours of the records, for the asker's ranking only (never
+    # answers themselves); sent only when the query carries an echo budget,
+    # which tells that every node up to the asker reads field 5.
+    context: tuple[bytes, ...] = ()
 
     def to_sign(self) -> bytes:
         """The bytes the responder signs: every field but the signature, the
-        records by their SHA-256, under a domain tag of their own."""
+        records (and context records) by their SHA-256, under a domain tag
+        of their own."""
+        hashes = [hashlib.sha256(raw).digest() for raw in self.records]
+        if not self.context:
+            return cbor2.dumps([HITS_DOMAIN, self.qid, self.hops, self.responder, hashes], canonical=True)
         return cbor2.dumps(
-            [HITS_DOMAIN, self.qid, self.hops, self.responder,
-             [hashlib.sha256(raw).digest() for raw in self.records]],
+            [HITS_CONTEXT_DOMAIN, self.qid, self.hops, self.responder, hashes,
+             [hashlib.sha256(raw).digest() for raw in self.context]],
             canonical=True,
         )
 
     def signed(self, sign: Sign) -> QueryHits:
-        return QueryHits(self.qid, self.hops, self.responder, self.records, sign(self.to_sign()))
+        return QueryHits(self.qid, self.hops, self.responder, self.records, sign(self.to_sign()), self.context)
 
     def verify(self) -> bool:
         """Whether the responder's key signed this answer as it stands."""
@@ -347,7 +370,9 @@ def _check_hits(h: QueryHits) -> None:
     _check_bytes(h.signature, "signature", SIG_SIZE)
     if type(h.records) is not tuple or not 1 <= len(h.records) <= limits.MAX_QUERY_HITS:
         raise _fail(f"hits must carry 1 to {limits.MAX_QUERY_HITS} records")
-    for raw in h.records:
+    if type(h.context) is not tuple or len(h.context) > MAX_CONTEXT_PER_HIT * len(h.records):
+        raise _fail(f"hits carry at most {MAX_CONTEXT_PER_HIT} context records per record")
+    for raw in h.records + h.context:
         if type(raw) is not bytes:
             raise _fail("each record must be a byte string")
         if len(raw) > limits.MAX_RECORD:
@@ -385,11 +410,11 @@ def encode_query(q: Query) -> bytes:
 def encode_hits(h: QueryHits) -> bytes:
     """The one encoding of a hits message; raises :class:`QueryError` if invalid."""
     _check_hits(h)
-    return cbor2.dumps(
-        {H_QID: h.qid, H_HOPS: h.hops, H_RESPONDER: h.responder, H_RECORDS: list(h.records),
-         H_SIGNATURE: h.signature},
-        canonical=True,
-    )
+    obj: dict[int, Any] = {H_QID: h.qid, H_HOPS: h.hops, H_RESPONDER: h.responder, H_RECORDS: list(h.records),
+                           H_SIGNATURE: h.signature}
+    if h.context:
+        obj[H_CONTEXT] = list(h.context)
+    return cbor2.dumps(obj, canonical=True)
 
 
 def _load_map(data: Any, what: str, max_size: int) -> dict[Any, Any]:
@@ -459,36 +484,53 @@ def decode_query(data: bytes) -> Query:
 def decode_hits(data: bytes) -> QueryHits:
     """Decode and check a hits message; raises only :class:`QueryError`."""
     obj = _load_map(data, "hits", MAX_HITS_MESSAGE)
-    if set(obj) != _H_KEYS:
-        raise _fail("hits must have exactly the fields 0, 1, 2, 3, 4")
-    if type(obj[H_RECORDS]) is not list:
-        raise _fail("hits records must be an array")
+    if set(obj) - {H_CONTEXT} != _H_KEYS:
+        raise _fail("hits must have exactly the fields 0, 1, 2, 3, 4 and perhaps 5")
+    if type(obj[H_RECORDS]) is not list or type(obj.get(H_CONTEXT, [])) is not list:
+        raise _fail("hits records and context must be arrays")
     h = QueryHits(
         qid=obj[H_QID],
         hops=obj[H_HOPS],
         responder=obj[H_RESPONDER],
         records=tuple(obj[H_RECORDS]),
         signature=obj[H_SIGNATURE],
+        context=tuple(obj.get(H_CONTEXT, ())),
     )
     _check_hits(h)
     _require_canonical(data, encode_hits(h), "hits")
     return h
 
 
-def _pack_hits(qid: bytes, hops: int, responder: bytes, records: Sequence[bytes], sign: Sign) -> list[bytes]:
-    """Split an answer into signed hits messages that each fit one wire message."""
+def _pack_hits(
+    qid: bytes, hops: int, responder: bytes, records: Sequence[tuple[bytes, Sequence[bytes]]], sign: Sign,
+) -> list[bytes]:
+    """Split an answer, each record with its context records, into signed
+    hits messages that each fit one wire message. A context record goes once
+    per message and never when it is an answer itself; context that does not
+    fit beside its record is left out, never the record."""
+    answers = {raw for raw, _ in records}
     out: list[bytes] = []
     chunk: list[bytes] = []
+    context: dict[bytes, None] = {}
     size = _HITS_OVERHEAD
-    for raw in records:
+
+    def emit() -> None:
+        out.append(encode_hits(QueryHits(qid, hops, responder, tuple(chunk), context=tuple(context)).signed(sign)))
+
+    for raw, around in records:
         cost = len(raw) + _RECORD_HEAD
         if chunk and (size + cost > MAX_HITS_MESSAGE or len(chunk) >= limits.MAX_QUERY_HITS):
-            out.append(encode_hits(QueryHits(qid, hops, responder, tuple(chunk)).signed(sign)))
-            chunk, size = [], _HITS_OVERHEAD
+            emit()
+            chunk, context, size = [], {}, _HITS_OVERHEAD
         chunk.append(raw)
         size += cost
+        for extra in list(around)[:MAX_CONTEXT_PER_HIT]:
+            if extra in answers or extra in context or size + len(extra) + _RECORD_HEAD > MAX_HITS_MESSAGE:
+                continue
+            context[extra] = None
+            size += len(extra) + _RECORD_HEAD
     if chunk:
-        out.append(encode_hits(QueryHits(qid, hops, responder, tuple(chunk)).signed(sign)))
+        emit()
     return out
 
 
@@ -527,6 +569,7 @@ class _Seen:
     expiry: float
     seq: int
     relayed: int = 0
+    relayed_context: int = 0
     wave: Wave | None = None  # the parent waits for our echo (wave.py)
     sent: int = 0  # hits messages sent to from_peer, for the echo's count
 
@@ -538,6 +581,9 @@ class _Own:
     wave: Wave
     started: float
     finished_at: float | None = None
+    # verified context records of the answers (record hash -> record), for ranking
+    context: dict[bytes, Any] = field(default_factory=dict)
+    context_bytes: int = 0
     hits: dict[bytes, VerifiedHit] = field(default_factory=dict)  # record hash -> best hit
     held_bytes: int = 0  # encoded size of the records in hits
     # The records each responder added (hashes, in order) and their bytes: the
@@ -571,6 +617,7 @@ class QueryRouter:
         sign: Sign | None = None,
         check: Check | None = None,
         result_bytes: int = limits.MAX_QUERY_RESULT_BYTES,
+        check_context: Check | None = None,
     ) -> None:
         """``sign`` signs this node's answers with the key of ``local_id``;
         a router without it relays and asks but never answers. ``check``
@@ -583,6 +630,7 @@ class QueryRouter:
         self.local_id = local_id
         self._sign = sign
         self._check: Check = check or check_hit
+        self._check_context: Check = check_context or check_context_record
         self._result_bytes = result_bytes
         self._rng = rng
         self._seen_capacity = seen_capacity
@@ -665,6 +713,14 @@ class QueryRouter:
         if own is None:
             raise _fail("unknown or finished query")
         return list(own.hits.values())
+
+    def context(self, qid: bytes) -> list[Any]:
+        """The verified context records of an own query's answers (session
+        neighbours of the hits), for ranking them; never answers themselves."""
+        own = self._own.get(qid)
+        if own is None:
+            raise _fail("unknown or finished query")
+        return list(own.context.values())
 
     def query(self, qid: bytes) -> Query:
         """The own query with this id (for :func:`verify_hits`)."""
@@ -786,6 +842,7 @@ class QueryRouter:
                 self._drop("hits_forged", f"hits via {peer!r:.40}: the responder's signature fails")
             else:
                 self._collect(own, hits)
+                self._collect_context(own, hits)
                 self.stats.hits_delivered += 1
             own.wave.on_hits(peer)
             self._settle_own(hits.qid, own, now)
@@ -799,10 +856,12 @@ class QueryRouter:
             return
         if seen.wave is not None:
             seen.wave.on_hits(peer)
-        if seen.relayed + len(hits.records) > MAX_RELAYED_RECORDS:
+        if (seen.relayed + len(hits.records) > MAX_RELAYED_RECORDS
+                or seen.relayed_context + len(hits.context) > MAX_CONTEXT_PER_HIT * MAX_RELAYED_RECORDS):
             self._drop("hits_dropped", "relay budget of the query exhausted")
         else:
             seen.relayed += len(hits.records)
+            seen.relayed_context += len(hits.context)
             self._outbox.append((seen.from_peer, "hits", data))
             seen.sent += 1
             self.stats.hits_relayed += 1
@@ -1010,15 +1069,21 @@ class QueryRouter:
             return True
         return False
 
-    def _answer_records(self, query: Query, answer: Answer) -> list[bytes]:
-        """The node's answer, cut to what the query and the wire allow."""
+    def _answer_records(self, query: Query, answer: Answer) -> list[tuple[bytes, Sequence[bytes]]]:
+        """The node's answer, cut to what the query and the wire allow; each
+        record with its context, which only an echoing path carries."""
         cap = min(query.limit, limits.MAX_QUERY_HITS)
-        out: list[bytes] = []
-        for raw in answer(query):
+        given = answer(query)
+        records, context = (given.records, given.context) if isinstance(given, Answered) else (given, {})
+        if query.echo_ms is None:
+            context = {}
+        out: list[tuple[bytes, Sequence[bytes]]] = []
+        for raw in records:
             if len(out) >= cap:
                 break
             if type(raw) is bytes and 0 < len(raw) <= limits.MAX_RECORD:
-                out.append(raw)
+                around = [c for c in context.get(raw, ()) if type(c) is bytes and 0 < len(c) <= limits.MAX_RECORD]
+                out.append((raw, around))
         return out
 
     def _collect(self, own: _Own, hits: QueryHits) -> None:
@@ -1061,6 +1126,25 @@ class QueryRouter:
             own.added_bytes[hits.responder] = own.added_bytes.get(hits.responder, 0) + len(raw)
             own.held_bytes += len(raw)
             own.hits[key] = VerifiedHit(record, hits.hops, hits.responder)
+
+    def _collect_context(self, own: _Own, hits: QueryHits) -> None:
+        """Keep the verified context records of an answer, within their own
+        budget: half the query's byte budget, MAX_CONTEXT_PER_HIT per held
+        record at most."""
+        for raw in hits.context:
+            key = hashlib.sha256(raw).digest()
+            if key in own.context or key in own.hits:
+                continue
+            if (len(own.context) >= MAX_CONTEXT_PER_HIT * MAX_COLLECTED_RECORDS
+                    or own.context_bytes + len(raw) > self._result_bytes // 2):
+                self._drop("records_over_budget", "a context record over the query's budget")
+                continue
+            record = self._check_context(own.query, raw)
+            if record is None:
+                self._drop("records_invalid", "a context record failed to verify")
+                continue
+            own.context[key] = record
+            own.context_bytes += len(raw)
 
     def _room(self, own: _Own, responder: bytes, size: int) -> list[tuple[bytes, bytes]] | None:
         """The records to evict so that a record of ``size`` bytes from
@@ -1143,6 +1227,16 @@ def check_hit(query: Query, raw: bytes) -> Record | None:
     except RecordError:
         return None
     return record if hit_matches(query, record) else None
+
+
+def check_context_record(_query: Query, raw: bytes) -> Record | None:
+    """A context record if it decodes, verifies and is a visible memory (it
+    need not match the query: it only helps rank the answers beside it)."""
+    try:
+        record = decode_record(raw)
+    except RecordError:
+        return None
+    return record if record.kind == "memory" and record.visibility != "private" else None
 
 
 def verify_hits(query: Query, hits: Iterable[Hit]) -> list[VerifiedHit]:

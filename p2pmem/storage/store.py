@@ -673,6 +673,18 @@ class Store:
             for record, r in records
         ]
 
+    def session_context(self, rids: Sequence[int]) -> dict[int, list[bytes]]:
+        """For each of these memory rowids, the raw records of its session
+        neighbours (the previous and next current memory of its author's
+        session) that are not private: what an asker needs to rank the memory
+        as one index over the union of the network would (the window and
+        session stages of the engine)."""
+        docs = self.index_docs(list(rids))
+        wanted = sorted({n.rid for d in docs for n in (d.prev, d.next) if n.rid >= 0})
+        raws = {rid: raw for rid, raw in self._head_rows(wanted).items()
+                if decode_record(raw, verify=False).visibility != "private"}
+        return {d.rid: [raws[n.rid] for n in (d.prev, d.next) if n.rid in raws] for d in docs}
+
     def _head_rows(self, rids: Sequence[int]) -> dict[int, bytes]:
         """Raw bytes of those rowids that are still current memories: the
         index may lag the store by a commit, never the other way round."""
