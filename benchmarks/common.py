@@ -7,9 +7,16 @@ the same run, so the numbers mean something on any machine.
 from __future__ import annotations
 
 import bisect
+import json
+import os
 import random
+import selectors
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from p2pmem.model.clock import from_ms
 from p2pmem.model.identity import Identity
@@ -90,3 +97,65 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+# -- p2pmem serve processes ----------------------------------------------------
+READY_S = 60.0
+
+
+class Serve:
+    """One ``p2pmem serve --json`` process (``args`` added: ``--replicate
+    all`` by default); stderr to a log file beside the home."""
+
+    def __init__(self, home: Path, *args: str, replicate: str = "all") -> None:
+        self.home = home
+        self.log = home.with_name(home.name + ".serve.log")
+        self.launched = time.monotonic()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "p2pmem", "--home", str(home), "serve", "--json",
+                 "--replicate", replicate, *args],
+                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=serve_env(),
+            )
+        self.address = self._ready()
+        self.ready = time.monotonic()
+
+    def _ready(self) -> str:
+        assert self.proc.stdout is not None
+        fd, buf = self.proc.stdout.fileno(), b""
+        deadline = time.monotonic() + READY_S
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while b"\n" not in buf:
+                left = deadline - time.monotonic()
+                chunk = os.read(fd, 4096) if left > 0 and sel.select(left) else b""
+                if not chunk:  # end of file (exited) or out of time
+                    self.stop()
+                    raise SystemExit(f"benchmark: serve of {self.home.name} not ready\n{self.tail()}")
+                buf += chunk
+        return json.loads(buf.split(b"\n", 1)[0])["address"]
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a stopped node cannot act on SIGTERM
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def serve_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("P2PMEM_HOME", None)
+    env.pop("P2PMEM_SESSION", None)
+    return env

@@ -40,12 +40,9 @@ on a small or shared machine they are noisy, so compare ratios, and rerun.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import re
-import selectors
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -59,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import cbor2  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: E402
 
-from benchmarks.common import Timer, corpus, rate  # noqa: E402
+from benchmarks.common import Serve, Timer, corpus, rate  # noqa: E402
 from p2pmem.agent.home import init_home  # noqa: E402
 from p2pmem.node.control import request  # noqa: E402
 from p2pmem.storage.store import DB_FILE, Store  # noqa: E402
@@ -68,7 +65,6 @@ DEFAULT_COUNT = int(os.environ.get("P2PMEM_BENCH_COUNT", "10000"))
 PEERBENCH = Path(os.environ.get("P2PMEM_PEERBENCH", "/work/shared/peerbench/run.sh"))
 VERIFY_ROUNDS = 3
 POLL_S = 0.05
-READY_S = 60.0
 SSB_TIMEOUT_S = 3600.0
 GROWTH_TOTAL, GROWTH_SLICE, GROWTH_BATCH = 200_000, 40_000, 500
 
@@ -132,64 +128,6 @@ def all_cores_verify_rate(jobs: list[tuple[bytes, bytes, bytes]], cores: int) ->
                 proc.join()
     rates = [rate(len(jobs), max(e for _, e in s) - min(b for b, _ in s)) for s in spans.values()]
     return statistics.median(rates)
-
-
-# -- p2pmem serve processes ----------------------------------------------------
-class Serve:
-    """One ``p2pmem serve --json --replicate all`` process; stderr to a log file."""
-
-    def __init__(self, home: Path, *args: str) -> None:
-        self.home = home
-        self.log = home.with_name(home.name + ".serve.log")
-        self.launched = time.monotonic()
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "p2pmem", "--home", str(home), "serve", "--json",
-                 "--replicate", "all", *args],
-                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=_env(),
-            )
-        self.address = self._ready()
-        self.ready = time.monotonic()
-
-    def _ready(self) -> str:
-        assert self.proc.stdout is not None
-        fd, buf = self.proc.stdout.fileno(), b""
-        deadline = time.monotonic() + READY_S
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while b"\n" not in buf:
-                left = deadline - time.monotonic()
-                chunk = os.read(fd, 4096) if left > 0 and sel.select(left) else b""
-                if not chunk:  # end of file (exited) or out of time
-                    self.stop()
-                    raise SystemExit(f"replication benchmark: serve of {self.home.name} not "
-                                     f"ready\n{self.tail()}")
-                buf += chunk
-        return json.loads(buf.split(b"\n", 1)[0])["address"]
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("P2PMEM_HOME", None)
-    env.pop("P2PMEM_SESSION", None)
-    return env
 
 
 def replicate(root: Path, records: list) -> tuple[float, float, dict]:
