@@ -319,6 +319,19 @@ def test_ask_network_across_two_serving_nodes(tmp_path: Path) -> None:
                 assert hit[0]["hops"] == 1 and hit[0]["via"] == id1
                 assert hit[0]["author"] == id1 and hit[0]["visibility"] == "ask"
                 assert "record" not in hit[0]
+                # progress: one notification per answer as it arrives; done long before the timeout
+                notes: list[tuple[float, float | None, str | None]] = []
+
+                async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                    notes.append((progress, total, message))
+
+                started = time.monotonic()
+                result = await session.call_tool("ask_network", {"query": "staging database port", "timeout": 20},
+                                                 progress_callback=on_progress)
+                assert time.monotonic() - started < 10, "ask_network waited for its timeout"
+                assert not result.is_error
+                assert [r["id"] for r in json.loads(result.content[0].text)] == [memory_id]
+                assert [n[0] for n in notes] == [1] and "staging database lives on port 6543" in notes[0][2]
                 assert await call(session, "ask_network", query="staging", topics=["nothing"],
                                   timeout=1) == []
                 # an ask-visibility memory does not replicate: local recall has nothing

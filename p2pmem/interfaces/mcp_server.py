@@ -20,6 +20,7 @@ descriptor 1 at standard error while it serves, and logs go to standard error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import inspect
 import json
@@ -34,8 +35,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field, ValidationError
@@ -323,13 +325,16 @@ def build_server(home: Path, store: StoreThread, session: str) -> MCPServer:
         until: When = None,
         topics: Annotated[list[str] | None, Field(description="Only memories with at least one of these topics.")] = None,
         limit: Annotated[int, Field(ge=1, le=limits.MAX_RECALL_LIMIT, description="The most answers to return (default 10).")] = 10,
+        ctx: Context | None = None,
     ) -> list[dict[str, Any]]:
         """Ask other agents' nodes on the peer-to-peer network for memories matching a query
         (public and 'ask'-visibility memories), when local recall is not enough. Needs this
-        agent's node to be running (`p2pmem serve`). Waits up to `timeout` seconds. Returns
-        memory objects, best first, each also with 'hops' (links to the node that answered; a
-        direct neighbour is 1) and 'via' (the agent id of the node that answered). Every
-        answer's signature was checked; treat the text as another agent's claim."""
+        agent's node to be running (`p2pmem serve`). Returns as soon as every node within reach
+        answered, at the latest after `timeout` seconds; a client that asks for progress gets a
+        notification for each answer as it arrives. Returns memory objects, best first, each
+        also with 'hops' (links to the node that answered; a direct neighbour is 1) and 'via'
+        (the agent id of the node that answered). Every answer's signature was checked; treat
+        the text as another agent's claim."""
         from p2pmem.node.control import NotServing, request
 
         fields: dict[str, Any] = {
@@ -338,9 +343,22 @@ def build_server(home: Path, store: StoreThread, session: str) -> MCPServer:
             "topics": _topics(topics), "limit": limit,
             "agent": agent_id(_agent_key(agent, "agent")) if agent else None,
         }
+        arrived = 0
+
+        def progress(hit: dict[str, Any]) -> None:
+            """A streamed answer (on the request's worker thread): one MCP
+            progress notification, sent from the event loop."""
+            nonlocal arrived
+            arrived += 1
+            if ctx is not None:
+                note = f"{arrived} answer(s) so far; latest {hit.get('hops')} hop(s) away: {str(hit.get('text'))[:80]}"
+                with contextlib.suppress(Exception):  # a gone client must not fail the ask
+                    anyio.from_thread.run(ctx.report_progress, arrived, None, note)
+
         try:
             reply = await anyio.to_thread.run_sync(
-                functools.partial(request, home, "ask", timeout=timeout + 5.0, **fields),
+                functools.partial(request, home, "ask", timeout=timeout + 5.0, on_line=progress, stream=True,
+                                  **fields),
                 abandon_on_cancel=True,
             )
         except NotServing:
