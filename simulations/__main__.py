@@ -94,6 +94,10 @@ def parser() -> argparse.ArgumentParser:
                      help="probability that a message is lost, which resets its connection")
     net.add_argument("--connect-fail", type=_probability, default=d.connect_fail,
                      help="probability that a dial fails")
+    net.add_argument("--link-mbit", type=_positive_float, default=d.link_mbit,
+                     help="what one direction of a connection carries, Mbit/s (default 100)")
+    net.add_argument("--window-kib", type=_positive_float, default=d.window_kib,
+                     help="receive window: KiB on the wire or unread before a sender waits (default 256)")
     lim = p.add_argument_group("limits")
     lim.add_argument("--max-time", type=_positive_float, default=d.max_time,
                      help="virtual seconds each phase may take before the run fails (default 600)")

@@ -46,6 +46,8 @@ class Options:
     spike: float = 0.0
     loss: float = 0.0
     connect_fail: float = 0.0
+    link_mbit: float = 100.0  # what one direction of a connection carries
+    window_kib: float = 256.0  # bytes on the wire or unread before a sender waits
     max_time: float = 600.0
     max_events: int = 50_000_000
     # dissemination
@@ -70,6 +72,7 @@ class Options:
         return LinkModel(
             latency_ms=self.latency_ms, latency_sigma=self.latency_sigma, jitter_sigma=self.jitter,
             spike=self.spike, reset=self.loss, connect_fail=self.connect_fail,
+            rate_bytes_s=self.link_mbit * 125_000, window_bytes=max(1, round(self.window_kib * 1024)),
         )
 
     def rerun(self, scenario: str) -> str:
@@ -89,7 +92,8 @@ class Options:
         return (
             f"nodes={self.nodes} seed={self.seed} topology={self.topology} degree={self.degree} "
             f"latency={self.latency_ms:g}ms (lognormal sigma {self.latency_sigma:g}, jitter {self.jitter:g}) "
-            f"spike={self.spike:g} loss={self.loss:g} connect-fail={self.connect_fail:g}"
+            f"spike={self.spike:g} loss={self.loss:g} connect-fail={self.connect_fail:g} "
+            f"link={self.link_mbit:g}Mbit/s window={self.window_kib:g}KiB"
         )
 
 

@@ -1025,11 +1025,12 @@ class SimNetwork:
 
     def _on_deliver(self, conn: SimLink, dest: int, seq: int, item: object) -> None:
         """Bytes reach ``dest``'s end: in order into its inbox, then read."""
-        if not conn.open[dest]:
-            return
         node = conn.nodes[dest]
         core = conn.cores[dest]
-        if node.core is not core or core is None:
+        if not conn.open[dest] or node.core is not core or core is None:
+            if isinstance(item, bytes):  # a closed socket takes no more: the sender is not held up
+                conn.unread[dest] -= len(item)
+                self._credit(conn, 1 - dest)
             return
         if item is _RST:
             conn.open[dest] = False
@@ -1107,9 +1108,13 @@ class SimNetwork:
             self._wire.update(b"%d %d %d:" % (cid, side, len(piece)) + piece)
             core.data_received(cid, piece, self.wall, wall_ms=self.wall_ms)
             self._apply(node)
-            if not conn.tx_busy[1 - side] and conn.outq[1 - side]:
-                self._transmit(conn, 1 - side)  # room in the window again
+            self._credit(conn, 1 - side)
         self._forget_conn(conn)
+
+    def _credit(self, conn: SimLink, sender: int) -> None:
+        """Room in the window again: the sender's next write may leave."""
+        if not conn.tx_busy[sender] and conn.outq[sender]:
+            self._transmit(conn, sender)
 
     # -- the ingest pipeline: verify, group commit, ingest_done (p2pmem/sim/disk.py) -----
     def _ingest(self, node: SimNode, job: IngestJob) -> None:
