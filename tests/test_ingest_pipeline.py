@@ -175,3 +175,36 @@ def test_single_records_are_checked_in_the_writer_alike(tmp_path):
     assert [len(o.added) for o in outcomes] == [1, 1, 1, 0, 1, 1]
     with Store(path) as store:
         assert store.known_ids([r.id for r in records]) == {r.id for i, r in enumerate(records) if i != 3}
+
+
+def test_the_commit_step_both_pipelines_share(tmp_path: Path) -> None:
+    """protocol/commit.py, as the node's writer and the simulator run it on a
+    real store: good jobs store their records in one group; a forged record
+    fails its own job only; a disk that raises stores nothing, says why, and
+    keeps the forged job's error."""
+    from p2pmem.protocol.commit import commit_group
+    from p2pmem.storage.verify import decode_or_error
+
+    store = Store(tmp_path / DB_FILE)
+    good, other = _records(3, 7), _records(2, 8)
+    forged = bytearray(other[0].raw)
+    forged[-1] ^= 1
+    jobs = [_job(1, [r.raw for r in good]), _job(2, [bytes(forged), other[1].raw])]
+    group = [(job, [decode_or_error(raw) for raw in job.raws]) for job in jobs]
+
+    class FullDisk:
+        def ingest_groups(self, groups):
+            raise sqlite3.OperationalError("database or disk is full")
+
+    outcomes, error = commit_group(FullDisk(), group)
+    assert isinstance(error, sqlite3.OperationalError)
+    assert outcomes[0].added == [] and outcomes[0].error is None  # reconciliation brings them again
+    assert outcomes[1].error is not None
+    assert store.count() == 0
+
+    outcomes, error = commit_group(store, group)
+    assert error is None
+    assert [r.id for r in outcomes[0].added] == [r.id for r in good]
+    assert outcomes[1].error is not None and outcomes[1].added == []
+    assert {i for _, i in store.items()} == {r.id for r in good}
+    store.close()

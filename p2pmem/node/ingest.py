@@ -200,7 +200,10 @@ class IngestPipeline:
              else records_from(job.raws, verdicts))
             for job, verdicts in group
         ]
-        return commit_group(self._store, group_decoded)
+        outcomes, error = commit_group(self._store, group_decoded)
+        if error is not None:  # the disk failed (full, locked...): keep serving
+            log.warning("could not store received records: %s", error)
+        return outcomes
 
 
 def _wake(token: trio.lowlevel.TrioToken, event: trio.Event) -> None:

@@ -10,7 +10,6 @@ Sans-IO like the rest of ``protocol/``: the store comes in as a
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -19,8 +18,6 @@ from p2pmem.model.record import Record
 from p2pmem.protocol.core import IngestOutcome, record_stored, screen_ingest
 from p2pmem.protocol.events import IngestJob
 from p2pmem.protocol.ports import IngestReport
-
-log = logging.getLogger("p2pmem.protocol.commit")
 
 #: One job and its records as verification left them (a record, or why not).
 Verified = tuple[IngestJob, Sequence[Record | P2pmemError]]
@@ -32,19 +29,19 @@ class GroupStore(Protocol):
     def ingest_groups(self, groups: Sequence[Sequence[Record]]) -> Sequence[IngestReport]: ...
 
 
-def commit_group(store: GroupStore, group: Sequence[Verified]) -> list[IngestOutcome]:
-    """Store a group of verified jobs at once (group commit), an outcome per
-    job in order. A write that fails (disk full, a file locked by hand, the
-    simulator's failed commit) finishes its jobs with nothing added:
-    reconciliation brings their records again. A job with a forged record
-    keeps its error whatever the disk did (the sender misbehaved)."""
+def commit_group(store: GroupStore, group: Sequence[Verified]) -> tuple[list[IngestOutcome], Exception | None]:
+    """Store a group of verified jobs at once (group commit): an outcome per
+    job in order, and what the disk raised, if it did. A write that fails
+    (disk full, a file locked by hand, the simulator's failed commit)
+    finishes its jobs with nothing added: reconciliation brings their records
+    again; the shell says so. A job with a forged record keeps its error
+    whatever the disk did (the sender misbehaved)."""
     screened = [screen_ingest(job, decoded) for job, decoded in group]
     stored = [(accepted, outcome) for accepted, outcome in screened if outcome.error is None]
     try:
         results = store.ingest_groups([accepted for accepted, _ in stored])
     except Exception as exc:  # noqa: BLE001 - whatever the disk raised, the node keeps serving
-        log.warning("could not store received records: %s", exc)
-        return [outcome if outcome.error is not None else IngestOutcome() for _, outcome in screened]
+        return [outcome if outcome.error is not None else IngestOutcome() for _, outcome in screened], exc
     for (_accepted, outcome), result in zip(stored, results, strict=True):
         record_stored(outcome, result)
-    return [outcome for _, outcome in screened]
+    return [outcome for _, outcome in screened], None

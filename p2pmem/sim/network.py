@@ -1151,7 +1151,7 @@ class SimNetwork:
         self.counts["commits"] += 1
         self.counts["failed_commits"] += failed
         store = FailingDisk() if failed else node.store
-        outcomes = commit_group(store, [(job, node.store.decode_many(job.raws)) for job in group])
+        outcomes, _error = commit_group(store, [(job, node.store.decode_many(job.raws)) for job in group])
         if disk.crash_commits > 0:
             disk.crash_commits -= 1
             self.counts["crashes_before_ack"] += 1
