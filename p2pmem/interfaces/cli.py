@@ -902,6 +902,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _register_maintenance() -> None:
+    """``p2pmem doctor``, ``backup`` and ``restore`` (p2pmem/interfaces/maintenance_cli.py)."""
+    from p2pmem.interfaces import maintenance_cli as m
+
+    _EXTRA_PARSERS.append(lambda sub: m.add_parsers(sub, _common))
+    COMMANDS["doctor"] = lambda args: m.cmd_doctor(args, _home(args))
+    COMMANDS["backup"] = lambda args: m.cmd_backup(args, _home(args))
+    COMMANDS["restore"] = lambda args: m.cmd_restore(args, _home(args))
+
+
+_register_maintenance()
+
+
 def _register_graph() -> None:
     """``p2pmem graph`` (p2pmem/graph/cli.py)."""
     from p2pmem.graph.cli import add_parser, cmd_graph
