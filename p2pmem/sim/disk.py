@@ -67,19 +67,16 @@ class DiskFaults:
 class Pipeline:
     """One incarnation's jobs between ``Ingest`` and ``ingest_done``."""
 
-    __slots__ = ("verified", "verify_free_us", "writing", "jobs", "commits")
+    __slots__ = ("verified", "verify_free_us", "writing")
 
     def __init__(self) -> None:
         self.verified: deque[tuple[IngestJob, int]] = deque()  # (job, µs its verification ends), in order
         self.verify_free_us = 0  # when the verifiers finish what they were given
         self.writing = False  # the writer is committing, or waiting for the next job's verification
-        self.jobs = 0  # submitted, not yet done
-        self.commits = 0
 
     def submit(self, job: IngestJob, now_us: int, disk: DiskModel) -> None:
         self.verify_free_us = max(now_us, self.verify_free_us) + disk.verify_us(job)
         self.verified.append((job, self.verify_free_us))
-        self.jobs += 1
 
     def next_ready_us(self, now_us: int) -> int | None:
         """When the writer can start its next group (None: nothing to do)."""

@@ -1162,7 +1162,6 @@ class SimNetwork:
             return
         core = node.core
         for job, outcome in zip(group, outcomes, strict=True):
-            pipeline.jobs -= 1
             self.counts["ingest_done"] += 1
             core.ingest_done(job, outcome, self.wall, wall_ms=self.wall_ms)
         self._apply(node)
