@@ -31,19 +31,18 @@ from hypothesis import strategies as st
 from p2pmem.model.clock import from_ms
 from p2pmem.model.identity import Identity
 from p2pmem.model.record import Record, sign_record
+from p2pmem.sim.disk import DiskModel
+from p2pmem.sim.links import LinkModel
 from p2pmem.sim.network import (
     BASE_MS,
     EPOCH_S,
-    FAULT_KINDS,
     Arrival,
-    DiskModel,
-    Fault,
-    LinkModel,
     SimNetwork,
     SimNode,
     SimulationError,
     sim_timing,
 )
+from p2pmem.sim.schedule import FAULT_KINDS, Fault
 from p2pmem.sim.topology import TOPOLOGY_KINDS, Topology, bfs_distances, make_topology
 
 __all__ = [

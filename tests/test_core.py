@@ -998,7 +998,7 @@ def test_the_shells_use_only_the_cores_public_surface():
 
     from tests.conftest import PROJECT_ROOT
 
-    for rel in ("p2pmem/node/shell.py", "p2pmem/sim/network.py"):
+    for rel in ("p2pmem/node/shell.py", "p2pmem/sim/network.py", "p2pmem/sim/streams.py", "p2pmem/sim/disk.py"):
         text = (PROJECT_ROOT / rel).read_text()
         assert not re.findall(r"core\._\w+|\.connections\b|\.by_agent\b|core\.stats\b", text), rel
 

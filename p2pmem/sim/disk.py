@@ -19,15 +19,22 @@ are stored, the core never hears of it, the node restarts from its store).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from p2pmem import limits
 from p2pmem.model.record import Record
+from p2pmem.protocol.commit import commit_group
 from p2pmem.protocol.events import IngestJob
 from p2pmem.protocol.ports import IngestReport
+from p2pmem.sim.schedule import COMMIT, WRITE, Fault
+
+if TYPE_CHECKING:
+    from p2pmem.sim.network import SimNetwork, SimNode
 
 
 @dataclass(frozen=True)
@@ -100,3 +107,79 @@ class FailingDisk:
 
     def ingest_groups(self, groups: Sequence[Sequence[Record]]) -> Sequence[IngestReport]:
         raise OSError("simulated disk failure: the commit did not happen")
+
+
+class DiskShell:
+    """Each node's pipeline on the event loop: ``Ingest`` -> verified ->
+    committed -> ``ingest_done``, and the disk's faults. Mixed into
+    :class:`p2pmem.sim.network.SimNetwork` (its ``_push``, ``_apply``,
+    ``crash``, ``call_at`` and counters)."""
+
+    def _ingest(self: SimNetwork, node: SimNode, job: IngestJob) -> None:
+        self.counts["ingest"] += 1
+        node.pipeline.submit(job, self.now_us, self.disk)
+        if not node.pipeline.writing:
+            self._wake_writer(node)
+
+
+    def _wake_writer(self: SimNetwork, node: SimNode) -> None:
+        pipeline = node.pipeline
+        at = pipeline.next_ready_us(self.now_us)
+        pipeline.writing = at is not None
+        if at is not None:
+            self._push(at, WRITE, (node, pipeline))
+
+
+    def _on_write(self: SimNetwork, node: SimNode, pipeline: Pipeline) -> None:
+        """The writer takes what verified meanwhile and commits it."""
+        if node.pipeline is not pipeline:
+            return  # the node crashed: its jobs died with the process
+        group = pipeline.take_group(self.now_us)
+        size = sum(job.size for job in group)
+        self._push(self.now_us + self.disk.write_us(size, node.disk.slowness(self.now_us)), COMMIT,
+                   (node, pipeline, group))
+
+
+    def _on_commit(self: SimNetwork, node: SimNode, pipeline: Pipeline, group: list[IngestJob]) -> None:
+        """The commit ends: the store's real ingest (or the fault plan's
+        failure), then the core's ``ingest_done`` for each job in order (or
+        the fault plan's crash before it)."""
+        if node.pipeline is not pipeline or node.core is None:
+            return
+        disk = node.disk
+        failed = disk.fail_commits > 0
+        disk.fail_commits -= failed
+        self.counts["commits"] += 1
+        self.counts["failed_commits"] += failed
+        store = FailingDisk() if failed else node.store
+        outcomes, _error = commit_group(store, [(job, node.store.decode_many(job.raws)) for job in group])
+        if disk.crash_commits > 0:
+            disk.crash_commits -= 1
+            self.counts["crashes_before_ack"] += 1
+            self.crash(node.index)
+            if disk.restart_after_s > 0:
+                self.call_at(self.now + disk.restart_after_s,
+                             functools.partial(self.apply_fault, Fault(0.0, "restart", node.index)))
+            return
+        core = node.core
+        for job, outcome in zip(group, outcomes, strict=True):
+            self.counts["ingest_done"] += 1
+            core.ingest_done(job, outcome, self.wall, wall_ms=self.wall_ms)
+        self._apply(node)
+        self._wake_writer(node)
+
+
+    def _disk_fault(self: SimNetwork, fault: Fault) -> None:
+        if fault.node is None or not 0 <= fault.node < len(self.nodes):
+            raise ValueError(f"{fault.kind} needs a node of the network")
+        disk = self.nodes[fault.node].disk
+        if fault.kind == "commit-fail":
+            disk.fail_commits += 1
+        elif fault.kind == "crash-before-ack":
+            disk.crash_commits += 1
+            disk.restart_after_s = fault.duration
+        else:
+            if fault.factor < 1 or fault.duration <= 0:
+                raise ValueError("a slow disk needs factor >= 1 and a positive duration")
+            disk.slow_factor = fault.factor
+            disk.slow_until_us = self.now_us + round(fault.duration * 1e6)

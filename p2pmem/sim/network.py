@@ -23,10 +23,12 @@ core's internals.
 
 The network runs the paths a production node runs: the one action executor
 (p2pmem/protocol/actions.py), send buffers that report written bytes with
-``sent`` (p2pmem/sim/links.py), a reader that stops on backpressure and
-calls ``resume`` between turns, and an ingest pipeline that verifies and
+``sent`` over the link model of p2pmem/sim/links.py, a reader that stops
+on backpressure and calls ``resume`` between turns (both in
+p2pmem/sim/streams.py), and an ingest pipeline that verifies and
 group-commits ``Ingest`` jobs on the node's real store before
-``ingest_done`` (p2pmem/sim/disk.py), with the disk's faults.
+``ingest_done`` (p2pmem/sim/disk.py), with the disk's faults. Event kinds
+and the fault plan's :class:`Fault` are in p2pmem/sim/schedule.py.
 
 The network model (docs/simulations.md):
 
@@ -74,7 +76,6 @@ from p2pmem.model.identity import Identity
 from p2pmem.model.record import Record, decode_record
 from p2pmem.model.views import ViewSnapshot, build_views
 from p2pmem.protocol.actions import execute
-from p2pmem.protocol.commit import commit_group
 from p2pmem.protocol.core import NodeCore, Timing
 from p2pmem.protocol.events import (
     Close,
@@ -89,8 +90,22 @@ from p2pmem.protocol.events import (
     RecordsStored,
 )
 from p2pmem.protocol.query import VerifiedHit
-from p2pmem.sim.disk import DiskFaults, DiskModel, FailingDisk, Pipeline
+from p2pmem.sim.disk import DiskFaults, DiskModel, DiskShell, Pipeline
 from p2pmem.sim.links import FIN, RST, LinkModel, SimLink
+from p2pmem.sim.schedule import (
+    CALL,
+    COMMIT,
+    CONNECT,
+    DELIVER,
+    DIAL_FAIL,
+    LOST,
+    READ,
+    TIMER,
+    TX,
+    WRITE,
+    Fault,
+)
+from p2pmem.sim.streams import Streams
 from p2pmem.sim.topology import Topology, make_topology
 from p2pmem.storage.store import IngestResult, Store
 from p2pmem.storage.verify import decode_or_error
@@ -101,39 +116,10 @@ EPOCH_S = 1_700_000_000
 #: The same instant in milliseconds: where strategy-made records are stamped.
 #: Each node's Agent reads ``BASE_MS + now_us // 1000`` as its wall clock.
 BASE_MS = EPOCH_S * 1000
-FAULT_KINDS = ("partition", "heal", "crash", "restart", "commit-fail", "slow-disk", "crash-before-ack")
 
 
 class SimulationError(P2pmemError):
     """A simulation broke a limit or a node failed; the message names the seed."""
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One fault at virtual time ``at`` (seconds after the schedule starts).
-
-    ``partition`` splits the nodes into ``groups`` (nodes in no group form one
-    more group); ``heal`` ends it; ``crash`` and ``restart`` act on ``node``.
-    The disk of ``node`` (p2pmem/sim/disk.py): ``commit-fail`` fails its next
-    commit; ``slow-disk`` makes its commits ``factor`` times slower for
-    ``duration`` seconds; ``crash-before-ack`` crashes it right after its
-    next commit, before the core hears of it, and restarts it ``duration``
-    seconds later (0: only a ``restart`` fault brings it back).
-    """
-
-    at: float
-    kind: str
-    node: int | None = None
-    groups: tuple[tuple[int, ...], ...] = ()
-    factor: float = 1.0
-    duration: float = 0.0
-
-    def __str__(self) -> str:
-        what = {"partition": f"partition {list(map(list, self.groups))}", "heal": "heal",
-                "slow-disk": f"slow-disk node {self.node} x{self.factor:g} for {self.duration:g}s"}.get(
-            self.kind, f"{self.kind} node {self.node}"
-        )
-        return f"t+{self.at:g}s {what}"
 
 
 # =============================================================================
@@ -173,10 +159,6 @@ def shared_decoder(cache: dict[bytes, Record | RecordError]) -> Callable[[Sequen
     return decode
 
 
-# Event kinds of the loop.
-(_TIMER, _CONNECT, _DIAL_FAIL, _DELIVER, _LOST, _CALL, _TX, _READ, _WRITE, _COMMIT) = range(10)
-_FIN, _RST = FIN, RST
-READ_SIZE = 65536  # what one read takes at most (p2pmem/node/shell.py reads as much)
 
 
 @dataclass
@@ -248,7 +230,7 @@ class Arrival:
     hops: int | None  # links from the author (None: unknown, e.g. via a restarted node)
 
 
-class SimNetwork:
+class SimNetwork(Streams, DiskShell):
     """Many p2pmem nodes in one process on a virtual network and clock.
 
     ``SimNetwork(n, seed, topology="random", degree=4, replicate_all=True)``
@@ -564,7 +546,7 @@ class SimNetwork:
             conn.drop_queues(side)
             if conn.open[side]:
                 conn.open[side] = False
-                self._send_item(conn, side, _RST)
+                self._send_item(conn, side, RST)
             self._forget_conn(conn)
         node.conns.clear()
         node.stalled.clear()
@@ -608,21 +590,6 @@ class SimNetwork:
         else:
             raise ValueError(f"unknown fault {fault.kind!r}")
 
-    def _disk_fault(self, fault: Fault) -> None:
-        if fault.node is None or not 0 <= fault.node < len(self.nodes):
-            raise ValueError(f"{fault.kind} needs a node of the network")
-        disk = self.nodes[fault.node].disk
-        if fault.kind == "commit-fail":
-            disk.fail_commits += 1
-        elif fault.kind == "crash-before-ack":
-            disk.crash_commits += 1
-            disk.restart_after_s = fault.duration
-        else:
-            if fault.factor < 1 or fault.duration <= 0:
-                raise ValueError("a slow disk needs factor >= 1 and a positive duration")
-            disk.slow_factor = fault.factor
-            disk.slow_until_us = self.now_us + round(fault.duration * 1e6)
-
     def schedule(self, faults: Iterable[Fault], *, start: float | None = None) -> None:
         """Apply each fault at ``start + fault.at`` (default: now)."""
         base = self.now if start is None else start
@@ -631,7 +598,7 @@ class SimNetwork:
 
     def call_at(self, time: float, fn: Callable[[], object]) -> None:
         """Run ``fn()`` at virtual time ``time`` (seconds since the start)."""
-        self._push(max(self.now_us, round(time * 1e6)), _CALL, (fn,))
+        self._push(max(self.now_us, round(time * 1e6)), CALL, (fn,))
 
     # -- running ------------------------------------------------------------------------------
     def step(self) -> bool:
@@ -789,39 +756,39 @@ class SimNetwork:
         heapq.heappush(self._heap, (t_us, self._seq, kind, payload))
 
     def _handle(self, kind: int, payload: tuple[Any, ...]) -> None:
-        if kind == _DELIVER:
+        if kind == DELIVER:
             self._on_deliver(*payload)
-        elif kind == _TIMER:
+        elif kind == TIMER:
             node, gen = payload
             if node.core is None or gen != node.timer_gen:
                 return
             node.timer_at = None
             node.core.handle_timer(self.wall, wall_ms=self.wall_ms)
             self._apply(node, after_timer=True)
-        elif kind == _CONNECT:
+        elif kind == CONNECT:
             self._on_connect(*payload)
-        elif kind == _DIAL_FAIL:
+        elif kind == DIAL_FAIL:
             node, incarnation, address, reason = payload
             if node.alive and node.incarnation == incarnation:
                 assert node.core is not None
                 node.core.dial_failed(address, self.wall, reason)
                 self._apply(node)
-        elif kind == _LOST:
+        elif kind == LOST:
             conn, side = payload
             node = conn.nodes[side]
             if node.core is conn.cores[side] and node.core is not None:
                 node.core.connection_lost(conn.cid, self.wall)
                 self._apply(node)
             self._forget_conn(conn)
-        elif kind == _TX:
+        elif kind == TX:
             self._on_tx(*payload)
-        elif kind == _READ:
+        elif kind == READ:
             self._on_read(*payload)
-        elif kind == _WRITE:
+        elif kind == WRITE:
             self._on_write(*payload)
-        elif kind == _COMMIT:
+        elif kind == COMMIT:
             self._on_commit(*payload)
-        elif kind == _CALL:
+        elif kind == CALL:
             payload[0]()
 
     def _apply(self, node: SimNode, *, after_timer: bool = False) -> None:
@@ -856,7 +823,7 @@ class SimNetwork:
         if t_us != node.timer_at:
             node.timer_gen += 1
             node.timer_at = t_us
-            self._push(t_us, _TIMER, (node, node.timer_gen))
+            self._push(t_us, TIMER, (node, node.timer_gen))
 
     def _event(self, node: SimNode, event: Event) -> None:
         """The bookkeeping of the core's events: who is ready, what arrived."""
@@ -883,45 +850,6 @@ class SimNetwork:
         side = conn.side_of(node)
         return (conn, side) if conn.open[side] else None
 
-    def _write(self, node: SimNode, cid: int, data: bytes) -> None:
-        end = self._open_end(node, cid)
-        if end is None:
-            return
-        conn, side = end
-        node.bytes_sent += len(data)
-        conn.outq[side].append(data)
-        if not conn.tx_busy[side]:
-            self._transmit(conn, side)
-
-    # -- the send buffer: writes leave at the link's rate, within the window --------------
-    def _transmit(self, conn: SimLink, side: int) -> None:
-        """Start the next write of ``side``'s send buffer, unless the peer's
-        receive window is full (its reads start it again)."""
-        queue = conn.outq[side]
-        if not queue or (queue[0] is not _FIN and conn.unread[1 - side] >= self.link.window_bytes):
-            conn.tx_busy[side] = False
-            return
-        item = queue.popleft()
-        conn.tx_busy[side] = True
-        size = len(item) if isinstance(item, bytes) else 0
-        self._push(self.now_us + self.link.transmit_us(size), _TX, (conn, side, item))
-
-    def _on_tx(self, conn: SimLink, side: int, item: object) -> None:
-        """A write left ``side``'s send buffer: on the wire, and the core is told."""
-        node, core = conn.nodes[side], conn.cores[side]
-        if node.core is not core or core is None or not conn.tx_busy[side]:
-            return  # the sender crashed, or a reset emptied its buffer meanwhile
-        if isinstance(item, bytes):
-            conn.unread[1 - side] += len(item)
-            self._send_item(conn, side, item)
-            self.counts["sent"] += 1
-            core.sent(conn.cid, len(item), self.wall, wall_ms=self.wall_ms)
-        else:
-            self._send_item(conn, side, item)
-        self._transmit(conn, side)
-        if isinstance(item, bytes):
-            self._apply(node)
-
     def _other_end(self, node: SimNode, cid: int) -> SimNode | None:
         conn = self._conns.get(cid)
         return conn.nodes[1 - conn.side_of(node)] if conn is not None else None
@@ -934,8 +862,8 @@ class SimNetwork:
             return
         conn, side = end
         conn.open[side] = False
-        self._send_item(conn, side, _FIN)
-        self._push(self.now_us, _LOST, (conn, side))
+        self._send_item(conn, side, FIN)
+        self._push(self.now_us, LOST, (conn, side))
 
     def _forget_conn(self, conn: SimLink) -> None:
         if conn.open[0] or conn.open[1]:
@@ -967,16 +895,16 @@ class SimNetwork:
         target = self._by_address.get(address)
         rng = self.rng(f"dial/{cid}")
         if target is None or target is node:
-            self._push(self.now_us + 1000, _DIAL_FAIL, (node, node.incarnation, address, "no such host"))
+            self._push(self.now_us + 1000, DIAL_FAIL, (node, node.incarnation, address, "no such host"))
             return
         rtt = 2 * self._delay(rng, self._link_latency(node.index, target.index))
         if self.partitioned(node.index, target.index):
             timeout = round(self.link.connect_timeout_s * 1e6)
-            self._push(self.now_us + timeout, _DIAL_FAIL, (node, node.incarnation, address, "timed out"))
+            self._push(self.now_us + timeout, DIAL_FAIL, (node, node.incarnation, address, "timed out"))
         elif self.link.connect_fail and rng.random() < self.link.connect_fail:
-            self._push(self.now_us + rtt, _DIAL_FAIL, (node, node.incarnation, address, "connection reset"))
+            self._push(self.now_us + rtt, DIAL_FAIL, (node, node.incarnation, address, "connection reset"))
         else:
-            self._push(self.now_us + rtt, _CONNECT, (cid, node, node.incarnation, target, address, expected))
+            self._push(self.now_us + rtt, CONNECT, (cid, node, node.incarnation, target, address, expected))
 
     def _on_connect(self, cid: int, node: SimNode, incarnation: int, target: SimNode, address: str,
                     expected: bytes | None) -> None:
@@ -998,174 +926,6 @@ class SimNetwork:
         self._apply(target)
         node.core.connection_made(cid, initiator=True, now=self.wall, address=address, expected=expected)
         self._apply(node)
-
-    def _send_item(self, conn: SimLink, from_side: int, item: object) -> None:
-        """Put bytes, a FIN or a RST on the wire towards the other side."""
-        dest = 1 - from_side
-        if not conn.open[dest]:
-            return
-        if item is _RST:
-            if not self.partitioned(conn.nodes[0].index, conn.nodes[1].index):
-                self._push(self.now_us + self._delay(conn.rng, conn.base_us), _DELIVER, (conn, dest, -1, _RST))
-            return
-        if item is not _FIN and self.link.reset and conn.rng.random() < self.link.reset:
-            # Lost: the stream cannot go on without it. Both ends see a reset.
-            self.close_reasons["lost message (reset)"] = self.close_reasons.get("lost message (reset)", 0) + 1
-            conn.drop_queues(from_side)
-            conn.open[from_side] = False
-            self._send_item(conn, from_side, _RST)
-            self._push(self.now_us, _LOST, (conn, from_side))
-            return
-        seq = conn.send_seq[dest]
-        conn.send_seq[dest] += 1
-        self._schedule_item(conn, dest, seq, item)
-
-    def _schedule_item(self, conn: SimLink, dest: int, seq: int, item: object) -> None:
-        self._push(self.now_us + self._delay(conn.rng, conn.base_us), _DELIVER, (conn, dest, seq, item))
-
-    def _on_deliver(self, conn: SimLink, dest: int, seq: int, item: object) -> None:
-        """Bytes reach ``dest``'s end: in order into its inbox, then read."""
-        node = conn.nodes[dest]
-        core = conn.cores[dest]
-        if not conn.open[dest] or node.core is not core or core is None:
-            if isinstance(item, bytes):  # a closed socket takes no more: the sender is not held up
-                conn.unread[dest] -= len(item)
-                self._credit(conn, 1 - dest)
-            return
-        if item is _RST:
-            conn.open[dest] = False
-            conn.drop_queues(dest)
-            node.stalled.pop(conn.cid, None)
-            core.connection_lost(conn.cid, self.wall)
-            self._apply(node)
-            self._forget_conn(conn)
-            return
-        if self.partitioned(conn.nodes[0].index, conn.nodes[1].index):
-            conn.held[dest].append((seq, item))
-            return
-        buffer = conn.reorder[dest]
-        buffer[seq] = item
-        inbox = conn.inbox[dest]
-        while conn.next_seq[dest] in buffer:
-            inbox.append(buffer.pop(conn.next_seq[dest]))
-            conn.next_seq[dest] += 1
-        if not conn.read_scheduled[dest]:
-            self._read(conn, dest)
-
-    # -- the reader: what the trio node's reader task does ------------------------------
-    def _schedule_read(self, conn: SimLink, side: int) -> None:
-        if not conn.read_scheduled[side]:
-            conn.read_scheduled[side] = True
-            self._push(self.now_us, _READ, (conn, side))
-
-    def _on_read(self, conn: SimLink, side: int) -> None:
-        """The reader's next turn: a turn of the core's backlog first (the
-        shell yields between turns, as trio.sleep(0) does), then reads."""
-        conn.read_scheduled[side] = False
-        node, core = conn.nodes[side], conn.cores[side]
-        if node.core is not core or core is None or not conn.open[side]:
-            return
-        if core.has_backlog(conn.cid):
-            self.counts["resume"] += 1
-            core.resume(conn.cid, self.wall, wall_ms=self.wall_ms)
-            self._apply(node)
-        self._read(conn, side)
-
-    def _read(self, conn: SimLink, side: int) -> None:
-        """Hand ``side``'s core what arrived, up to READ_SIZE bytes a read
-        (at least one whole write), while it reads: a backlog waits for the next turn, backpressure until the core
-        is readable again (:meth:`_apply` looks)."""
-        node, core = conn.nodes[side], conn.cores[side]
-        assert core is not None
-        cid = conn.cid
-        inbox = conn.inbox[side]
-        while conn.open[side] and node.core is core:
-            if core.has_backlog(cid):
-                self._schedule_read(conn, side)
-                break
-            if not inbox:
-                break
-            if not core.readable(cid):
-                self.counts["stalls"] += 1
-                node.stalled[cid] = conn
-                break
-            piece = inbox.popleft()
-            if piece is _FIN:
-                conn.open[side] = False
-                core.connection_lost(cid, self.wall)
-                self._apply(node)
-                break
-            assert isinstance(piece, bytes)
-            if inbox and isinstance(inbox[0], bytes) and len(piece) + len(inbox[0]) <= READ_SIZE:
-                pieces = [piece]  # one read takes what arrived, as receive_some(READ_SIZE) does
-                size = len(piece)
-                while inbox and isinstance(inbox[0], bytes) and size + len(inbox[0]) <= READ_SIZE:
-                    pieces.append(inbox.popleft())  # type: ignore[arg-type]
-                    size += len(pieces[-1])
-                piece = b"".join(pieces)
-            conn.unread[side] -= len(piece)
-            node.bytes_received += len(piece)
-            self._wire.update(b"%d %d %d:" % (cid, side, len(piece)) + piece)
-            core.data_received(cid, piece, self.wall, wall_ms=self.wall_ms)
-            self._apply(node)
-            self._credit(conn, 1 - side)
-        self._forget_conn(conn)
-
-    def _credit(self, conn: SimLink, sender: int) -> None:
-        """Room in the window again: the sender's next write may leave."""
-        if not conn.tx_busy[sender] and conn.outq[sender]:
-            self._transmit(conn, sender)
-
-    # -- the ingest pipeline: verify, group commit, ingest_done (p2pmem/sim/disk.py) -----
-    def _ingest(self, node: SimNode, job: IngestJob) -> None:
-        self.counts["ingest"] += 1
-        node.pipeline.submit(job, self.now_us, self.disk)
-        if not node.pipeline.writing:
-            self._wake_writer(node)
-
-    def _wake_writer(self, node: SimNode) -> None:
-        pipeline = node.pipeline
-        at = pipeline.next_ready_us(self.now_us)
-        pipeline.writing = at is not None
-        if at is not None:
-            self._push(at, _WRITE, (node, pipeline))
-
-    def _on_write(self, node: SimNode, pipeline: Pipeline) -> None:
-        """The writer takes what verified meanwhile and commits it."""
-        if node.pipeline is not pipeline:
-            return  # the node crashed: its jobs died with the process
-        group = pipeline.take_group(self.now_us)
-        size = sum(job.size for job in group)
-        self._push(self.now_us + self.disk.write_us(size, node.disk.slowness(self.now_us)), _COMMIT,
-                   (node, pipeline, group))
-
-    def _on_commit(self, node: SimNode, pipeline: Pipeline, group: list[IngestJob]) -> None:
-        """The commit ends: the store's real ingest (or the fault plan's
-        failure), then the core's ``ingest_done`` for each job in order (or
-        the fault plan's crash before it)."""
-        if node.pipeline is not pipeline or node.core is None:
-            return
-        disk = node.disk
-        failed = disk.fail_commits > 0
-        disk.fail_commits -= failed
-        self.counts["commits"] += 1
-        self.counts["failed_commits"] += failed
-        store = FailingDisk() if failed else node.store
-        outcomes, _error = commit_group(store, [(job, node.store.decode_many(job.raws)) for job in group])
-        if disk.crash_commits > 0:
-            disk.crash_commits -= 1
-            self.counts["crashes_before_ack"] += 1
-            self.crash(node.index)
-            if disk.restart_after_s > 0:
-                self.call_at(self.now + disk.restart_after_s,
-                             functools.partial(self.apply_fault, Fault(0.0, "restart", node.index)))
-            return
-        core = node.core
-        for job, outcome in zip(group, outcomes, strict=True):
-            self.counts["ingest_done"] += 1
-            core.ingest_done(job, outcome, self.wall, wall_ms=self.wall_ms)
-        self._apply(node)
-        self._wake_writer(node)
 
     # -- store bookkeeping ----------------------------------------------------------------------------------
     def _digest_remove(self, digest: tuple[int, int]) -> None:
