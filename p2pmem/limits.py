@@ -44,6 +44,15 @@ MAX_MESSAGE = 1 << 20  # one reassembled wire message
 HANDSHAKE_TIMEOUT_S = 10.0
 MAX_RECONCILE_MESSAGE = 512 * 1024
 MAX_RECORDS_PER_MESSAGE = 256
+# Bytes of records we put in one records message: the rest of MAX_MESSAGE is
+# headroom for the array and byte-string heads (5 bytes per record at most).
+RECORDS_MESSAGE_BYTES = MAX_MESSAGE - 4096
+MAX_HANDSHAKE_PROOF = 512  # the identity proof in a Noise handshake (~110 bytes used)
+# --- wire messages (p2pmem/protocol/wire.py) --------------------------------
+MAX_INTEREST_AUTHORS = 4096  # authors named in one hello or interest
+MAX_FEATURES = 32  # feature names in a hello
+MAX_FEATURE = 64  # characters of one feature name
+MAX_BYE_REASON = 256  # characters of a goodbye's reason (longer ones we cut)
 
 # --- membership ----------------------------------------------------------
 MAX_ACTIVE_PEERS = 16
@@ -58,6 +67,17 @@ SEEN_QUERY_CACHE = 10_000
 QUERY_RATE_PER_PEER = 20.0  # queries per second, token bucket
 QUERY_BURST_PER_PEER = 40
 MAX_QUERY_TIMEOUT_S = 60.0
+MAX_QUERY_AUTHORS = 16  # authors a query may name
+MAX_QUERY_MESSAGE = 4096  # a query is small (text, topics, authors); anything larger is hostile
+# Records a relay passes back for one query, and distinct records the asker
+# keeps for one of its own: enough for every node within reach to fill a few
+# answers, small enough that one query cannot make a node carry an unbounded
+# volume (amplification); the asker's bytes are bounded below too.
+MAX_RELAYED_RECORDS = MAX_QUERY_HITS * 8
+MAX_COLLECTED_RECORDS = MAX_QUERY_HITS * 8
+# How long the results of a finished own query stay readable if the node never
+# calls finish().
+QUERY_RESULT_LINGER_S = 30.0
 # Bytes of verified records the asker holds for one query while it waits. An
 # answer returns at most MAX_RECALL_LIMIT memories and usually 10; 8 MiB holds
 # thousands of typical memories (~1 KiB) or 64 of the largest records to rank,
@@ -174,6 +194,17 @@ DIALS_PER_S = 2.0
 DIALS_BURST = 8
 DIAL_LOGS_PER_S = 0.2
 DIAL_LOGS_BURST = 10
+
+# --- replication state per node ----------------------------------------------
+# Reconciliation indexes kept, one per distinct shared scope (our interest
+# meet a peer's): interests rarely differ much, and one costs ~40 bytes a key.
+MAX_CACHED_INDEXES = 64
+# Reconciliations a peer may have open with us at once (an honest one runs
+# one, and a second only while a late reply of the first is in flight).
+MAX_CONCURRENT_RECONS = 2
+# Parsed Ed25519 public keys kept by the record decoder (a node sees the
+# same authors again and again; parsing is a fair share of a verification).
+PUBLIC_KEY_CACHE = 4096
 
 # --- CPU per message ---------------------------------------------------------
 # Our reconciliation messages are cut at this size (a local choice: a long

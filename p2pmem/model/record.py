@@ -25,9 +25,10 @@ from p2pmem import limits
 from p2pmem.errors import RecordError
 from p2pmem.graph.records import GRAPH_KINDS  # also registers the graph's kinds
 from p2pmem.model.canonical import keys_order_agree
-from p2pmem.model.clock import MAX_HLC, physical_ms
+from p2pmem.model.clock import physical_ms
 from p2pmem.model.identity import Identity
 from p2pmem.model.kinds import REGISTRY, SCOPE_AUTHOR, SCOPE_EVERYWHERE, RecordKind, register
+from p2pmem.model.strict import Fields
 
 VERSION = 1
 VISIBILITIES = ("public", "ask", "private")
@@ -86,65 +87,15 @@ class Record:
         return self.body if isinstance(self.body, str) else ""
 
 
-def _check_text(value: Any, what: str, max_bytes: int, allow_empty: bool = True) -> str:
-    if type(value) is not str:
-        raise RecordError(f"{what} must be a text string")
-    size = len(value.encode("utf-8"))
-    if size > max_bytes:
-        raise RecordError(f"{what} is {size} bytes, over the limit of {max_bytes}")
-    if not allow_empty and not value:
-        raise RecordError(f"{what} must not be empty")
-    return value
-
-
-def _check_bytes(value: Any, what: str, size: int | None = None, max_size: int = 0) -> bytes:
-    if type(value) is not bytes:
-        raise RecordError(f"{what} must be a byte string")
-    if size is not None and len(value) != size:
-        raise RecordError(f"{what} must be {size} bytes, not {len(value)}")
-    if max_size and len(value) > max_size:
-        raise RecordError(f"{what} is {len(value)} bytes, over the limit of {max_size}")
-    return value
-
-
 # ts and at are stored and indexed as SQLite INTEGER, a signed 64-bit number:
 # larger values would make a valid record impossible to store.
 MAX_TIME = (1 << 63) - 1
 
-
-def _check_uint(value: Any, what: str, maximum: int = MAX_HLC) -> int:
-    if type(value) is not int or value < 0 or value > maximum:
-        bits = 63 if maximum == MAX_TIME else 64
-        raise RecordError(f"{what} must be an unsigned integer of at most {bits} bits")
-    return value
-
-
-def _check_list(value: Any, what: str, max_items: int) -> list[Any]:
-    if type(value) is not list:
-        raise RecordError(f"{what} must be an array")
-    if len(value) > max_items:
-        raise RecordError(f"{what} has {len(value)} entries, over the limit of {max_items}")
-    return value
-
-
-def _check_text_list(value: Any, what: str, max_items: int, max_bytes: int) -> tuple[str, ...]:
-    items = _check_list(value, what, max_items)
-    out = tuple(_check_text(v, f"each of {what}", max_bytes, allow_empty=False) for v in items)
-    if len(set(out)) != len(out) or list(out) != sorted(out):
-        raise RecordError(f"{what} must be sorted and without duplicates")
-    return out
-
-
-def _check_map(value: Any, what: str, keys: tuple[str, ...]) -> dict[str, Any]:
-    if type(value) is not dict:
-        raise RecordError(f"{what} must be a map")
-    if set(value) != set(keys) or len(value) != len(keys):
-        raise RecordError(f"{what} must have exactly the keys {', '.join(keys)}")
-    return value
+_fields = Fields(RecordError)  # the typed-field reader of every record check (p2pmem/model/strict.py)
 
 
 def _check_memory_body(body: Any) -> Body:
-    return _check_text(body, "memory text", limits.MAX_BODY, allow_empty=False)
+    return _fields.text(body, "memory text", max_bytes=limits.MAX_BODY, allow_empty=False)
 
 
 def _check_retract_body(body: Any) -> Body:
@@ -154,36 +105,36 @@ def _check_retract_body(body: Any) -> Body:
 
 
 def _check_profile_body(body: Any) -> Body:
-    m = _check_map(body, "profile body", PROFILE_KEYS)
-    _check_text(m["name"], "profile name", limits.MAX_NAME)
-    _check_text(m["description"], "profile description", limits.MAX_DESCRIPTION)
-    _check_text_list(m["skills"], "profile skills", limits.MAX_SKILLS, limits.MAX_SKILL)
-    _check_text_list(m["addresses"], "profile addresses", limits.MAX_ADDRESSES, limits.MAX_ADDRESS)
-    _check_bytes(m["xkey"], "profile message key", size=32)
+    m = _fields.map(body, "profile body", PROFILE_KEYS)
+    _fields.text(m["name"], "profile name", max_bytes=limits.MAX_NAME)
+    _fields.text(m["description"], "profile description", max_bytes=limits.MAX_DESCRIPTION)
+    _fields.text_list(m["skills"], "profile skills", limits.MAX_SKILLS, limits.MAX_SKILL)
+    _fields.text_list(m["addresses"], "profile addresses", limits.MAX_ADDRESSES, limits.MAX_ADDRESS)
+    _fields.bytes_(m["xkey"], "profile message key", size=32)
     return m
 
 
 def _check_follow_body(body: Any) -> Body:
-    m = _check_map(body, "follow body", FOLLOW_KEYS)
-    _check_bytes(m["target"], "follow target", size=32)
+    m = _fields.map(body, "follow body", FOLLOW_KEYS)
+    _fields.bytes_(m["target"], "follow target", size=32)
     if type(m["active"]) is not bool:
         raise RecordError("follow 'active' must be a boolean")
     return m
 
 
 def _check_endorse_body(body: Any) -> Body:
-    m = _check_map(body, "endorse body", ENDORSE_KEYS)
-    _check_bytes(m["target"], "endorse target", size=32)
+    m = _fields.map(body, "endorse body", ENDORSE_KEYS)
+    _fields.bytes_(m["target"], "endorse target", size=32)
     if m["what"] not in ENDORSE_WHAT or type(m["what"]) is not str:
         raise RecordError("endorse 'what' must be 'agent' or 'memory'")
     return m
 
 
 def _check_message_body(body: Any) -> Body:
-    m = _check_map(body, "message body", MESSAGE_KEYS)
-    _check_bytes(m["to"], "message recipient", size=32)
-    _check_bytes(m["epk"], "message ephemeral key", size=32)
-    _check_bytes(m["ct"], "message ciphertext", max_size=limits.MAX_MESSAGE_CIPHERTEXT)
+    m = _fields.map(body, "message body", MESSAGE_KEYS)
+    _fields.bytes_(m["to"], "message recipient", size=32)
+    _fields.bytes_(m["epk"], "message ephemeral key", size=32)
+    _fields.bytes_(m["ct"], "message ciphertext", max_size=limits.MAX_MESSAGE_CIPHERTEXT)
     return m
 
 
@@ -225,25 +176,25 @@ def _check_payload(obj: Any) -> dict[int, Any]:
         raise RecordError(f"payload has unknown field(s) {sorted(unknown)}")
     if obj[K_VERSION] != VERSION or type(obj[K_VERSION]) is not int:
         raise RecordError(f"unsupported record version {obj[K_VERSION]!r}")
-    _check_bytes(obj[K_AUTHOR], "author", size=32)
+    _fields.bytes_(obj[K_AUTHOR], "author", size=32)
     kind = obj[K_KIND]
     if type(kind) is not str or kind not in REGISTRY:
         raise RecordError(f"unknown kind {kind!r}"[:120])
     spec = REGISTRY[kind]
-    ts = _check_uint(obj[K_TS], "timestamp", MAX_TIME)
+    ts = _fields.uint(obj[K_TS], "timestamp", high=MAX_TIME)
     if ts == 0:
         raise RecordError("timestamp must not be zero")
-    _check_text(obj[K_SESSION], "session", limits.MAX_SESSION)
-    _check_text_list(obj[K_TOPICS], "topics", limits.MAX_TOPICS, limits.MAX_TOPIC)
+    _fields.text(obj[K_SESSION], "session", max_bytes=limits.MAX_SESSION)
+    _fields.text_list(obj[K_TOPICS], "topics", limits.MAX_TOPICS, limits.MAX_TOPIC)
     spec.check_body(obj[K_BODY])
     visibility = obj[K_VISIBILITY]
     if type(visibility) is not str or visibility not in VISIBILITIES:
         raise RecordError(f"unknown visibility {visibility!r}"[:120])
     if not spec.visible and visibility != "public":
         raise RecordError(f"a {kind} record must have visibility 'public'")
-    refs = _check_list(obj[K_REFS], "refs", limits.MAX_REFS)
+    refs = _fields.array(obj[K_REFS], "refs", limits.MAX_REFS)
     for ref in refs:
-        _check_bytes(ref, "each ref", size=32)
+        _fields.bytes_(ref, "each ref", size=32)
     if len(set(refs)) != len(refs) or refs != sorted(refs):
         raise RecordError("refs must be sorted and without duplicates")
     if spec.refs == "required" and not refs:
@@ -257,19 +208,19 @@ def _check_payload(obj: Any) -> dict[int, Any]:
     if len(meta) > limits.MAX_META:
         raise RecordError(f"meta has {len(meta)} entries, over the limit of {limits.MAX_META}")
     for key, value in meta.items():
-        _check_text(key, "meta key", limits.MAX_META_KEY, allow_empty=False)
+        _fields.text(key, "meta key", max_bytes=limits.MAX_META_KEY, allow_empty=False)
         if type(value) is int:
-            _check_uint(value, "meta integer")
+            _fields.uint(value, "meta integer")
         else:
-            _check_text(value, "meta value", limits.MAX_META_VALUE)
+            _fields.text(value, "meta value", max_bytes=limits.MAX_META_VALUE)
     if K_AT in obj:
         if not spec.timed:
             raise RecordError("only a memory has an 'at' time")
-        _check_uint(obj[K_AT], "at", MAX_TIME)
+        _fields.uint(obj[K_AT], "at", high=MAX_TIME)
     if K_ROOT in obj:
         if not spec.timed:
             raise RecordError("only a memory has a lineage root")
-        _check_bytes(obj[K_ROOT], "root", size=32)
+        _fields.bytes_(obj[K_ROOT], "root", size=32)
         if not refs:
             raise RecordError("a memory with a lineage root must supersede something")
     return obj
@@ -288,9 +239,14 @@ def _envelope(payload: bytes, signature: bytes) -> bytes:
     return cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [PROTECTED, {}, payload, signature]), canonical=True)
 
 
+def record_id(raw: bytes) -> bytes:
+    """A record's id: the SHA-256 of its encoded bytes (docs/protocol.md)."""
+    return hashlib.sha256(raw).digest()
+
+
 def _to_record(raw: bytes, obj: dict[int, Any]) -> Record:
     return Record(
-        id=hashlib.sha256(raw).digest(),
+        id=record_id(raw),
         raw=raw,
         author=obj[K_AUTHOR],
         kind=obj[K_KIND],
@@ -371,10 +327,7 @@ def _split_envelope(raw: bytes) -> tuple[bytes, bytes]:
     if not raw.startswith(_ENVELOPE_HEAD):
         if raw[:1] != b"\xd2":
             raise RecordError("not a COSE_Sign1 record (tag 18 expected)")
-        try:
-            cbor2.loads(raw)
-        except Exception as exc:  # cbor2 raises several types; all mean "malformed"
-            raise RecordError(f"malformed CBOR: {str(exc)[:100]}") from None
+        _fields.loads(raw, "record", canonical=False)  # a malformed one says so
         raise RecordError(
             "record envelope is not the canonical COSE_Sign1 form "
             "(array of protected {1: -8}, empty unprotected header, payload, 64-byte signature)"
@@ -409,7 +362,7 @@ def _split_envelope(raw: bytes) -> tuple[bytes, bytes]:
 
 
 _KEY_CACHE: dict[bytes, Ed25519PublicKey] = {}
-_KEY_CACHE_SIZE = 4096
+_KEY_CACHE_SIZE = limits.PUBLIC_KEY_CACHE
 
 
 def _public_key(author: bytes) -> Ed25519PublicKey:
@@ -462,13 +415,9 @@ def _checked_payload(raw: bytes, verify: bool) -> dict[int, Any]:
     if len(raw) > limits.MAX_RECORD:
         raise RecordError(f"record is {len(raw)} bytes, over the limit of {limits.MAX_RECORD}")
     payload, signature = _split_envelope(raw)
-    try:
-        obj = cbor2.loads(payload)
-    except Exception as exc:
-        raise RecordError(f"malformed payload CBOR: {str(exc)[:100]}") from None
-    _check_payload(obj)
-    if cbor2.dumps(obj, canonical=True) != payload:
-        raise RecordError("payload is not in canonical (deterministic) CBOR encoding")
+    obj = _fields.loads(payload, "payload", canonical=False)
+    _check_payload(obj)  # the schema's reason first: it says more than "not canonical"
+    _fields.canonical(obj, payload, "payload")
     if verify:
         try:
             _public_key(obj[K_AUTHOR]).verify(signature, _sig_structure(payload))

@@ -1,5 +1,6 @@
-"""Token buckets for the per-peer budgets of :mod:`p2pmem.limits`, sans-IO:
-the time comes in as an argument, as everywhere in the core."""
+"""The token bucket of every rate in the protocol (the per-peer budgets of
+:mod:`p2pmem.limits`, the query router's per-peer query rate), sans-IO: the
+time comes in as an argument, as everywhere in the core."""
 
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ class Bucket:
         if now > self.stamp:
             self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
             self.stamp = now
+
+    def level(self, now: float) -> float:
+        """The balance at ``now``, without touching the bucket."""
+        if now > self.stamp:
+            return min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        return self.tokens
 
     def take(self, now: float, n: float = 1.0) -> bool:
         self._refill(now)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
@@ -27,7 +26,7 @@ from p2pmem import limits
 from p2pmem.errors import P2pmemError
 from p2pmem.model.clock import HybridClock
 from p2pmem.model.identity import Identity, short_id
-from p2pmem.model.record import Record, admission_error
+from p2pmem.model.record import Record, admission_error, record_id
 from p2pmem.model.scope import AUTHOR_SCOPED, EVERYWHERE, ReplicationInterest, shared
 from p2pmem.protocol import wire
 from p2pmem.protocol.budget import Bucket
@@ -386,8 +385,8 @@ class NodeCore:
         if bucket is None:
             if len(self._host_buckets) >= 4 * limits.MAX_PENDING_HANDSHAKES:
                 # forget hosts whose bucket is full again (they cost nothing now)
-                for h in [h for h, b in self._host_buckets.items() if b.take(now, 0) and
-                          b.tokens >= b.burst and h not in self._pending_hosts]:
+                for h in [h for h, b in self._host_buckets.items()
+                          if b.level(now) >= b.burst and h not in self._pending_hosts]:
                     del self._host_buckets[h]
             bucket = Bucket(limits.HANDSHAKES_PER_HOST_PER_S, limits.HANDSHAKES_PER_HOST_BURST, now)
             self._host_buckets[host] = bucket
@@ -663,7 +662,7 @@ class NodeCore:
             if not rows:
                 return found
             self._seen_rowid = rows[-1][0]
-            fresh = [record_id for _, record_id in rows if record_id not in skip]
+            fresh = [rid for _, rid in rows if rid not in skip]
             records = [decode_record(raw, verify=False) for raw in self.store.raws_of(fresh)] if fresh else []
             if records:
                 found += len(records)
@@ -787,7 +786,7 @@ class NodeCore:
 
     def _hello(self) -> wire.Hello:
         interest = self._interest
-        authors = tuple(sorted(interest.authors))[: wire.MAX_INTEREST_AUTHORS]
+        authors = tuple(sorted(interest.authors))[: limits.MAX_INTEREST_AUTHORS]
         return wire.Hello(
             version=wire.PROTOCOL_VERSION, features=wire.FEATURES, agent=self.key,
             addresses=self.listen_addresses[: limits.MAX_ADDRESSES],
@@ -891,8 +890,8 @@ class NodeCore:
         if self._everywhere_keys is None:
             everywhere: list[bytes] = []
             public: dict[bytes, list[bytes]] = {}
-            for ts, record_id, kind, author, visibility in self.store.scan():
-                key = ts.to_bytes(8, "big") + record_id
+            for ts, rid, kind, author, visibility in self.store.scan():
+                key = ts.to_bytes(8, "big") + rid
                 if kind in EVERYWHERE:
                     everywhere.append(key)
                 elif kind in AUTHOR_SCOPED and visibility == "public":
@@ -912,7 +911,7 @@ class NodeCore:
                 for author in scope.authors:
                     keys.extend(public.get(author, ()))
             index = ItemIndex.from_keys(keys)
-            if len(self._indexes) >= 64:  # bounded cache: interests rarely differ much
+            if len(self._indexes) >= limits.MAX_CACHED_INDEXES:
                 self._indexes.pop(next(iter(self._indexes)))
             self._indexes[scope] = index
         return index
@@ -953,7 +952,7 @@ class NodeCore:
         if reconciler is None:
             if connection.initiator:
                 return  # a late reply to a reconciliation we already ended
-            if len(connection.recon) >= 2:
+            if len(connection.recon) >= limits.MAX_CONCURRENT_RECONS:
                 self._bite("recon_concurrent")
                 raise wire.WireError("too many concurrent reconciliations")
             assert connection.recon_bucket is not None
@@ -987,14 +986,14 @@ class NodeCore:
         are dropped, and the next reconciliation finds them again)."""
         pending, queued = connection.push_pending, connection.push_queued
         dropped = 0
-        for record_id in ids:
-            if record_id in queued:
+        for rid in ids:
+            if rid in queued:
                 continue
             if len(pending) >= limits.MAX_PUSH_PENDING:
                 dropped += 1
                 continue
-            queued.add(record_id)
-            pending.append(record_id)
+            queued.add(rid)
+            pending.append(rid)
         if dropped:
             self._bite("push_pending_dropped", dropped)
 
@@ -1039,7 +1038,7 @@ class NodeCore:
         batch: list[bytes] = []
         size = 0
         for raw in raws:
-            if batch and (len(batch) >= limits.MAX_RECORDS_PER_MESSAGE or size + len(raw) > limits.MAX_MESSAGE - 4096):
+            if batch and (len(batch) >= limits.MAX_RECORDS_PER_MESSAGE or size + len(raw) > limits.RECORDS_MESSAGE_BYTES):
                 self._send(connection, wire.Records(tuple(batch)))
                 batch, size = [], 0
             batch.append(raw)
@@ -1054,7 +1053,7 @@ class NodeCore:
         # record, verified on the way in: skip them before paying for a
         # signature check. Eager push makes such duplicates common (about two
         # per record per node).
-        ids = [hashlib.sha256(raw).digest() for raw in raws]
+        ids = [record_id(raw) for raw in raws]
         known = self.store.known_ids(ids)
         if self._inflight:
             known |= self._inflight.intersection(ids)
@@ -1312,7 +1311,7 @@ class NodeCore:
             return
         text = describe(reason, detail)
         if send_bye and connection.channel.is_established:
-            self._send(connection, wire.Bye(text[:200]))
+            self._send(connection, wire.Bye(text[: limits.MAX_BYE_REASON]))
             self._flush(connection)
         connection.closed = True
         self._unpend(connection)

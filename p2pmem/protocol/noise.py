@@ -75,7 +75,8 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from p2pmem.errors import P2pmemError
-from p2pmem.limits import MAX_FRAME, MAX_MESSAGE
+from p2pmem.limits import MAX_FRAME, MAX_HANDSHAKE_PROOF, MAX_MESSAGE
+from p2pmem.model.strict import Fields
 
 __all__ = [
     "DHLEN",
@@ -108,7 +109,7 @@ _ED25519_SIG = 64
 
 # The identity proof is canonical CBOR of a fixed shape: 108 bytes today. The
 # bound below only guards the handshake frames before they are decrypted.
-_MAX_PROOF = 512
+_MAX_PROOF = MAX_HANDSHAKE_PROOF
 _MAX_HANDSHAKE_MSG = DHLEN + (DHLEN + TAGLEN) + _MAX_PROOF + TAGLEN
 _MSG2_MIN = DHLEN + DHLEN + TAGLEN + TAGLEN
 # A channel must at least fit the handshake; smaller frames would only add overhead.
@@ -129,6 +130,9 @@ class ProtocolError(P2pmemError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+_fields = Fields(ProtocolError)  # the one typed-field reader (p2pmem/model/strict.py)
 
 
 class LocalProtocolError(P2pmemError):
@@ -736,21 +740,11 @@ class SecureChannel:
         """Check the peer's proof against this handshake; return its Ed25519 key."""
         remote_static = self._handshake.remote_static
         assert remote_static is not None
-        if len(payload) > _MAX_PROOF:
-            raise ProtocolError("identity proof too long")
-        try:
-            proof = cbor2.loads(payload)
-        except Exception as exc:  # cbor2 raises several types; all mean "not CBOR"
-            raise ProtocolError("identity proof is not well-formed CBOR") from exc
-        if not isinstance(proof, dict) or set(proof) != {"id", "sig"}:
-            raise ProtocolError("identity proof must be a map with exactly 'id' and 'sig'")
-        identity, signature = proof["id"], proof["sig"]
-        if not isinstance(identity, bytes) or len(identity) != _ED25519_KEY:
-            raise ProtocolError("identity proof 'id' must be 32 bytes")
-        if not isinstance(signature, bytes) or len(signature) != _ED25519_SIG:
-            raise ProtocolError("identity proof 'sig' must be 64 bytes")
-        if cbor2.dumps(proof, canonical=True) != payload:
-            raise ProtocolError("identity proof is not canonical CBOR")
+        proof = _fields.map(_fields.loads(payload, "identity proof", max_size=_MAX_PROOF, canonical=False),
+                            "identity proof", ("id", "sig"))
+        identity = _fields.bytes_(proof["id"], "identity proof 'id'", size=_ED25519_KEY)
+        signature = _fields.bytes_(proof["sig"], "identity proof 'sig'", size=_ED25519_SIG)
+        _fields.canonical(proof, payload, "identity proof")
         signed = PROOF_CONTEXT + remote_static + self._handshake.payload_binding
         try:
             Ed25519PublicKey.from_public_bytes(identity).verify(signature, signed)

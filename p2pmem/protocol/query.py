@@ -89,7 +89,6 @@ budget within which the sender waits for this node's echo
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import logging
 import re
@@ -104,7 +103,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from p2pmem import limits
 from p2pmem.errors import P2pmemError, RecordError
-from p2pmem.model.record import Record, decode_record
+from p2pmem.model.record import Record, decode_record, record_id
+from p2pmem.model.strict import Fields
+from p2pmem.protocol.budget import Bucket
 from p2pmem.protocol.ports import Rng
 from p2pmem.protocol.wave import (
     MAX_ECHO_HITS,
@@ -149,7 +150,7 @@ Sign = Callable[[bytes], bytes]
 Check = Callable[["Query", bytes], Any]
 
 DEFAULT_QUERY_TIMEOUT_S = 5.0
-MAX_QUERY_AUTHORS = 16
+MAX_QUERY_AUTHORS = limits.MAX_QUERY_AUTHORS
 QID_SIZE = 16
 KEY_SIZE = 32
 SIG_SIZE = 64
@@ -161,15 +162,15 @@ MAX_CONTEXT_PER_HIT = 2
 # Records a relay passes back for one query: enough for every node within reach
 # to fill a few answers, small enough that one query cannot make a relay carry
 # an unbounded volume (amplification).
-MAX_RELAYED_RECORDS = limits.MAX_QUERY_HITS * 8
+MAX_RELAYED_RECORDS = limits.MAX_RELAYED_RECORDS
 # Distinct records the asker keeps for one of its own queries, for the same
 # reason; their bytes are bounded too, by limits.MAX_QUERY_RESULT_BYTES.
-MAX_COLLECTED_RECORDS = limits.MAX_QUERY_HITS * 8
+MAX_COLLECTED_RECORDS = limits.MAX_COLLECTED_RECORDS
 # How long the results of a finished own query stay readable before
 # handle_timer drops them, in case the node never calls finish().
-RESULT_LINGER_S = 30.0
+RESULT_LINGER_S = limits.QUERY_RESULT_LINGER_S
 # A query message is small (text, topics, authors); anything larger is hostile.
-MAX_QUERY_MESSAGE = 4096
+MAX_QUERY_MESSAGE = limits.MAX_QUERY_MESSAGE
 # One hits message must fit one wire message; bigger answers are split.
 MAX_HITS_MESSAGE = limits.MAX_MESSAGE
 _HITS_OVERHEAD = 256  # map head, qid, hops, responder, signature, array head, with margin
@@ -255,12 +256,12 @@ class QueryHits:
         """The bytes the responder signs: every field but the signature, the
         records (and context records) by their SHA-256, under a domain tag
         of their own."""
-        hashes = [hashlib.sha256(raw).digest() for raw in self.records]
+        hashes = [record_id(raw) for raw in self.records]
         if not self.context:
             return cbor2.dumps([HITS_DOMAIN, self.qid, self.hops, self.responder, hashes], canonical=True)
         return cbor2.dumps(
             [HITS_CONTEXT_DOMAIN, self.qid, self.hops, self.responder, hashes,
-             [hashlib.sha256(raw).digest() for raw in self.context]],
+             [record_id(raw) for raw in self.context]],
             canonical=True,
         )
 
@@ -299,20 +300,15 @@ def _fail(reason: str) -> QueryError:
     return QueryError(reason[:200])
 
 
+_fields = Fields(_fail)  # the one typed-field reader (p2pmem/model/strict.py)
+
+
 def _check_bytes(value: Any, what: str, size: int) -> bytes:
-    if type(value) is not bytes:
-        raise _fail(f"{what} must be a byte string")
-    if len(value) != size:
-        raise _fail(f"{what} must be {size} bytes, not {len(value)}")
-    return value
+    return _fields.bytes_(value, what, size=size)
 
 
 def _check_uint(value: Any, what: str, low: int = 0, high: int = _MAX_UINT) -> int:
-    if type(value) is not int:
-        raise _fail(f"{what} must be an unsigned integer")
-    if not low <= value <= high:
-        raise _fail(f"{what} must be between {low} and {high}, not {value}")
-    return value
+    return _fields.uint(value, what, low=low, high=high)
 
 
 def _check_opt_uint(value: Any, what: str) -> int | None:
@@ -424,10 +420,7 @@ def _load_map(data: Any, what: str, max_size: int) -> dict[Any, Any]:
     data = bytes(data)
     if len(data) > max_size:
         raise _fail(f"{what} is {len(data)} bytes, over the limit of {max_size}")
-    try:
-        obj = cbor2.loads(data)
-    except Exception as exc:  # cbor2 raises many types; all mean "malformed"
-        raise _fail(f"malformed {what} CBOR: {exc}") from None
+    obj = _fields.loads(data, what, canonical=False)  # canonical: checked against the re-encoding
     if type(obj) is not dict:
         raise _fail(f"{what} must be a CBOR map")
     if not all(type(k) is int for k in obj):
@@ -592,12 +585,6 @@ class _Own:
     added_bytes: dict[bytes, int] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class _Bucket:
-    tokens: float
-    last: float
-
-
 class QueryRouter:
     """Routes queries and hits for one node; a pure state machine.
 
@@ -643,7 +630,7 @@ class QueryRouter:
         self._expiries: list[tuple[float, int, bytes]] = []
         self._seq = 0
         self._own: dict[bytes, _Own] = {}
-        self._buckets: dict[Peer, _Bucket] = {}
+        self._buckets: dict[Peer, Bucket] = {}
         self._outbox: list[tuple[Peer, Kind, bytes]] = []
         self._finished: list[bytes] = []  # own queries done since take_finished
         self._waves: list[tuple[float, bytes]] = []  # (give-up time, qid) of open waves, lazily pruned
@@ -994,7 +981,7 @@ class QueryRouter:
             elif own.finished_at is not None and now >= own.finished_at + RESULT_LINGER_S:
                 del self._own[qid]
         for peer, bucket in list(self._buckets.items()):
-            if self._refilled(bucket, now) >= self._burst:
+            if bucket.level(now) >= self._burst:
                 del self._buckets[peer]  # a full bucket is the same as none
         return done
 
@@ -1054,20 +1041,11 @@ class QueryRouter:
                 return
             heapq.heappop(self._expiries)
 
-    def _refilled(self, bucket: _Bucket, now: float) -> float:
-        elapsed = max(0.0, now - bucket.last)
-        return min(self._burst, bucket.tokens + elapsed * self._rate)
-
     def _take_token(self, peer: Peer, now: float) -> bool:
         bucket = self._buckets.get(peer)
         if bucket is None:
-            bucket = self._buckets[peer] = _Bucket(self._burst, now)
-        bucket.tokens = self._refilled(bucket, now)
-        bucket.last = max(bucket.last, now)
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
-            return True
-        return False
+            bucket = self._buckets[peer] = Bucket(self._rate, self._burst, now)
+        return bucket.take(now)
 
     def _answer_records(self, query: Query, answer: Answer) -> list[tuple[bytes, Sequence[bytes]]]:
         """The node's answer, cut to what the query and the wire allow; each
@@ -1098,7 +1076,7 @@ class QueryRouter:
         so early floods (from one identity or many) cannot lock out a later
         honest answer; it gets at least an equal share of the budget."""
         for raw in hits.records:
-            key = hashlib.sha256(raw).digest()  # the record id, for real records
+            key = record_id(raw)  # the record id, for real records
             best = own.hits.get(key)
             if best is not None:
                 # the same bytes were verified already; keep the shortest path
@@ -1132,7 +1110,7 @@ class QueryRouter:
         budget: half the query's byte budget, MAX_CONTEXT_PER_HIT per held
         record at most."""
         for raw in hits.context:
-            key = hashlib.sha256(raw).digest()
+            key = record_id(raw)
             if key in own.context or key in own.hits:
                 continue
             if (len(own.context) >= MAX_CONTEXT_PER_HIT * MAX_COLLECTED_RECORDS

@@ -7,6 +7,7 @@ Decoding is strict and bounded: anything unexpected raises
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,13 +15,12 @@ import cbor2
 
 from p2pmem import limits
 from p2pmem.errors import P2pmemError
+from p2pmem.model.strict import Fields
 
 PROTOCOL_VERSION = 1
 # "query-echo-v1": this node echoes queries (p2pmem.protocol.wave) and may be
 # sent the query-echo message and a query with an echo budget (field 12).
 FEATURES = ("reconcile-v1", "push", "pex", "query-v1", "messages", "query-echo-v1")
-MAX_INTEREST_AUTHORS = 4096
-MAX_FEATURES = 32
 
 
 class WireError(P2pmemError):
@@ -134,102 +134,77 @@ def encode(message: Message) -> bytes:
     return cbor2.dumps([kind, body], canonical=True)
 
 
-def _bytes(value: Any, what: str, size: int | None = None, max_size: int | None = None) -> bytes:
-    if type(value) is not bytes:
-        raise WireError(f"{what} must be a byte string")
-    if size is not None and len(value) != size:
-        raise WireError(f"{what} must be {size} bytes")
-    if max_size is not None and len(value) > max_size:
-        raise WireError(f"{what} is over {max_size} bytes")
-    return value
-
-
-def _text(value: Any, what: str, max_size: int) -> str:
-    if type(value) is not str or len(value) > max_size:
-        raise WireError(f"{what} must be a text string of at most {max_size} characters")
-    return value
-
-
-def _list(value: Any, what: str, max_items: int) -> list[Any]:
-    if not isinstance(value, list | tuple) or len(value) > max_items:
-        raise WireError(f"{what} must be an array of at most {max_items} entries")
-    return list(value)
-
-
-def _uint(value: Any, what: str) -> int:
-    if type(value) is not int or not 0 <= value < 1 << 64:
-        raise WireError(f"{what} must be an unsigned 64-bit integer")
-    return value
-
-
-def _bool(value: Any, what: str) -> bool:
-    if type(value) is not bool:
-        raise WireError(f"{what} must be a boolean")
-    return value
-
-
-def _map(value: Any, what: str, keys: range) -> dict[int, Any]:
-    if not isinstance(value, dict) or set(value) != set(keys):
-        raise WireError(f"{what} must be a map with keys {list(keys)}")
-    return value
+_fields = Fields(WireError)  # the one typed-field reader (p2pmem/model/strict.py)
 
 
 def _authors(value: Any) -> tuple[bytes, ...]:
-    return tuple(_bytes(a, "author", 32) for a in _list(value, "authors", MAX_INTEREST_AUTHORS))
+    authors = _fields.array(value, "authors", limits.MAX_INTEREST_AUTHORS)
+    return tuple(_fields.bytes_(a, "author", size=32) for a in authors)
+
+
+def _texts(value: Any, what: str, max_items: int, max_chars: int) -> tuple[str, ...]:
+    return tuple(_fields.text(v, what, max_chars=max_chars) for v in _fields.array(value, what + "s", max_items))
 
 
 def decode(data: bytes) -> Message:
-    """Parse one application message, or raise :class:`WireError`."""
-    if len(data) > limits.MAX_MESSAGE:
-        raise WireError("message over the size limit")
-    try:
-        obj = cbor2.loads(data)
-    except Exception as exc:  # every cbor2 failure means the same thing here
-        raise WireError(f"malformed CBOR: {str(exc)[:80]}") from None
+    """Parse one application message, or raise :class:`WireError`. Strict:
+    the bytes must be the canonical encoding of what they say."""
+    obj = _fields.loads(data, "message", max_size=limits.MAX_MESSAGE)
     if not isinstance(obj, list) or len(obj) != 2 or type(obj[0]) is not int:
         raise WireError("a message is [type, body]")
     kind, body = obj
-    if kind == T_HELLO:
-        m = _map(body, "hello", range(6))
-        return Hello(
-            version=_uint(m[0], "version"),
-            features=tuple(_text(f, "feature", 64) for f in _list(m[1], "features", MAX_FEATURES)),
-            agent=_bytes(m[2], "agent", 32),
-            addresses=tuple(
-                _text(a, "address", limits.MAX_ADDRESS) for a in _list(m[3], "addresses", limits.MAX_ADDRESSES)
-            ),
-            replicate_all=_bool(m[4], "replicate"),
-            authors=_authors(m[5]),
-        )
-    if kind == T_INTEREST:
-        m = _map(body, "interest", range(2))
-        return Interest(_bool(m[0], "replicate"), _authors(m[1]))
-    if kind == T_RECON:
-        items = _list(body, "recon", 2)
-        if len(items) != 2:
-            raise WireError("recon is [recon id, payload]")
-        return Recon(_uint(items[0], "recon id"), _bytes(items[1], "payload", max_size=limits.MAX_MESSAGE))
-    if kind == T_RECORDS:
-        raws = _list(body, "records", limits.MAX_RECORDS_PER_MESSAGE)
-        return Records(tuple(_bytes(r, "record", max_size=limits.MAX_RECORD) for r in raws))
-    if kind == T_PEX:
-        peers = []
-        for entry in _list(body, "peers", limits.MAX_PEER_EXCHANGE):
-            pair = _list(entry, "peer", 2)
-            if len(pair) != 2:
-                raise WireError("a peer is [agent, address]")
-            peers.append((_bytes(pair[0], "agent", 32), _text(pair[1], "address", limits.MAX_ADDRESS)))
-        return PeerExchange(tuple(peers))
-    if kind == T_PING:
-        return Ping(_uint(body, "nonce"))
-    if kind == T_PONG:
-        return Pong(_uint(body, "nonce"))
-    if kind == T_QUERY:
-        return QueryMsg(_bytes(body, "query", max_size=limits.MAX_MESSAGE))
-    if kind == T_HITS:
-        return HitsMsg(_bytes(body, "hits", max_size=limits.MAX_MESSAGE))
-    if kind == T_BYE:
-        return Bye(_text(body, "reason", 256))
-    if kind == T_ECHO:
-        return EchoMsg(_bytes(body, "echo", max_size=limits.MAX_MESSAGE))
-    raise WireError(f"unknown message type {kind}")
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
+        raise WireError(f"unknown message type {kind}")
+    return decoder(body)
+
+
+def _hello(body: Any) -> Hello:
+    m = _fields.map(body, "hello", range(6))
+    return Hello(
+        version=_fields.uint(m[0], "version"),
+        features=_texts(m[1], "feature", limits.MAX_FEATURES, limits.MAX_FEATURE),
+        agent=_fields.bytes_(m[2], "agent", size=32),
+        addresses=_texts(m[3], "address", limits.MAX_ADDRESSES, limits.MAX_ADDRESS),
+        replicate_all=_fields.boolean(m[4], "replicate"),
+        authors=_authors(m[5]),
+    )
+
+
+def _interest(body: Any) -> Interest:
+    m = _fields.map(body, "interest", range(2))
+    return Interest(_fields.boolean(m[0], "replicate"), _authors(m[1]))
+
+
+def _recon(body: Any) -> Recon:
+    recon_id, payload = _fields.array(body, "recon", 2, length=2)
+    return Recon(_fields.uint(recon_id, "recon id"), _fields.bytes_(payload, "payload", max_size=limits.MAX_MESSAGE))
+
+
+def _records(body: Any) -> Records:
+    raws = _fields.array(body, "records", limits.MAX_RECORDS_PER_MESSAGE)
+    return Records(tuple(_fields.bytes_(r, "record", max_size=limits.MAX_RECORD) for r in raws))
+
+
+def _pex(body: Any) -> PeerExchange:
+    peers = []
+    for entry in _fields.array(body, "peers", limits.MAX_PEER_EXCHANGE):
+        agent, address = _fields.array(entry, "peer", 2, length=2)
+        peers.append((_fields.bytes_(agent, "agent", size=32),
+                      _fields.text(address, "address", max_chars=limits.MAX_ADDRESS)))
+    return PeerExchange(tuple(peers))
+
+
+_DECODERS: dict[int, Callable[[Any], Message]] = {
+    T_HELLO: _hello,
+    T_INTEREST: _interest,
+    T_RECON: _recon,
+    T_RECORDS: _records,
+    T_PEX: _pex,
+    T_PING: lambda body: Ping(_fields.uint(body, "nonce")),
+    T_PONG: lambda body: Pong(_fields.uint(body, "nonce")),
+    T_QUERY: lambda body: QueryMsg(_fields.bytes_(body, "query", max_size=limits.MAX_MESSAGE)),
+    T_HITS: lambda body: HitsMsg(_fields.bytes_(body, "hits", max_size=limits.MAX_MESSAGE)),
+    T_BYE: lambda body: Bye(_fields.text(body, "reason", max_chars=limits.MAX_BYE_REASON)),
+    T_ECHO: lambda body: EchoMsg(_fields.bytes_(body, "echo", max_size=limits.MAX_MESSAGE)),
+}
