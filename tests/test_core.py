@@ -744,6 +744,28 @@ def test_simultaneous_dials_settle_on_one_connection(seed):
     assert (record.ts, record.id) in net.items(0)
 
 
+@given(st.integers(0, 2**32))
+@settings(max_examples=20, deadline=None)
+def test_two_nodes_listing_each_other_stop_redialling(seed):
+    """Issue 16: two nodes that list each other kept one connection but the
+    loser of the tie-break redialled its peer's address every back-off
+    period forever, each dial closed again as a duplicate. The address is
+    now known to belong to the connected identity, so nobody dials it."""
+    net = SimNet(seed)
+    net.add(0, bootstrap=[1], drain=False)
+    net.add(1, bootstrap=[0], drain=False)
+    net.drain()
+    net.settle()
+    dials, closes = len(net.dials), len(net.closes)
+    net.advance(3 * Timing().backoff_max)  # three dial periods at the longest back-off
+    assert net.dials[dials:] == [], "an address of a connected identity was dialled again"
+    assert [c for c in net.closes[closes:] if "duplicate" in c[2]] == []
+    for i in (0, 1):
+        live = [s for s in net.cores[i].connections.values() if not s.closed]
+        assert len(live) == 1 and live[0].ready
+    assert net.links() == {frozenset((0, 1))}
+
+
 def test_a_reconnect_from_the_same_identity_replaces_the_old_connection():
     net = SimNet(2)
     net.add(1)

@@ -34,6 +34,7 @@ from p2pmem import limits
 from p2pmem.model.clock import from_ms
 from p2pmem.model.identity import Identity
 from p2pmem.model.record import sign_record
+from p2pmem.node.control import request
 from p2pmem.protocol import wire
 from p2pmem.protocol.noise import HandshakeComplete, MessageReceived, SecureChannel
 
@@ -331,3 +332,44 @@ def test_a_second_serve_on_the_same_home_is_refused(net):
     result = run_cli(other, "serve", "--listen", first.address, timeout=DEADLINE_S)
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _os_port() -> int:
+    """A port the OS just handed out (free for the moment: both nodes need
+    each other's address before either starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_nodes_listing_each_other_keep_one_connection_without_churn(net):
+    """Issue 16: two `serve` processes, each with `--peer` the other, logged
+    "duplicate connection" forever (the loser of the tie-break redialled at
+    every back-off period: 1, 2, 4, 8 ... 30 s). Now: after the start (where
+    one simultaneous dial may be closed as a duplicate), a quiet log and one
+    connection over a window longer than the first back-off periods."""
+    a, b = net.homes(2)
+    port_a, port_b = _os_port(), _os_port()
+    na = net.start(a, "--peer", f"127.0.0.1:{port_b}", listen=f"127.0.0.1:{port_a}")
+    nb = net.start(b, "--peer", f"127.0.0.1:{port_a}", listen=f"127.0.0.1:{port_b}")
+    net.wait_peers(na, {nb.id})
+    net.wait_peers(nb, {na.id})
+
+    def duplicates() -> int:
+        return sum(node.log_path.read_text(errors="replace").count("duplicate connection") for node in (na, nb))
+
+    # the start settles: at most the first redial of the early back-off, then quiet for 5 s
+    seen, quiet_since, deadline = duplicates(), time.monotonic(), time.monotonic() + 30
+    while time.monotonic() - quiet_since < 5:
+        assert time.monotonic() < deadline, f"still closing duplicates after 30 s\n{net.logs()}"
+        time.sleep(0.2)
+        if (now := duplicates()) != seen:
+            seen, quiet_since = now, time.monotonic()
+    assert seen <= 2, f"{seen} duplicate connections at the start\n{net.logs()}"
+    window_end = time.monotonic() + 15
+    while time.monotonic() < window_end:
+        for node, other in ((na, nb), (nb, na)):
+            assert node.peer_ids() == {other.id}
+            assert request(node.home, "status")["status"]["connections"] == 1
+        time.sleep(0.5)
+    assert duplicates() == seen, f"duplicate connections while connected\n{net.logs()}"

@@ -191,6 +191,7 @@ class Connection:
     sent_records: int = 0
     received_records: int = 0
     closed: bool = False
+    superseded: bool = False  # closed as a duplicate of another connection to the same identity
     host: str | None = None  # the remote IP of an incoming connection
     queued: int = 0  # bytes handed to the shell and not yet written (flow control)
     ingest_pending: int = 0  # bytes of received records in the ingest pipeline
@@ -568,7 +569,7 @@ class NodeCore:
         if connection.address is not None and connection.address in self.addresses:
             entry = self.addresses[connection.address]
             entry.dialing = False
-            if not connection.ready:
+            if not connection.ready and not connection.superseded:  # a duplicate is no failure
                 self._backoff(entry, now)
                 self._age_out(entry)
             else:
@@ -741,22 +742,10 @@ class NodeCore:
                 self.addresses[connection.address].is_self = True
             self._close(connection, CloseReason.SELF_CONNECTION, now)
             return
-        other = self.by_agent.get(remote)
-        if other is not None and other in self.connections:
-            # One connection per identity: both ends keep the one dialled by
-            # the smaller key, so simultaneous dials settle the same way.
-            # A reconnect in the same direction replaces the old connection.
-            existing = self.connections[other]
-            if (existing.initiator != connection.initiator
-                    and existing.initiator == (self.key < remote)):
-                self._close(connection, CloseReason.DUPLICATE, now)
-                return
-            self._close(existing, CloseReason.DUPLICATE, now)
-        if not connection.initiator and len(self.ready_peers()) >= self.timing.max_peers and not self._evict_for_newcomer(now):
-            self._bite("peer_limit")
-            self._close(connection, CloseReason.PEER_LIMIT, now)
-            return
-        self.by_agent[remote] = connection.conn
+        # The handshake proved who listens at the address we dialled, whatever
+        # happens to this connection next: bound to that identity, the address
+        # is not dialled again while the identity is connected (issue 16: the
+        # loser of the tie-break below redialled it every back-off period).
         if connection.address is not None:
             entry = self.addresses.get(connection.address)
             if entry is None:
@@ -765,6 +754,24 @@ class NodeCore:
             entry.failures = 0
             entry.verified = True
             entry.source = None
+        other = self.by_agent.get(remote)
+        if other is not None and other in self.connections:
+            # One connection per identity: both ends keep the one dialled by
+            # the smaller key, so simultaneous dials settle the same way.
+            # A reconnect in the same direction replaces the old connection.
+            existing = self.connections[other]
+            if (existing.initiator != connection.initiator
+                    and existing.initiator == (self.key < remote)):
+                connection.superseded = True
+                self._close(connection, CloseReason.DUPLICATE, now)
+                return
+            existing.superseded = True
+            self._close(existing, CloseReason.DUPLICATE, now)
+        if not connection.initiator and len(self.ready_peers()) >= self.timing.max_peers and not self._evict_for_newcomer(now):
+            self._bite("peer_limit")
+            self._close(connection, CloseReason.PEER_LIMIT, now)
+            return
+        self.by_agent[remote] = connection.conn
         self._send(connection, self._hello())
 
     def _evict_for_newcomer(self, now: float) -> bool:
