@@ -98,6 +98,8 @@ def parser() -> argparse.ArgumentParser:
                      help="what one direction of a connection carries, Mbit/s (default 100)")
     net.add_argument("--window-kib", type=_positive_float, default=d.window_kib,
                      help="receive window: KiB on the wire or unread before a sender waits (default 256)")
+    net.add_argument("--commit-fail", type=_probability, default=d.commit_fail,
+                     help="probability that a node's commit of received records fails (default 0)")
     lim = p.add_argument_group("limits")
     lim.add_argument("--max-time", type=_positive_float, default=d.max_time,
                      help="virtual seconds each phase may take before the run fails (default 600)")

@@ -21,7 +21,7 @@ from typing import Any
 from p2pmem import limits
 from p2pmem.model.record import Record
 from p2pmem.model.views import build_views
-from p2pmem.testing import LinkModel, SimNetwork, SimulationError, bfs_distances
+from p2pmem.testing import DiskModel, LinkModel, SimNetwork, SimulationError, bfs_distances
 from simulations.report import Result, Table, num, pct, quantile
 
 # After the topology is up, let the first reconciliations finish before a
@@ -48,6 +48,7 @@ class Options:
     connect_fail: float = 0.0
     link_mbit: float = 100.0  # what one direction of a connection carries
     window_kib: float = 256.0  # bytes on the wire or unread before a sender waits
+    commit_fail: float = 0.0  # probability that a node's commit fails
     max_time: float = 600.0
     max_events: int = 50_000_000
     # dissemination
@@ -94,6 +95,7 @@ class Options:
             f"latency={self.latency_ms:g}ms (lognormal sigma {self.latency_sigma:g}, jitter {self.jitter:g}) "
             f"spike={self.spike:g} loss={self.loss:g} connect-fail={self.connect_fail:g} "
             f"link={self.link_mbit:g}Mbit/s window={self.window_kib:g}KiB"
+            + (f" commit-fail={self.commit_fail:g}" if self.commit_fail else "")
         )
 
 
@@ -116,7 +118,8 @@ NO_PROGRESS = Progress()
 def _network(opts: Options, progress: Progress, *, replicate_all: bool, membership: str = "fixed") -> SimNetwork:
     net = SimNetwork(
         opts.nodes, opts.seed, topology=opts.topology, degree=opts.degree, replicate_all=replicate_all,
-        link=opts.link_model(), membership=membership, connect=False, max_events=opts.max_events,
+        link=opts.link_model(), disk=DiskModel(commit_fail=opts.commit_fail), membership=membership,
+        connect=False, max_events=opts.max_events,
         max_time=10_000_000.0,
     )
     net.on_progress = progress.update

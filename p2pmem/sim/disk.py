@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import random
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,10 +45,13 @@ class DiskModel:
     verify_us_per_record: float = 80.0  # decode and one Ed25519 check, in line (docs/performance.md)
     commit_us: float = 300.0  # one transaction (WAL, synchronous=NORMAL: no fsync per commit)
     write_us_per_kib: float = 20.0  # the bytes of the records (about 50 MB/s)
+    commit_fail: float = 0.0  # probability that a commit fails (each node's disk/{i} generator)
 
     def __post_init__(self) -> None:
         if min(self.verify_us_per_record, self.commit_us, self.write_us_per_kib) < 0:
             raise ValueError("disk delays cannot be negative")
+        if not 0.0 <= self.commit_fail <= 1.0:
+            raise ValueError("commit_fail must be a probability in [0, 1]")
 
     def verify_us(self, job: IngestJob) -> int:
         return math.ceil(self.verify_us_per_record * len(job.raws))
@@ -59,13 +63,14 @@ class DiskModel:
 @dataclass
 class DiskFaults:
     """What the fault plan did to one node's disk; outlives crashes, as a
-    disk does."""
+    disk does. ``rng`` draws the failures of ``DiskModel.commit_fail``."""
 
     fail_commits: int = 0  # the next this many commits fail
     crash_commits: int = 0  # the next this many commits are followed by a crash before the ack
     restart_after_s: float = 0.0  # how long such a crashed node stays down (0: until restarted)
     slow_factor: float = 1.0
     slow_until_us: int = 0
+    rng: random.Random | None = None
 
     def slowness(self, now_us: int) -> float:
         return self.slow_factor if now_us < self.slow_until_us else 1.0
@@ -149,6 +154,8 @@ class DiskShell:
         disk = node.disk
         failed = disk.fail_commits > 0
         disk.fail_commits -= failed
+        if not failed and self.disk.commit_fail and disk.rng is not None:
+            failed = disk.rng.random() < self.disk.commit_fail
         self.counts["commits"] += 1
         self.counts["failed_commits"] += failed
         store = FailingDisk() if failed else node.store

@@ -377,6 +377,7 @@ class SimNetwork(Streams, DiskShell):
         # An Agent reads its home only in Agent.open; a simulated node has none.
         agent = Agent(Path(":memory:"), identity, store, wall_ms=lambda: self.wall_ms)
         node = SimNode(index, self._address(index), identity, store, bootstrap, replicate_all, agent)
+        node.disk.rng = self.rng(f"disk/{index}")
         node_box.append(node)
         self.nodes.append(node)
         self._by_address[node.address] = node
