@@ -158,6 +158,7 @@ class NodeProc:
             )
         line = self._read_ready_line(timeout)
         ready = json.loads(line)
+        self.ready: dict[str, Any] = ready  # the whole ready line (e.g. "metrics" with --metrics)
         self.address, self.id = ready["address"], ready["id"]
         return self
 

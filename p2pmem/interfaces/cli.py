@@ -228,6 +228,8 @@ def serve_options(p: argparse.ArgumentParser) -> None:
                    help="the least important log lines to write (default info)")
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="log lines as text (default) or one JSON object per line, on standard error")
+    p.add_argument("--metrics", type=_address, default=None, metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
 
 
 def _serve_settings(p: argparse.ArgumentParser) -> None:
@@ -725,7 +727,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with _open(args) as agent:
         return run_serve(agent, listen=args.listen, peers=args.peer,
                          replicate_all=args.replicate == "all", json_out=args.json,
-                         max_peers=args.max_peers, push_rate=args.push_rate)
+                         max_peers=args.max_peers, push_rate=args.push_rate,
+                         metrics=args.metrics)
 
 
 @command("peers")

@@ -155,11 +155,12 @@ class ControlServer:
         options = ask_options(request)
         text = options.pop("text")
         timeout = options.pop("timeout")
-        if op == "ask_graph":
-            return {"results": await node.ask_graph(text, timeout=timeout, **options)}
-        if not request.get("stream"):
-            return await node.ask(text, timeout=timeout, **options)
-        return await _ask_streaming(node, stream, text, timeout, options)
+        with node.timed_ask(op):
+            if op == "ask_graph":
+                return {"results": await node.ask_graph(text, timeout=timeout, **options)}
+            if not request.get("stream"):
+                return await node.ask(text, timeout=timeout, **options)
+            return await _ask_streaming(node, stream, text, timeout, options)
 
 
 async def _ask_streaming(

@@ -33,6 +33,7 @@ from p2pmem.agent.home import Agent
 from p2pmem.errors import P2pmemError, UsageError
 from p2pmem.node.control import ControlServer
 from p2pmem.node.ingest import IngestPipeline
+from p2pmem.node.metrics import NodeMetrics
 from p2pmem.protocol.actions import execute
 from p2pmem.protocol.core import IngestOutcome, NodeCore, Timing
 from p2pmem.protocol.events import Close, ConnId, Dial, Event, IngestJob, QueryFinished
@@ -145,8 +146,12 @@ class Node:
         replicate_all: bool = False,
         timing: Timing | None = None,
         announce: bool = True,
+        metrics: str | None = None,
     ) -> None:
         self.agent = agent
+        # serve --metrics HOST:PORT (p2pmem/node/metrics.py); off when None
+        self.metrics_listen = parse_address(metrics) if metrics is not None else None
+        self.metrics: NodeMetrics | None = None
         self.listen = parse_address(listen)
         self.peers = list(peers or [])
         for peer in self.peers:
@@ -180,9 +185,14 @@ class Node:
         host, port = self.listen
         control = ControlServer(self.agent.home, self)
         control.check_free()  # before listening or announcing an address in the profile
+        if self.metrics_listen is not None:
+            self.metrics = NodeMetrics()
+            self.metrics.start(self, *self.metrics_listen)
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
+            if self.metrics is not None:
+                self.metrics.close()
             raise P2pmemError(f"cannot listen on {format_address(host, port)}: {exc.strerror}") from None
         bound = listeners[0].socket.getsockname()
         self.address = format_address(bound[0], bound[1])
@@ -206,6 +216,8 @@ class Node:
                 task_status.started(self.address)
         finally:
             control.cleanup()
+            if self.metrics is not None:
+                self.metrics.close()
 
     async def _keep_indexes_current(self) -> None:
         """Bring the derived search indexes up to date about once a second,
@@ -432,6 +444,10 @@ class Node:
             self._apply(wake=False)
 
     # -- control requests ------------------------------------------------------
+    def timed_ask(self, op: str) -> contextlib.AbstractContextManager[None]:
+        """Time one ask of the control socket into the metrics (if on)."""
+        return self.metrics.timed_ask(op) if self.metrics is not None else contextlib.nullcontext()
+
     def count(self, what: str) -> None:
         self.local_stats[what] = self.local_stats.get(what, 0) + 1
 
@@ -552,6 +568,7 @@ async def serve_forever(node: Node, on_ready: Callable[[str], None] | None = Non
 def run_serve(
     agent: Agent, *, listen: str, peers: list[str], replicate_all: bool, json_out: bool,
     max_peers: int = limits.MAX_ACTIVE_PEERS, push_rate: float = limits.PUSH_BYTES_PER_S,
+    metrics: str | None = None,
 ) -> int:
     from p2pmem.model.identity import agent_id
 
@@ -559,13 +576,18 @@ def run_serve(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s p2pmem %(message)s", datefmt="%H:%M:%S"
     )
     timing = dataclasses.replace(Timing.for_max_peers(max_peers), push_rate=push_rate)
-    node = Node(agent, listen=listen, peers=peers, replicate_all=replicate_all, timing=timing)
+    node = Node(agent, listen=listen, peers=peers, replicate_all=replicate_all, timing=timing,
+                metrics=metrics)
 
     def ready(address: str) -> None:
+        scrape = node.metrics.address if node.metrics is not None else None
         if json_out:
-            print(json.dumps({"id": agent_id(agent.key), "address": address}), flush=True)
+            extra = {"metrics": scrape} if scrape else {}
+            print(json.dumps({"id": agent_id(agent.key), "address": address, **extra}), flush=True)
         else:
             print(f"serving {agent_id(agent.key)} on {address}", flush=True)
+        if scrape:
+            log.info("metrics on http://%s/metrics", scrape)
 
     try:
         trio.run(serve_forever, node, ready)
