@@ -1,19 +1,25 @@
-"""Retrieval quality on LoCoMo (development split), beside plain FTS5 BM25.
+"""Retrieval quality on every development set, beside plain FTS5 BM25.
 
-Each dialogue turn becomes one signed memory of one agent (text
-"{speaker}: {text}", session "session_N", `at` the session's date-time),
-stored through the real Store; each question is an ``Agent.recall`` with
-limit 10 inside its conversation, asked "now" = the day after the last
-session. A question is found at k when any evidence turn is among the first
-k results. Category 5 (no answer in the conversation) is skipped.
+Sets: the LoCoMo development split (read from ../shared, never copied) and
+the generated sets of benchmarks/datasets/ (written to a cache at run time).
+Each turn becomes one signed memory of one agent (text "{speaker}: {text}",
+the session as `session`, the session's date-time as `at`), stored through
+the real Store; each question is an ``Agent.recall`` with limit 10 inside its
+conversation, asked "now" = the day after the last session. A question is
+found at k when any evidence turn is among the first k results; session
+coverage is the share of the sessions holding evidence that the top 10
+reaches. Questions without evidence (LoCoMo category 5, abstention) are not
+scored.
 
-The baseline in the same run is the dataset README's: SQLite FTS5
-(``porter unicode61``) BM25 over the same turns with the question's words
-OR-ed and nothing else. Goal (docs/performance.md): R@10 >= 1.2 x the
-baseline overall and no category below the baseline.
+The baseline in the same run: SQLite FTS5 (``porter unicode61``) BM25 over
+the same texts with the question's words OR-ed and nothing else. Goals
+(docs/performance.md): R@10 >= 1.2 x the baseline on every set, and no
+category or ability below it.
 
-Usage: python benchmarks/retrieval.py [PATH-TO-locomo-json] [--model FOLDER]
-(default: ../shared/datasets/locomo-dev/locomo-dev.json beside the repository)
+``--ablate`` also runs the ranking with each component off (or on, for
+those off by default), on every set: the table docs/retrieval.md shows.
+
+Usage: python benchmarks/retrieval.py [--set locomo|techchat|...] [--ablate] [--model FOLDER]
 """
 
 from __future__ import annotations
@@ -25,30 +31,43 @@ import sqlite3
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.datasets import techchat  # noqa: E402
 from p2pmem.agent.home import Agent  # noqa: E402
 from p2pmem.model.identity import Identity  # noqa: E402
-from p2pmem.storage.keyfile import save_identity
+from p2pmem.retrieval import engine  # noqa: E402
+from p2pmem.storage.keyfile import save_identity  # noqa: E402
 from p2pmem.storage.store import DB_FILE, Store  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/datasets/locomo-dev/locomo-dev.json"
-CATEGORIES = (1, 2, 3, 4)
+_LOCOMO_PART = "shared/datasets/locomo-dev/locomo-dev.json"
+
+
+def _locomo() -> Path:
+    """The LoCoMo dev split in the nearest ancestor's shared/ (a worktree sits deeper than the checkout)."""
+    here = Path(__file__).resolve().parent
+    found = [p / _LOCOMO_PART for p in here.parents if (p / _LOCOMO_PART).exists()]
+    return found[0] if found else here.parent.parent / _LOCOMO_PART
+
+
+LOCOMO = _locomo()
 DAY_MS = 86_400_000
+LOCOMO_CATEGORIES = {1: "c1 multi-hop", 2: "c2 temporal", 3: "c3 open-domain", 4: "c4 single-hop"}
 
 
 @dataclass
 class Conversation:
     name: str
-    turns: list[tuple[str, str, str, int]]  # (dia_id, text, session, at_ms)
-    questions: list[tuple[str, int, set[str]]]  # (question, category, evidence dia_ids)
+    turns: list[tuple[str, str, str, int]]  # (turn id, text, session, at_ms)
+    questions: list[tuple[str, str, set[str]]]  # (question, category or ability, evidence turn ids)
 
 
-def load(path: Path) -> list[Conversation]:
+def load_locomo(path: Path) -> list[Conversation]:
     out = []
     for item in json.loads(path.read_text()):
         conv = item["conversation"]
@@ -68,38 +87,66 @@ def load(path: Path) -> list[Conversation]:
             # one evidence entry in the data holds two ids joined by ';'
             evidence = {e.strip() for x in qa["evidence"] for e in x.split(";") if e.strip() in known}
             if evidence:
-                questions.append((qa["question"], qa["category"], evidence))
+                questions.append((qa["question"], LOCOMO_CATEGORIES[qa["category"]], evidence))
         out.append(Conversation(item["sample_id"], turns, questions))
     return out
 
 
+def load_generated(path: Path) -> list[Conversation]:
+    """A set in the shape of benchmarks/datasets/base.py."""
+    out = []
+    for conv in json.loads(path.read_text()):
+        turns = [
+            (t["id"], f"{t['role'].capitalize()}: {t['text']}", s["id"], s["at_ms"])
+            for s in conv["sessions"] for t in s["turns"]
+        ]
+        questions = [(q["question"], q["ability"], set(q["evidence"])) for q in conv["questions"] if q["evidence"]]
+        out.append(Conversation(conv["name"], turns, questions))
+    return out
+
+
+SETS: dict[str, Callable[[], list[Conversation]]] = {
+    "locomo": lambda: load_locomo(LOCOMO),
+    "techchat": lambda: load_generated(Path(techchat.path())),
+}
+
+
 @dataclass
 class Score:
+    """R@5, R@10, MRR and session coverage, overall and per label."""
+
     n: int = 0
     at5: int = 0
     at10: int = 0
     rr: float = 0.0
-    per: dict[int, list[int]] = field(default_factory=lambda: {c: [0, 0] for c in CATEGORIES})
+    coverage: float = 0.0
+    per: dict[str, list[int]] = field(default_factory=dict)
 
-    def add(self, category: int, ranked: list[str], evidence: set[str]) -> None:
+    def add(self, label: str, ranked: list[str], evidence: set[str], session_of: dict[str, str]) -> None:
         first = next((i for i, d in enumerate(ranked[:10]) if d in evidence), None)
         self.n += 1
         self.at5 += first is not None and first < 5
         self.at10 += first is not None
         self.rr += 0.0 if first is None else 1.0 / (first + 1)
-        self.per[category][0] += first is not None
-        self.per[category][1] += 1
+        wanted = {session_of[e] for e in evidence}
+        self.coverage += len(wanted & {session_of[d] for d in ranked[:10]}) / len(wanted)
+        hits = self.per.setdefault(label, [0, 0])
+        hits[0] += first is not None
+        hits[1] += 1
 
-    def r10(self, category: int | None = None) -> float:
-        if category is None:
-            return self.at10 / self.n
-        hits, total = self.per[category]
+    def r10(self, label: str | None = None) -> float:
+        if label is None:
+            return self.at10 / max(1, self.n)
+        hits, total = self.per.get(label, (0, 0))
         return hits / total if total else 0.0
 
     def line(self, name: str) -> str:
-        cats = " ".join(f"c{c}={self.r10(c):.3f}" for c in CATEGORIES)
-        return (f"{name:<10} R@5 {self.at5 / self.n:.3f}  R@10 {self.r10():.3f}  MRR {self.rr / self.n:.3f}"
-                f"  | R@10 by category {cats}")
+        n = max(1, self.n)
+        return (f"{name:<16} R@5 {self.at5 / n:.3f}  R@10 {self.r10():.3f}  MRR {self.rr / n:.3f}  "
+                f"sessions@10 {self.coverage / n:.3f}")
+
+    def labels(self, name: str) -> str:
+        return f"{'':<16} R@10 " + " ".join(f"{k}={self.r10(k):.3f}" for k in sorted(self.per))
 
 
 def fts5_baseline(conv: Conversation) -> list[list[str]]:
@@ -115,63 +162,107 @@ def fts5_baseline(conv: Conversation) -> list[list[str]]:
     return out
 
 
-def p2pmem_recall(conv: Conversation, home: Path, model: Path | None = None) -> tuple[list[list[str]], float]:
-    identity = Identity.generate()
-    save_identity(identity, home)
-    store = Store(home / DB_FILE)
-    store.search.model_path = model
-    agent = Agent(home, identity, store)
-    dia_of: dict[bytes, str] = {}
-    records = []
-    for dia, text, session, at_ms in conv.turns:
-        record = agent.make_memory(text, session=session, at=at_ms)
-        dia_of[record.id] = dia
-        records.append(record)
-    store.ingest(records)
+class Loaded:
+    """One conversation in a real store, asked as many times as needed."""
+
+    def __init__(self, conv: Conversation, home: Path, model: Path | None) -> None:
+        identity = Identity.generate()
+        save_identity(identity, home)
+        self.store = Store(home / DB_FILE)
+        self.store.search.model_path = model
+        self.agent = Agent(home, identity, self.store)
+        self.conv = conv
+        self.dia_of: dict[bytes, str] = {}
+        records = []
+        for dia, text, session, at_ms in conv.turns:
+            record = self.agent.make_memory(text, session=session, at=at_ms)
+            self.dia_of[record.id] = dia
+            records.append(record)
+        self.store.ingest(records)
+        if model is not None:
+            self.store.search.rebuild()  # embeds every memory before the questions
+        self.now = max(t[3] for t in conv.turns) + DAY_MS
+        self.agent.recall("warm up", now_ms=self.now)
+
+    def ask(self, semantic: bool) -> tuple[list[list[str]], float]:
+        model = self.store.search.model_path
+        if not semantic:
+            self.store.search.model_path, self.store.search._semantic = None, None
+        out, started = [], time.perf_counter()
+        for question, _, _ in self.conv.questions:
+            found = self.agent.recall(question, limit=10, now_ms=self.now)
+            out.append([self.dia_of[m.record.id] for m in found])
+        elapsed = time.perf_counter() - started
+        self.store.search.model_path = model
+        return out, elapsed
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def variants(ablate: bool, model: Path | None) -> dict[str, tuple[engine.Tuning, bool]]:
+    """Name -> (the tuning, whether the semantic stage runs)."""
+    base = engine.TUNING
+    out = {"p2pmem": (base, False)}
+    if ablate:
+        for name in ("window", "session", "speaker", "time"):
+            out[f"-{name}"] = (replace(base, **{name: 0.0}), False)
+        out["-diversity"] = (replace(base, diversity=0), False)
+        out["-expansion"] = (replace(base, expansion=0.0), False)
+        out["+diversity"] = (replace(base, diversity=2), False)
+        out["+expansion"] = (replace(base, expansion=0.3), False)
     if model is not None:
-        store.search.rebuild()  # embeds every memory before the questions
-    now = max(t[3] for t in conv.turns) + DAY_MS
-    agent.recall("warm up", now_ms=now)
-    out, started = [], time.perf_counter()
-    for question, _, _ in conv.questions:
-        found = agent.recall(question, limit=10, now_ms=now)
-        out.append([dia_of[m.record.id] for m in found])
-    elapsed = time.perf_counter() - started
-    store.close()
-    return out, elapsed
+        out["p2pmem+sem"] = (base, True)
+    return {k: v for k, v in out.items() if k == "p2pmem" or v[0] != base or v[1]}
+
+
+def run_set(name: str, conversations: list[Conversation], ablate: bool, model: Path | None) -> bool:
+    systems = variants(ablate, model)
+    scores = {"FTS5 BM25": Score(), **{k: Score() for k in systems}}
+    seconds: dict[str, float] = dict.fromkeys(systems, 0.0)
+    for conv in conversations:
+        session_of = {t[0]: t[2] for t in conv.turns}
+        for (_, label, evidence), ranked in zip(conv.questions, fts5_baseline(conv), strict=True):
+            scores["FTS5 BM25"].add(label, ranked, evidence, session_of)
+        with tempfile.TemporaryDirectory() as tmp:
+            loaded = Loaded(conv, Path(tmp), model)
+            for system, (tuning, semantic) in systems.items():
+                engine.TUNING = tuning
+                results, elapsed = loaded.ask(semantic)
+                seconds[system] += elapsed
+                for (_, label, evidence), ranked in zip(conv.questions, results, strict=True):
+                    scores[system].add(label, ranked, evidence, session_of)
+            engine.TUNING = systems["p2pmem"][0]
+            loaded.close()
+    questions = sum(len(c.questions) for c in conversations)
+    memories = sum(len(c.turns) for c in conversations)
+    print(f"== {name}: {len(conversations)} conversations, {memories} memories, {questions} questions")
+    for system, score in scores.items():
+        print(score.line(system))
+        if system in ("FTS5 BM25", "p2pmem", "p2pmem+sem"):
+            print(score.labels(system))
+    base, ours = scores["FTS5 BM25"], scores["p2pmem"]
+    ratio = ours.r10() / max(base.r10(), 1e-9)
+    worst = min(ours.r10(k) - base.r10(k) for k in base.per)
+    print(f"ratio R@10 p2pmem/FTS5: {ratio:.2f} (goal >= 1.2); smallest label margin {worst:+.3f} (goal >= 0)")
+    for system, spent in seconds.items():
+        print(f"{system} recall mean {1000 * spent / questions:.2f} ms per question (Agent.recall, trust included)")
+    return ratio >= 1.2 and worst >= 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("data", nargs="?", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--set", action="append", choices=sorted(SETS), help="one set (repeatable); default: all")
+    parser.add_argument("--ablate", action="store_true", help="also each ranking component on/off")
     parser.add_argument("--model", type=Path, default=None, help="a local embedding model folder")
     args = parser.parse_args()
-    path = args.data
-    if not path.exists():
-        print(f"retrieval benchmark: no dataset at {path}", file=sys.stderr)
+    if "locomo" in (args.set or SETS) and not LOCOMO.exists():
+        print(f"retrieval benchmark: no LoCoMo dataset at {LOCOMO}", file=sys.stderr)
         return 1
-    conversations = load(path)
-    baseline, ours = Score(), Score()
-    seconds, questions = 0.0, 0
-    for conv in conversations:
-        for (_, category, evidence), ranked in zip(conv.questions, fts5_baseline(conv), strict=True):
-            baseline.add(category, ranked, evidence)
-        with tempfile.TemporaryDirectory() as tmp:
-            results, elapsed = p2pmem_recall(conv, Path(tmp), args.model)
-        seconds += elapsed
-        questions += len(conv.questions)
-        for (_, category, evidence), ranked in zip(conv.questions, results, strict=True):
-            ours.add(category, ranked, evidence)
-    memories = sum(len(c.turns) for c in conversations)
-    print(f"retrieval benchmark: {path.name}, {len(conversations)} conversations, {memories} memories, "
-          f"{questions} questions (categories 1-4)")
-    print(baseline.line("FTS5 BM25"))
-    print(ours.line("p2pmem" if args.model is None else "p2pmem+sem"))
-    ratio = ours.r10() / baseline.r10()
-    worst = min(ours.r10(c) - baseline.r10(c) for c in CATEGORIES)
-    print(f"ratio R@10 p2pmem/FTS5: {ratio:.2f} (goal >= 1.2); smallest category margin {worst:+.3f} (goal >= 0)")
-    print(f"p2pmem recall mean {1000 * seconds / questions:.2f} ms per question (Agent.recall, trust included)")
-    return 0 if ratio >= 1.2 and worst >= 0 else 1
+    ok = True
+    for name in args.set or list(SETS):
+        ok = run_set(name, SETS[name](), args.ablate, args.model) and ok
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -39,21 +39,31 @@ if TYPE_CHECKING:
     from p2pmem.retrieval.semantic import SemanticIndex
 
 # Measured on the LoCoMo dev split (docs/retrieval.md): 100 candidates lose
-# nothing against scoring every memory; the weights held in leave-one-
-# conversation-out tuning.
+# nothing against scoring every memory.
 CANDIDATES = 100
-WINDOW_WEIGHT = 1.0
-SESSION_WEIGHT = 1.0
 SESSION_TOP = 3  # a session's strength: the sum of its three best memories' scores
-SPEAKER_BOOST = 0.5  # x1.5 when the question names the memory's speaker
-TIME_BOOST = 1.0  # a memory inside the question's time gets up to (1 + TIME_BOOST) x
 POOL_SCORES = 3  # body and window scores are read for the best 3 x CANDIDATES matches
-# Measured on LoCoMo with MiniLM-L6 (docs/retrieval.md): the cosine added at
-# weight 0.1 to the lexical score relative to the best gives +0.003 R@10;
-# reciprocal rank fusion lost 0.005-0.03 (it throws away how far ahead the
-# lexical leader is).
-SEMANTIC_WEIGHT = 0.1
 
+
+@dataclass(frozen=True)
+class Tuning:
+    """The ranking's weights (docs/retrieval.md has the ablation on every
+    development set that chose them). One module-level instance is used;
+    benchmarks/retrieval.py swaps it to measure each component on and off."""
+
+    window: float = 1.0  # BM25 of previous + self + next
+    session: float = 1.0  # the session's strength
+    speaker: float = 0.5  # x1.5 when the question names the memory's speaker
+    time: float = 1.0  # a memory inside the question's time gets up to (1 + time) x
+    # Measured on LoCoMo with MiniLM-L6: the cosine added at weight 0.1 to the
+    # lexical score relative to the best gave +0.003 R@10; reciprocal rank
+    # fusion lost 0.005-0.03 (it throws away how far ahead the lexical leader is).
+    semantic: float = 0.1
+    diversity: int = 0
+    expansion: float = 0.0
+
+
+TUNING = Tuning()
 
 
 @dataclass(frozen=True)
@@ -152,7 +162,7 @@ class SearchEngine:
             for i, at in enumerate(pool.at):
                 weight = time_weight(at, preference)
                 pool.time[i] = weight
-                pool.scores[i] *= 1.0 + TIME_BOOST * weight
+                pool.scores[i] *= 1.0 + TUNING.time * weight
         semantic_rank: dict[int, int] = {}
         if self.semantic is not None:
             semantic_rank = self._fuse(pool, request, self.semantic)
@@ -204,8 +214,8 @@ class SearchEngine:
             key = pool.session[i]
             session = (strength[key] if key else own[i]) * scale  # no session: a session of one
             around = window.get(rid, 0.0)
-            score = own[i] + WINDOW_WEIGHT * around + SESSION_WEIGHT * session
-            pool.scores[i] = score * (1.0 + SPEAKER_BOOST * pool.named[i])
+            score = own[i] + TUNING.window * around + TUNING.session * session
+            pool.scores[i] = score * (1.0 + TUNING.speaker * pool.named[i])
             pool.parts[i] = (own[i], around, session)
         return pool
 
@@ -226,7 +236,7 @@ class SearchEngine:
         top = max(pool.scores) or 1.0
         cosine = dict(hits)
         for i, rid in enumerate(pool.rids):
-            pool.scores[i] = pool.scores[i] / top + SEMANTIC_WEIGHT * max(0.0, cosine.get(rid, 0.0))
+            pool.scores[i] = pool.scores[i] / top + TUNING.semantic * max(0.0, cosine.get(rid, 0.0))
         return {rid: rank for rank, rid in enumerate(semantic, 1)}
 
     def purge(self, rids: Sequence[int]) -> None:
