@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.datasets import techchat  # noqa: E402
+from benchmarks.datasets import lifechat, techchat  # noqa: E402
 from p2pmem.agent.home import Agent  # noqa: E402
 from p2pmem.model.identity import Identity  # noqa: E402
 from p2pmem.retrieval import engine  # noqa: E402
@@ -108,6 +108,7 @@ def load_generated(path: Path) -> list[Conversation]:
 SETS: dict[str, Callable[[], list[Conversation]]] = {
     "locomo": lambda: load_locomo(LOCOMO),
     "techchat": lambda: load_generated(Path(techchat.path())),
+    "lifechat": lambda: load_generated(Path(lifechat.path())),
 }
 
 
@@ -207,12 +208,15 @@ def variants(ablate: bool, model: Path | None) -> dict[str, tuple[engine.Tuning,
     if ablate:
         for name in ("window", "session", "speaker", "time"):
             out[f"-{name}"] = (replace(base, **{name: 0.0}), False)
-        out["-diversity"] = (replace(base, diversity=0), False)
-        out["-expansion"] = (replace(base, expansion=0.0), False)
-        out["+diversity"] = (replace(base, diversity=2), False)
-        out["+expansion"] = (replace(base, expansion=0.3), False)
+        for decay in (0.5, 0.7, 0.85):
+            out[f"diversity {decay}"] = (replace(base, diversity=decay), False)
+        out["diversity off"] = (replace(base, diversity=1.0), False)
+        out["-session +div 0.7"] = (replace(base, session=0.0, diversity=0.7), False)
     if model is not None:
         out["p2pmem+sem"] = (base, True)
+        if ablate:
+            for weight in (0.3, 0.6, 1.0):
+                out[f"+sem {weight}"] = (replace(base, semantic=weight), True)
     return {k: v for k, v in out.items() if k == "p2pmem" or v[0] != base or v[1]}
 
 

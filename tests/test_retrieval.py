@@ -10,15 +10,18 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import hypothesis
 import hypothesis.strategies as st
+import pytest
 from hypothesis import settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from p2pmem.agent.home import Agent
 from p2pmem.model.identity import Identity
 from p2pmem.model.record import Record
+from p2pmem.retrieval.diversity import diversify
 from p2pmem.retrieval.lexical import STATE_FILE
-from p2pmem.retrieval.text import stem
+from p2pmem.retrieval.text import query_terms, stem
 from p2pmem.storage.keyfile import save_identity
 from p2pmem.storage.store import DB_FILE, Store
 
@@ -332,3 +335,55 @@ def test_sigkill_during_ingest_and_reindex_leaves_a_consistent_index(tmp_path: P
         assert index.size == len(heads)
     finally:
         store.close()
+
+
+# -- session diversity (p2pmem/retrieval/diversity.py) ---------------------------
+_scored = st.lists(
+    st.tuples(st.floats(0.0, 100.0, allow_nan=False), st.integers(0, 4)), min_size=0, max_size=40
+)
+
+
+@settings(max_examples=200, deadline=None)
+@hypothesis.given(items=_scored, decay=st.floats(0.05, 1.0), limit=st.integers(0, 50))
+def test_diversity_only_reorders(items: list[tuple[float, int]], decay: float, limit: int) -> None:
+    """Never drops nor repeats a memory: all of them, when all are asked for;
+    the best stays first; the same input gives the same order."""
+    scores = [s for s, _ in items]
+    sessions = [k for _, k in items]
+    tiebreak = [(i,) for i in range(len(items))]
+    everything = diversify(scores, sessions, tiebreak, decay, len(items))
+    assert sorted(everything) == list(range(len(items)))
+    top = diversify(scores, sessions, tiebreak, decay, limit)
+    assert top == everything[:limit]
+    assert top == diversify(scores, sessions, tiebreak, decay, limit)
+    if items and limit:
+        assert scores[top[0]] == max(scores)
+
+
+@settings(max_examples=100, deadline=None)
+@hypothesis.given(items=_scored)
+def test_diversity_off_is_the_score_order(items: list[tuple[float, int]]) -> None:
+    scores = [s for s, _ in items]
+    order = diversify(scores, [k for _, k in items], [(i,) for i in range(len(items))], 1.0, len(items))
+    assert order == sorted(range(len(items)), key=lambda i: (-scores[i], i))
+
+
+def test_diversity_lets_another_session_in() -> None:
+    # session 1 holds the three best; with decay 0.5 the second of session 2 wins over session 1's third
+    scores, sessions = [10.0, 9.0, 8.0, 6.0], [1, 1, 1, 2]
+    assert diversify(scores, sessions, [(i,) for i in range(4)], 0.5, 2) == [0, 3]
+    assert diversify(scores, sessions, [(i,) for i in range(4)], 1.0, 2) == [0, 1]
+    assert diversify(scores, [0, 0, 0, 2], [(i,) for i in range(4)], 0.5, 2) == [0, 1]  # no session: no penalty
+    with pytest.raises(ValueError):
+        diversify(scores, sessions, [(i,) for i in range(4)], 0.0, 2)
+
+
+def test_first_person_words_are_search_terms(tmp_path: Path) -> None:
+    """A question in the first person prefers what its asker said of themselves."""
+    agent = _agent(tmp_path)
+    # the other one is shorter: without "my" as a term, BM25 would put it first
+    mine = agent.remember("User: my flight leaves from gate B7, I think")
+    agent.remember("Assistant: flight leaves from gate B7")
+    found = agent.recall("which gate does my flight leave from", limit=1)
+    assert _ids(found) == [mine.id]
+    assert "my" in query_terms("where is my car") and "the" not in query_terms("where is the car")

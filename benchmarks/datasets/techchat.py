@@ -32,8 +32,8 @@ from pathlib import Path
 from benchmarks.datasets.base import DAY_MS, Builder, cached, fill
 
 NAME = "techchat"
-VERSION = 1
-CONVERSATIONS = 6
+VERSION = 2
+CONVERSATIONS = 8
 START_MS = 1_672_531_200_000  # 1 January 2023
 
 
@@ -204,6 +204,12 @@ class Conversation:
         self.keys: dict[str, str] = {}
         self.pending: list[tuple[str, str, list[str]]] = []  # (question, ability, plant keys)
         self.next_key = 0
+        self.decks: dict[str, list] = {}
+
+    def deal(self, name: str, options: list) -> object:
+        """The next unused one of ``options``: no statement is planted twice in one conversation."""
+        deck = self.decks.setdefault(name, self.rng.sample(options, len(options)))
+        return deck.pop()
 
     def plant(self, session: int, text: str, reply: str | None = None) -> str:
         key = f"k{self.next_key}"
@@ -229,7 +235,7 @@ class Conversation:
 
 # -- the abilities: each plants evidence and queues its question -------------------
 def information_extraction(c: Conversation) -> None:
-    project = c.rng.choice(c.projects)
+    fact, project = c.deal("facts", [(f, p) for f in range(7) for p in c.projects])  # type: ignore[misc]
     s = c.slots(project)
     n = str(c.rng.choice((2, 3, 4, 6, 8, 12, 16, 32, 64)))
     person = c.rng.choice(c.people)
@@ -254,7 +260,7 @@ def information_extraction(c: Conversation) -> None:
         ("The {project} is written by a team of {n} engineers.",
          ("How many developers work on {alias}?", "How big is the crew building {alias}?")),
     )
-    said, asked = c.rng.choice(facts)
+    said, asked = facts[fact]
     slots = {**s, "n": n, "person": person, "region": region, "asked_db": c.asked(CATEGORIES["database"])}
     key = c.plant(c.rng.randrange(c.count - 2), fill(said, **slots))
     del place
@@ -263,7 +269,7 @@ def information_extraction(c: Conversation) -> None:
 
 
 def preference(c: Conversation) -> None:
-    name = c.rng.choice(list(CATEGORIES))
+    name = c.deal("preference", list(CATEGORIES))
     cat = CATEGORIES[name]
     liked, disliked = c.used[name][0], c.used[name][-1]
     said = c.rng.choice((
@@ -314,7 +320,7 @@ INSTRUCTIONS = (
 
 
 def instruction(c: Conversation) -> None:
-    said, asked = c.rng.choice(INSTRUCTIONS)
+    said, asked = c.deal("instructions", list(INSTRUCTIONS))  # type: ignore[misc]
     name = c.rng.choice(list(CATEGORIES))
     slots = {"lang": c.rng.choice(LANGS)[0], "banned": c.used[name][-1], "asked": c.asked(CATEGORIES[name])}
     key = c.plant(c.rng.randrange(c.count - 3), fill(said, **slots))
@@ -322,7 +328,7 @@ def instruction(c: Conversation) -> None:
 
 
 def style_preference(c: Conversation) -> None:
-    said, asked = c.rng.choice(STYLE_PREFERENCES)
+    said, asked = c.deal("styles", list(STYLE_PREFERENCES))  # type: ignore[misc]
     key = c.plant(c.rng.randrange(c.count - 3), said)
     c.pending.append((c.rng.choice(asked), "preference", [key]))
 
@@ -369,11 +375,16 @@ def knowledge_update(c: Conversation) -> None:
 
 def _events(c: Conversation, count: int) -> tuple[dict[str, str], list[tuple[int, str, str]]]:
     """``count`` events of one project in increasing sessions: (session, key, how it is asked)."""
-    project = c.rng.choice(c.projects)
+    deck = c.decks.setdefault("events", c.rng.sample([(e, p) for e in EVENTS for p in c.projects],
+                                                     len(EVENTS) * len(c.projects)))
+    projects = [p for p in c.projects if sum(1 for _, q in deck if q == p) >= count]
+    project = c.rng.choice(projects)
     s = c.slots(project)
     sessions = sorted(c.rng.sample(range(c.count - 1), count))
     out = []
-    for session, (said, asked) in zip(sessions, c.rng.sample(EVENTS, count), strict=True):
+    for session in sessions:
+        said, asked = next(e for e, p in reversed(deck) if p == project)
+        deck.remove(((said, asked), project))
         text = fill(c.rng.choice(EVENT_SAID), event=said.format(**s))
         out.append((session, c.plant(session, text), asked))
     return s, out
@@ -405,7 +416,7 @@ def ordering(c: Conversation) -> None:
 
 
 def multi_session(c: Conversation) -> None:
-    name = c.rng.choice(list(CATEGORIES))
+    name = c.deal("multi", list(CATEGORIES))
     cat = CATEGORIES[name]
     tried = c.rng.sample(cat.items, 3)
     sessions = sorted(c.rng.sample(range(c.count - 1), 3))
@@ -436,19 +447,19 @@ def summary(c: Conversation) -> None:
 
 
 def contradiction(c: Conversation) -> None:
-    name = c.rng.choice(list(CATEGORIES))
+    name = c.deal("contradiction", list(CATEGORIES))
     item = c.used[name][-1]
     first = c.rng.randrange(c.count - 4)
     second = c.later(first + 2)
-    if c.rng.random() < 0.5:
+    if c.decks.get("unmonitored") == [] or c.rng.random() < 0.5:
         k1 = c.plant(first, fill("I've never used {item} in my life, so go easy on the jargon.", item=item))
         k2 = c.plant(second, fill("Back when I ran {item} in production at my old job, upgrades were painful.",
                                   item=item))
         q = fill(c.rng.choice(("Do I actually have hands-on experience with {item}?",
                                "Have I ever operated {item} for real?")), item=item)
     else:
-        project = c.rng.choice(c.projects)
-        s = c.slots(project)
+        project = c.deal("unmonitored", list(c.projects))
+        s = c.slots(project)  # type: ignore[arg-type]
         k1 = c.plant(first, fill("The {project} has no {said} at all yet.", **s,
                                  said=c.rng.choice(CATEGORIES["monitoring"].said)))
         k2 = c.plant(second, fill("The {monitoring} graphs for the {project} looked odd this morning.", **s))
@@ -467,9 +478,9 @@ def abstention(c: Conversation) -> None:
 
 
 ABILITIES: tuple[tuple[Callable[[Conversation], None], int], ...] = (
-    (information_extraction, 12), (preference, 7), (style_preference, 4), (instruction, 10),
-    (knowledge_update, 11), (temporal, 10), (ordering, 9), (multi_session, 9), (summary, 9), (contradiction, 10),
-    (abstention, 4),
+    (information_extraction, 10), (preference, 6), (style_preference, 2), (instruction, 6),
+    (knowledge_update, 8), (temporal, 6), (ordering, 5), (multi_session, 8), (summary, 5), (contradiction, 7),
+    (abstention, 3),
 )
 
 

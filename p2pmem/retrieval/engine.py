@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from p2pmem.retrieval import text as words
+from p2pmem.retrieval.diversity import diversify
 from p2pmem.retrieval.documents import term_key
 from p2pmem.retrieval.lexical import Filters, LexicalIndex
 from p2pmem.retrieval.sync import DocumentSource, IndexSync, Progress
@@ -59,7 +60,7 @@ class Tuning:
     # lexical score relative to the best gave +0.003 R@10; reciprocal rank
     # fusion lost 0.005-0.03 (it throws away how far ahead the lexical leader is).
     semantic: float = 0.1
-    diversity: int = 0
+    diversity: float = 1.0  # each further memory of a session already chosen: score x this (1: off)
     expansion: float = 0.0
 
 
@@ -167,10 +168,14 @@ class SearchEngine:
         if self.semantic is not None:
             semantic_rank = self._fuse(pool, request, self.semantic)
         # equal scores (same words, same length): the newest first
-        order = heapq.nsmallest(
-            request.limit, range(len(pool.rids)),
-            key=lambda i: (-round(pool.scores[i], 9), -pool.ts[i], pool.rids[i]),
-        )
+        rounded = [round(score, 9) for score in pool.scores]
+        if TUNING.diversity < 1.0:
+            tiebreak = [(-ts, rid) for ts, rid in zip(pool.ts, pool.rids, strict=True)]
+            order = diversify(rounded, pool.session, tiebreak, TUNING.diversity, request.limit)
+        else:
+            order = heapq.nsmallest(
+                request.limit, range(len(pool.rids)), key=lambda i: (-rounded[i], -pool.ts[i], pool.rids[i]),
+            )
         ranked = [pool.ranked(i, semantic_rank.get(pool.rids[i])) for i in order]
         for item in ranked:
             item.time = preference
