@@ -16,6 +16,7 @@ import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from p2pmem import limits
@@ -708,11 +709,150 @@ def query(opts: Options, progress: Progress = NO_PROGRESS) -> Result:
     return _guard("query", opts, body)
 
 
+# =============================================================================
+# ask: ranked answers, the echo wave's completion, cost
+# =============================================================================
+
+ASK_TTLS = (3, 4, 5)
+
+
+def _conversation_words(rng: Any, n: int) -> tuple[list[str], list[float]]:
+    """A vocabulary with Zipf-like weights (a few common words, a long tail),
+    so that ranking, not mere matching, decides the top 10."""
+    words = [f"w{k:04d}" for k in range(max(200, 2 * n))]
+    return words, [1.0 / (rank + 10) for rank in range(len(words))]
+
+
+def ask(opts: Options, progress: Progress = NO_PROGRESS) -> Result:
+    """Memories spread over the network (each node's own, in a session or
+    two, never replicated); questions of three words from random askers
+    with TTL 3, 4 and 5. For each: recall@10 of the ranked ``ask`` (the
+    asker's merge, p2pmem/agent/ranking.py) against one store holding every
+    memory within reach; time to completion (the echo wave, against the
+    timeout every ask waited before); query, hits and echo messages and
+    bytes."""
+
+    def body(result: Result) -> None:
+        net = _network(opts, progress, replicate_all=False)
+        result.network = net
+        result.tables.append(_network_table(net))
+        n = net.topology.n
+        rng = net.rng("scenario")
+        words, weights = _conversation_words(rng, n)
+        held: list[list[Record]] = []
+        for i in range(n):
+            sessions = [f"s{i}-{k}" for k in range(rng.randint(1, 2))]
+            held.append([net.remember(i, " ".join(rng.choices(words, weights, k=rng.randint(6, 12))),
+                                      visibility=rng.choices(("public", "ask", "private"), (50, 35, 15))[0],
+                                      session=rng.choice(sessions))
+                         for _ in range(opts.memories)])
+        askable = [r for mine in held for r in mine if r.visibility != "private"]
+        net.run_for(SETTLE_S)
+        adjacency = net.graph().adjacency()
+        table = Table("ask: ranked recall against one store holding everything in reach, completion, cost",
+                      ["ttl", "nodes in reach", "recall@10", "recall@10 (reached)", "complete", "time p50 (s)", "time p95 (s)",
+                       "time max (s)", "query msgs", "hits msgs", "echo msgs", "KiB/query"])
+        rows = []
+        for ttl in ASK_TTLS:
+            progress.phase(f"asking with ttl {ttl}", net.now, net.now + opts.queries * opts.timeout)
+            one = [_ask_one(net, held, adjacency, rng.randrange(n),
+                            " ".join(rng.sample(rng.choice(askable).text.split(), 3)), ttl, opts.timeout)
+                   for _ in range(opts.queries)]
+            rows.append(_ask_row(table, ttl, one))
+        table.note = (
+            f"{opts.queries} questions per TTL (three words of a random non-private memory), limit 10, timeout "
+            f"{opts.timeout:g} s. 'recall@10': of the top 10 that one store holding every memory within reach\n"
+            "answers (public and ask ones; private ones stay in their sessions), the share in ask's top 10; '(reached)': the same over the nodes the flood got to\n"
+            "(a first copy along a longer, faster path can stop short of the TTL ball). 'complete': the echoes\n"
+            "reported every branch in time. "
+            "Time: virtual seconds from asking to the answer (before the echo wave, always the timeout).\n"
+            "Messages and bytes: all routers, per query (router payload, before framing and encryption).")
+        result.tables.append(table)
+        for row in rows:
+            if row["recall"] is not None:
+                result.check(f"ttl {row['ttl']}: ranked recall@10 against the union in reach >= {opts.min_recall:g}",
+                             row["recall"] >= opts.min_recall, f"{row['recall']:.3f}")
+            result.check(f"ttl {row['ttl']}: no ask waited past its timeout", row["max"] <= opts.timeout + 1e-6,
+                         f"max {row['max']:.3f} s")
+        result.check("no connection closed for a protocol error", net.protocol_errors() == 0,
+                     f"{net.protocol_errors()}")
+        result.series.update(ask=rows, nodes=n)
+        result.footer += _footer(net)
+
+    return _guard("ask", opts, body)
+
+
+def _ask_one(net: SimNetwork, held: list[list[Record]], adjacency: list[list[int]], asker: int, text: str,
+             ttl: int, timeout: float) -> dict[str, Any]:
+    """One ask: what it ranked against one store holding everything in reach."""
+    from p2pmem.agent.ranking import rank_hits
+
+    dist = bfs_distances(adjacency, asker)
+    reach = [v for v in range(len(held)) if 1 <= dist[v] <= ttl]
+    before = _router_sent(net)
+    qid = net.start_ask(asker, text, ttl=ttl, timeout=timeout, limit=10)
+    node = net.nodes[asker]
+    net.run_while(lambda: qid not in node.finished, timeout + 1.0, what="the ask to finish")
+    assert node.core is not None
+    hits = net.ask_results(asker, qid, finish=False)
+    context, summary = node.core.query_context(qid), node.core.query_summary(qid)
+    collection = node.core.query_collection(qid)
+    # the nodes the flood got to (a first copy along a longer, faster path can stop short of the TTL ball)
+    took = [v for v in reach if (c := net.nodes[v].core) is not None and c.router.has_seen(qid, net.wall)]
+    net.ask_results(asker, qid)
+    sent = [b - a for a, b in zip(before, _router_sent(net), strict=True)]
+    ranked = {m["id"] for m in rank_hits(None, text, hits, limit=10, context=context, collection=collection)}
+    best, best_took = (_union_top(text, [r for v in nodes for r in held[v]]) for nodes in (reach, took))
+    return {"reach": len(reach), "wanted": len(best), "got": len(ranked & set(best)), "wanted_took": len(best_took),
+            "got_took": len(ranked & set(best_took)), "complete": bool(summary["complete"]),
+            "time": summary["elapsed_s"], "sent": sent}
+
+
+def _union_top(text: str, records: list[Record]) -> list[str]:
+    """The top 10 that one store holding ``records`` (private ones too, as
+    they sit in their sessions) answers to a query from the network."""
+    from p2pmem.storage.store import Store
+
+    with Store(Path(":memory:"), verify_workers=1) as union:
+        union.ingest(records)
+        return [m.record.id.hex() for m in union.recall(text, limit=10, visibilities=("public", "ask"))]
+
+
+def _ask_row(table: Table, ttl: int, asks: list[dict[str, Any]]) -> dict[str, Any]:
+    q = len(asks)
+    wanted, wanted_took = sum(a["wanted"] for a in asks), sum(a["wanted_took"] for a in asks)
+    recall = sum(a["got"] for a in asks) / wanted if wanted else None
+    recall_took = sum(a["got_took"] for a in asks) / wanted_took if wanted_took else None
+    times = [a["time"] for a in asks]
+    sent = [sum(a["sent"][k] for a in asks) / q for k in range(4)]
+    complete = sum(a["complete"] for a in asks)
+    table.add(str(ttl), num(sum(a["reach"] for a in asks) / q, 1), "-" if recall is None else f"{recall:.3f}",
+              "-" if recall_took is None else f"{recall_took:.3f}",
+              f"{complete}/{q}", f"{quantile(times, 0.5):.3f}", f"{quantile(times, 0.95):.3f}",
+              f"{max(times):.3f}", num(sent[0], 1), num(sent[1], 1), num(sent[2], 1), num(sent[3] / 1024, 1))
+    return {"ttl": ttl, "recall": recall, "recall_reached": recall_took, "complete": complete / q, "p50": quantile(times, 0.5),
+            "max": max(times)}
+
+
+def _router_sent(net: SimNetwork) -> list[int]:
+    """Query, hits and echo messages, and their bytes, all routers sent so far."""
+    out = [0, 0, 0, 0]
+    for nd in net.nodes:
+        if nd.core is not None:
+            st = nd.core.router.stats
+            out[0] += st.sent_query
+            out[1] += st.sent_hits
+            out[2] += st.sent_echo
+            out[3] += st.bytes_query + st.bytes_hits + st.bytes_echo
+    return out
+
+
 SCENARIOS: dict[str, Callable[..., Result]] = {
     "dissemination": dissemination,
     "partition": partition,
     "churn": churn,
     "query": query,
+    "ask": ask,
 }
 
 

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pmem.model.identity import Identity
-from p2pmem.protocol.query import Query, QueryRouter, decode_hits, decode_query
+from p2pmem.protocol.query import Answered, Query, QueryRouter, decode_hits, decode_query
 from p2pmem.protocol.wave import HOP_MARGIN_S, SHRINK
 
 _IDS = [Identity.from_seeds(bytes([i + 1]) * 32, bytes([i + 101]) * 32) for i in range(16)]
@@ -53,6 +53,7 @@ class Sim:
     arrived: list[tuple[float, bytes]] = field(default_factory=list)  # hits messages at the asker
     result: dict[bytes, set[bytes]] = field(default_factory=dict)
     summary: dict[bytes, dict] = field(default_factory=dict)
+    collection: dict[bytes, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
     took: dict[bytes, set[int]] = field(default_factory=dict)  # the nodes that had taken it, at the finish
     taken: set[tuple[int, bytes]] = field(default_factory=set)
 
@@ -65,6 +66,10 @@ class Sim:
 
     def echo_peers(self, i: int) -> set[bytes]:
         return set() if i in self.old else {k for k in self.neighbours(i) if KEY[k] not in self.old}
+
+    def stats(self, i: int) -> tuple[int, tuple[int, int]]:
+        """Node i's collection statistics: i + 1 memories, two query terms."""
+        return i + 1, (i % 2, 1)
 
     def records(self, i: int) -> list[bytes]:
         return [f"record {i}.{k}".encode() for k in range(i % 3)]
@@ -81,6 +86,7 @@ class Sim:
             # what the asker hands over when it finishes (its state lingers, then goes)
             self.result[qid] = {h.record.raw for h in self.routers[i].results(qid)}
             self.summary[qid] = self.routers[i].summary(qid)
+            self.collection[qid] = self.routers[i].collection(qid)
             self.took[qid] = {j for j, q in self.taken if q == qid}
 
     def ask(self, asker: int, ttl: int, timeout: float) -> bytes:
@@ -113,7 +119,7 @@ class Sim:
         r, peer = self.routers[dst], _IDS[src].public_key
         if kind == "query":
             r.receive_query(peer, data, self.now, self.neighbours(dst),
-                            lambda q, d=dst: self.records(d), self.echo_peers(dst))
+                            lambda q, d=dst: Answered(self.records(d), stats=self.stats(d)), self.echo_peers(dst))
             qid = decode_query(data).qid
             if dst != self.asker and r.has_seen(qid, self.now):
                 self.taken.add((dst, qid))
@@ -178,8 +184,11 @@ def test_without_losses_the_asker_gets_every_record_the_flood_reached(data) -> N
     got = sim.result[qid]
     assert got == {raw for i in took for raw in sim.records(i)}
     summary = sim.summary[qid]
-    if not sim.old:  # every node echoes: done early, and the echoes counted every node
+    if not sim.old:  # every node echoes: done early, and the echoes counted every node and its statistics
         assert summary["complete"] and summary["reached"] == len(took)
+        docs = sum(sim.stats(i)[0] for i in took)
+        assert sim.collection[qid] == (docs, (sum(i % 2 for i in took), len(took)) if took else ()) or (
+            not took and sim.collection[qid] == (0, ()))
         assert summary["elapsed_s"] < timeout
     elif all(KEY[k] in sim.old for k in sim.neighbours(0)):
         assert summary["elapsed_s"] == timeout  # only old neighbours: the old deadline

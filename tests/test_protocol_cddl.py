@@ -22,6 +22,7 @@ from p2pmem.protocol import wire
 from p2pmem.protocol.noise import SecureChannel
 from p2pmem.protocol.query import QueryHits, QueryRouter, decode_query, encode_hits, encode_query
 from p2pmem.protocol.reconcile import ItemIndex, Reconciler
+from p2pmem.protocol.wave import Echo, Status, encode_echo
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
@@ -173,6 +174,9 @@ def test_echo_wave_messages_match_their_cddl() -> None:
     assert valid("query-echo", late) and cbor2.loads(late)[1] == 1
     assert not valid("query-echo", late.replace(b"\x01", b"\x07", 1))  # no status 7
     assert not valid("query-echo", cbor2.dumps({0: bytes(16), 1: 0, 2: 1}, canonical=True))
+    full = encode_echo(Echo(bytes(16), Status.DONE, 3, 2, 40, (7, 0, 40)))
+    assert valid("query-echo", full)
+    assert not valid("query-echo", full.replace(b"\x83\x07\x00\x18\x28", b"\x83\x07\x00\x60\x60"))
 
 
 def test_hits_with_context_match_their_cddl() -> None:

@@ -969,5 +969,5 @@ def test_context_is_signed_and_private_context_is_dropped() -> None:
     assert asker.stats.hits_forged == 1 and asker.context(qid) == []
     asker.receive_hits(node_id(1), encode_hits(good), 0.1)
     assert asker.context(qid) == [] and asker.stats.records_invalid == 1
-    with pytest.raises(QueryError):  # more than two context records per answer record
-        encode_hits(QueryHits(qid, 1, node_id(1), (rec.raw,), context=(b"a", b"b", b"c")))
+    with pytest.raises(QueryError):  # more than MAX_CONTEXT_PER_HIT context records per answer record
+        encode_hits(QueryHits(qid, 1, node_id(1), (rec.raw,), context=tuple(b"c%d" % i for i in range(6))))

@@ -480,9 +480,10 @@ class Node:
         from p2pmem.agent.ranking import rank_hits
 
         hits, summary = await self._collect_hits(text, timeout, options, on_hits)
-        context = summary.pop("context")
-        return {"results": rank_hits(self.agent, text, hits, limit=options.get("limit", 10), context=context),
-                **summary}
+        context, collection = summary.pop("context"), summary.pop("collection")
+        ranked = rank_hits(self.agent, text, hits, limit=options.get("limit", 10), context=context,
+                           collection=collection)
+        return {"results": ranked, **summary}
 
     async def _collect_hits(
         self, text: str, timeout: float, options: dict[str, Any],
@@ -508,7 +509,8 @@ class Node:
             stream = self._query_streams.pop(qid, None)
             if stream is not None:
                 stream.feed(hits)
-            return hits, {**self.core.query_summary(qid), "context": self.core.query_context(qid)}
+            return hits, {**self.core.query_summary(qid), "context": self.core.query_context(qid),
+                          "collection": self.core.query_collection(qid)}
         finally:
             self._query_waiters.pop(qid, None)
             self._query_hits.pop(qid, None)

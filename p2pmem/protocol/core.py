@@ -681,6 +681,10 @@ class NodeCore:
         """Verified, de-duplicated hits of one of our queries so far."""
         return self.router.results(qid)  # verified by the router as they arrived
 
+    def query_collection(self, qid: bytes) -> tuple[int, tuple[int, ...]]:
+        """Collection statistics the echoes of one of our queries summed."""
+        return self.router.collection(qid)
+
     def query_context(self, qid: bytes) -> list[Any]:
         """Verified context records of one of our queries' answers (ranking)."""
         return self.router.context(qid)
@@ -1162,13 +1166,14 @@ class NodeCore:
         raws = [m.record.raw for m in found]
         context: dict[bytes, list[bytes]] = {}
         if query.echo_ms is not None and found:  # an asker that ranks with context (query.py)
-            around = self.store.session_context([m.ranked.rid for m in found if m.ranked is not None])
+            around = self.store.session_context([m.ranked.rid for m in found if m.ranked is not None], query.text)
             context = {m.record.raw: around.get(m.ranked.rid, []) for m in found if m.ranked is not None}
         if not query.topics and query.since is None and query.until is None:
             # the knowledge graph's best entities too (p2pmem/graph; `graph ask`)
             raws += self.store.graph_answers(query.text, authors=authors, limit=min(query.limit, 10),
                                              max_records=max(0, limits.MAX_QUERY_HITS - len(raws)))
-        return Answered(raws, context)
+        stats = self.store.collection_stats(query.text) if query.echo_ms is not None else None
+        return Answered(raws, context, stats)
 
     # -- membership -------------------------------------------------------------
     def _learn_addresses(self, profile: Record) -> None:

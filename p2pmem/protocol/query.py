@@ -157,8 +157,9 @@ SIG_SIZE = 64
 HITS_DOMAIN = "p2pmem/query-hits/1"
 HITS_CONTEXT_DOMAIN = "p2pmem/query-hits/2"  # an answer with context records (field 5)
 # Context records per answer record: its session neighbours (the previous and
-# the next memory of its session), which the asker's merge scores it with.
-MAX_CONTEXT_PER_HIT = 2
+# the next memory of its session) and, once per session, the session's three
+# best memories for the query, which the asker's merge scores it with.
+MAX_CONTEXT_PER_HIT = 5
 # Records a relay passes back for one query: enough for every node within reach
 # to fill a few answers, small enough that one query cannot make a relay carry
 # an unbounded volume (amplification).
@@ -208,6 +209,9 @@ class Answered:
 
     records: Sequence[bytes]
     context: dict[bytes, Sequence[bytes]] = field(default_factory=dict)
+    # the node's collection statistics for the query: memories that may
+    # answer, and how many hold each search term (see wave.Echo)
+    stats: tuple[int, Sequence[int]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,6 +558,13 @@ class QueryStats:
     echoes_dropped: int = 0  # malformed, unexpected or late echoes
     finished_early: int = 0  # own queries done by their echoes, before the deadline
     finished_at_deadline: int = 0
+    # what left the router (payload bytes, before framing and encryption)
+    sent_query: int = 0
+    sent_hits: int = 0
+    sent_echo: int = 0
+    bytes_query: int = 0
+    bytes_hits: int = 0
+    bytes_echo: int = 0
 
 
 @dataclass(slots=True)
@@ -701,6 +712,15 @@ class QueryRouter:
             raise _fail("unknown or finished query")
         return list(own.hits.values())
 
+    def collection(self, qid: bytes) -> tuple[int, tuple[int, ...]]:
+        """The collection statistics the echoes of an own query summed: the
+        memories that may answer in the nodes that echoed, and how many of
+        them hold each search term of the query."""
+        own = self._own.get(qid)
+        if own is None:
+            raise _fail("unknown or finished query")
+        return own.wave.stats()
+
     def context(self, qid: bytes) -> list[Any]:
         """The verified context records of an own query's answers (session
         neighbours of the hits), for ranking them; never answers themselves."""
@@ -791,7 +811,7 @@ class QueryRouter:
             return
         self._remember(query.qid, peer, now + query.timeout_ms / 1000)
         entry = self._seen[query.qid]
-        records = self._answer_records(query, answer) if self._sign is not None else []
+        records, stats = self._answer_records(query, answer) if self._sign is not None else ([], None)
         if records:
             assert self._sign is not None
             self.stats.answered += 1
@@ -805,6 +825,8 @@ class QueryRouter:
             children = self._send_copies(_forwarded(query), neighbours, echo_peers, (peer, query.asker), budget)
         if query.echo_ms is not None:
             entry.wave = Wave.start(now + query.echo_ms / 1000, children)
+            if stats is not None:
+                entry.wave.add_stats(*stats)
             if children:
                 heapq.heappush(self._waves, (entry.wave.give_up, query.qid))
             self._settle_relay(query.qid, entry, now)
@@ -912,7 +934,7 @@ class QueryRouter:
         if wave is None or wave.closed or not wave.settled(now) or entry.from_peer is None:
             return
         wave.closed = True
-        echo = Echo(qid, wave.status(), wave.reached, min(entry.sent, MAX_ECHO_HITS))
+        echo = Echo(qid, wave.status(), wave.reached, min(entry.sent, MAX_ECHO_HITS), *wave.stats())
         self._outbox.append((entry.from_peer, "echo", encode_echo(echo)))
         self.stats.echoes_sent += 1
 
@@ -932,8 +954,12 @@ class QueryRouter:
     # -- outputs and time ----------------------------------------------------------
 
     def take_outbox(self) -> list[tuple[Peer, Kind, bytes]]:
-        """The messages to send, in order, as ``(peer, "query"|"hits", bytes)``."""
+        """The messages to send, in order, as ``(peer, "query"|"hits"|"echo", bytes)``."""
         out, self._outbox = self._outbox, []
+        stats = self.stats
+        for _peer, kind, data in out:
+            setattr(stats, f"sent_{kind}", getattr(stats, f"sent_{kind}") + 1)
+            setattr(stats, f"bytes_{kind}", getattr(stats, f"bytes_{kind}") + len(data))
         return out
 
     def next_deadline(self) -> float | None:
@@ -1047,12 +1073,16 @@ class QueryRouter:
             bucket = self._buckets[peer] = Bucket(self._rate, self._burst, now)
         return bucket.take(now)
 
-    def _answer_records(self, query: Query, answer: Answer) -> list[tuple[bytes, Sequence[bytes]]]:
+    def _answer_records(
+        self, query: Query, answer: Answer,
+    ) -> tuple[list[tuple[bytes, Sequence[bytes]]], tuple[int, tuple[int, ...]] | None]:
         """The node's answer, cut to what the query and the wire allow; each
-        record with its context, which only an echoing path carries."""
+        record with its context, which only an echoing path carries; and the
+        node's collection statistics (valid ones only), for its echo."""
         cap = min(query.limit, limits.MAX_QUERY_HITS)
         given = answer(query)
         records, context = (given.records, given.context) if isinstance(given, Answered) else (given, {})
+        stats = _valid_stats(given.stats) if isinstance(given, Answered) else None
         if query.echo_ms is None:
             context = {}
         out: list[tuple[bytes, Sequence[bytes]]] = []
@@ -1062,7 +1092,7 @@ class QueryRouter:
             if type(raw) is bytes and 0 < len(raw) <= limits.MAX_RECORD:
                 around = [c for c in context.get(raw, ()) if type(c) is bytes and 0 < len(c) <= limits.MAX_RECORD]
                 out.append((raw, around))
-        return out
+        return out, stats
 
     def _collect(self, own: _Own, hits: QueryHits) -> None:
         """Verify each record of an authenticated answer now and keep the
@@ -1152,6 +1182,16 @@ class QueryRouter:
             if not left[richest]:
                 del bytes_of[richest]
         return victims
+
+
+def _valid_stats(stats: Any) -> tuple[int, tuple[int, ...]] | None:
+    """The node's own statistics if they are within the echo's bounds."""
+    try:
+        docs, dfs = stats[0], tuple(stats[1])
+        encode_echo(Echo(bytes(QID_SIZE), Status.DONE, 1, 0, docs, dfs))
+    except (TypeError, IndexError, EchoError):
+        return None
+    return docs, dfs
 
 
 def _forwarded(query: Query) -> Query:

@@ -35,7 +35,7 @@ inject or alter a hit (those stay signed by their responders).
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -47,7 +47,9 @@ from p2pmem.errors import P2pmemError
 ECHO_FEATURE = "query-echo-v1"
 SHRINK = 0.8
 HOP_MARGIN_S = 0.05
-MAX_ECHO_MESSAGE = 64
+MAX_ECHO_MESSAGE = 1024
+MAX_ECHO_TERMS = 64  # query terms with a document frequency (the analyser keeps 32)
+MAX_DOCS = (1 << 40) - 1  # memories a subtree holds, at most: a bigger claim is hostile
 MAX_REACHED = 1 << 24  # more nodes than any TTL reaches; a bigger claim is hostile
 MAX_ECHO_HITS = 1 << 16  # hits messages one node sends up for one query, at most
 QID_SIZE = 16
@@ -72,11 +74,18 @@ class Echo:
     status: Status
     reached: int  # nodes of the subtree that took the query, this one included
     hits: int  # hits messages sent to the receiver for this query before the echo
+    # Collection statistics of the subtree, summed: the memories that may
+    # answer (public, ask) and, per search term of the query (in the
+    # analyser's order), how many of them hold it. The asker ranks with them.
+    docs: int = 0
+    dfs: tuple[int, ...] = ()
 
 
 def encode_echo(echo: Echo) -> bytes:
     _check(echo.qid, int(echo.status), echo.reached, echo.hits)
-    return cbor2.dumps({0: echo.qid, 1: int(echo.status), 2: echo.reached, 3: echo.hits}, canonical=True)
+    _check_stats(echo.docs, echo.dfs)
+    return cbor2.dumps({0: echo.qid, 1: int(echo.status), 2: echo.reached, 3: echo.hits, 4: echo.docs,
+                        5: list(echo.dfs)}, canonical=True)
 
 
 def decode_echo(data: Any) -> Echo:
@@ -87,11 +96,15 @@ def decode_echo(data: Any) -> Echo:
         obj = cbor2.loads(data)
     except Exception as exc:  # cbor2 raises many types; all mean "malformed"
         raise EchoError(f"malformed echo CBOR: {str(exc)[:80]}") from None
-    if type(obj) is not dict or set(obj) != {0, 1, 2, 3}:
-        raise EchoError("an echo is a map with exactly the keys 0, 1, 2, 3")
+    if type(obj) is not dict or set(obj) != {0, 1, 2, 3, 4, 5}:
+        raise EchoError("an echo is a map with exactly the keys 0 to 5")
     qid, status, reached, hits = obj[0], obj[1], obj[2], obj[3]
     _check(qid, status, reached, hits)
-    echo = Echo(qid, Status(status), reached, hits)
+    if type(obj[5]) is not list:
+        raise EchoError("echo document frequencies must be an array")
+    dfs = tuple(obj[5])
+    _check_stats(obj[4], dfs)
+    echo = Echo(qid, Status(status), reached, hits, obj[4], dfs)
     if encode_echo(echo) != data:
         raise EchoError("echo is not in deterministic CBOR encoding")
     return echo
@@ -108,6 +121,13 @@ def _check(qid: Any, status: Any, reached: Any, hits: Any) -> None:
         raise EchoError(f"echo hits must be 0..{MAX_ECHO_HITS}")
     if status in (Status.COVERED, Status.REFUSED) and (reached or hits):
         raise EchoError("a covered or refused echo reaches nobody and carries no hits")
+
+
+def _check_stats(docs: Any, dfs: tuple[Any, ...]) -> None:
+    if type(docs) is not int or not 0 <= docs <= MAX_DOCS:
+        raise EchoError(f"echo docs must be 0..{MAX_DOCS}")
+    if len(dfs) > MAX_ECHO_TERMS or any(type(d) is not int or not 0 <= d <= docs for d in dfs):
+        raise EchoError(f"echo holds at most {MAX_ECHO_TERMS} document frequencies, each 0..docs")
 
 
 def child_budget_ms(remaining_s: float) -> int:
@@ -132,6 +152,8 @@ class Wave:
     give_up: float
     pending: dict[Peer, _Child] = field(default_factory=dict)
     reached: int = 1  # this node
+    docs: int = 0  # collection statistics of the settled subtree (Echo.docs, Echo.dfs)
+    dfs: list[int] | None = None  # None: not known yet (the first report sets the term count)
     partial: bool = False
     closed: bool = False  # the echo went up (or, for the asker, the query finished)
 
@@ -161,8 +183,23 @@ class Wave:
             return
         del self.pending[peer]
         self.reached = min(MAX_REACHED, self.reached + echo.reached)
+        if echo.status in (Status.DONE, Status.PARTIAL):
+            self.add_stats(echo.docs, echo.dfs)
         if echo.status is Status.PARTIAL:
             self.partial = True
+
+    def add_stats(self, docs: int, dfs: Sequence[int]) -> None:
+        """Add one node's (or subtree's) collection statistics; a report
+        with another number of terms (another analyser) adds its docs only."""
+        if self.dfs is None:
+            self.dfs = [0] * len(dfs)
+        if len(dfs) == len(self.dfs):
+            self.dfs = [min(MAX_DOCS, a + b) for a, b in zip(self.dfs, dfs, strict=True)]
+        self.docs = min(MAX_DOCS, self.docs + docs)
+        self.dfs = [min(d, self.docs) for d in self.dfs]
+
+    def stats(self) -> tuple[int, tuple[int, ...]]:
+        return self.docs, tuple(self.dfs or ())
 
     def settled(self, now: float) -> bool:
         """Every child settled, or the give-up time came (what is still

@@ -208,6 +208,22 @@ class LexicalIndex:
         rids = self._searcher.fast_field_values("rid", [address for _, address in hits])
         return {int(rid): float(score) for (score, _), rid in zip(hits, rids, strict=True)}
 
+    def counts(self, terms: Sequence[str], filters: Filters) -> tuple[int, list[int]]:
+        """How many documents pass ``filters``, and how many of those hold
+        each term in the text field: the collection statistics an asker
+        merging answers from many nodes needs (p2pmem/agent/ranking.py)."""
+        def count(query: tantivy.Query) -> int:
+            return int(self._searcher.search(self._filtered(query, filters), 1, count=True).count or 0)
+
+        return (count(tantivy.Query.all_query()),
+                [count(tantivy.Query.term_query(self.schema, "text", t)) for t in terms])
+
+    def add_statistics_only(self, docs: Iterable[IndexDoc]) -> None:
+        """Add documents that no filtered search returns but that count in
+        BM25's statistics (a throw-away index given a bigger collection's
+        statistics, p2pmem/agent/ranking.py); they keep the commit point."""
+        self.apply((), docs, self.state()["seq"])
+
     def newest(self, filters: Filters, limit: int) -> list[int]:
         """Rowids of the newest ``limit`` documents (by ``ts``) that pass every
         filter: a listing without query words (``recall --since``), from the

@@ -673,17 +673,42 @@ class Store:
             for record, r in records
         ]
 
-    def session_context(self, rids: Sequence[int]) -> dict[int, list[bytes]]:
-        """For each of these memory rowids, the raw records of its session
+    def collection_stats(self, text: str, visibilities: Sequence[str] = ("public", "ask")) -> tuple[int, list[int]]:
+        """The current memories of these visibilities, and how many of them
+        hold each search term of ``text`` (:func:`query_terms` order), from
+        the index as it is."""
+        from p2pmem.retrieval.text import query_terms
+
+        index = self.search.sync.as_is()
+        return index.counts(query_terms(text), Filters(visibilities=tuple(visibilities)))
+
+    def session_context(self, rids: Sequence[int], text: str = "") -> dict[int, list[bytes]]:
+        """For each of these memory rowids, the raw records an asker needs to
+        rank the memory as one index over the union of the network would
+        (the window and session stages of the engine): its session
         neighbours (the previous and next current memory of its author's
-        session) that are not private: what an asker needs to rank the memory
-        as one index over the union of the network would (the window and
-        session stages of the engine)."""
+        session) and, for the first memory of each session, the session's
+        SESSION_TOP best memories for ``text`` by their own score. Never a
+        private memory."""
+        from p2pmem.retrieval.engine import SESSION_TOP
+        from p2pmem.retrieval.text import query_terms
+
         docs = self.index_docs(list(rids))
-        wanted = sorted({n.rid for d in docs for n in (d.prev, d.next) if n.rid >= 0})
+        around: dict[int, list[int]] = {d.rid: [n.rid for n in (d.prev, d.next) if n.rid >= 0] for d in docs}
+        terms = query_terms(text)
+        if terms:
+            index = self.search.sync.as_is()
+            firsts: dict[tuple[bytes, str], int] = {}
+            for d in docs:
+                if d.session:
+                    firsts.setdefault((d.author, d.session), d.rid)
+            for (author, session), rid in firsts.items():
+                best = index.top_scores("body", terms, Filters(authors=(author,), session=session), SESSION_TOP)
+                around[rid] += [r for r in best if r != rid and r not in around[rid]]
+        wanted = sorted({r for rs in around.values() for r in rs})
         raws = {rid: raw for rid, raw in self._head_rows(wanted).items()
                 if decode_record(raw, verify=False).visibility != "private"}
-        return {d.rid: [raws[n.rid] for n in (d.prev, d.next) if n.rid in raws] for d in docs}
+        return {rid: [raws[r] for r in rs if r in raws] for rid, rs in around.items()}
 
     def _head_rows(self, rids: Sequence[int]) -> dict[int, bytes]:
         """Raw bytes of those rowids that are still current memories: the
