@@ -265,8 +265,8 @@ class HostilePeers(RuleBasedStateMachine):
         assert all(n <= limits.MAX_ADDRESSES_PER_SOURCE for n in by_source.values()), by_source
         pending = [s for s in core.connections.values() if not s.ready and not s.closed and not s.initiator]
         assert len(pending) <= limits.MAX_PENDING_HANDSHAKES
-        assert all(n <= limits.MAX_PENDING_PER_HOST for n in core._pending_hosts.values())
-        assert len(core._host_buckets) <= 4 * limits.MAX_PENDING_HANDSHAKES + 3
+        assert all(n <= limits.MAX_PENDING_PER_HOST for n in core.admission.pending_hosts.values())
+        assert len(core.admission.host_buckets) <= 4 * limits.MAX_PENDING_HANDSHAKES + 3
 
     @invariant()
     def backlog_bounded(self) -> None:

@@ -29,6 +29,7 @@ from p2pmem.model.identity import Identity, short_id
 from p2pmem.model.record import Record, admission_error, record_id
 from p2pmem.model.scope import AUTHOR_SCOPED, EVERYWHERE, ReplicationInterest, shared
 from p2pmem.protocol import wire
+from p2pmem.protocol.admission import Admission
 from p2pmem.protocol.budget import Bucket
 from p2pmem.protocol.events import (
     Action,
@@ -47,10 +48,12 @@ from p2pmem.protocol.events import (
     Send,
     describe,
 )
+from p2pmem.protocol.membership import Connected, Membership
 from p2pmem.protocol.noise import HandshakeComplete, MessageReceived, ProtocolError, SecureChannel
 from p2pmem.protocol.ports import IngestReport, KeySource, Rng, StorePort
 from p2pmem.protocol.query import Answered, QueryError, QueryRouter, VerifiedHit
 from p2pmem.protocol.reconcile import ItemIndex, ReconcileError, Reconciler
+from p2pmem.protocol.timing import Timing
 from p2pmem.protocol.wave import ECHO_FEATURE
 
 log = logging.getLogger("p2pmem.protocol.core")
@@ -60,16 +63,6 @@ __all__ = [  # the actions live in p2pmem.protocol.events; re-exported for the s
     "Action", "Close", "CloseReason", "ConnId", "Dial", "Ingest", "IngestJob", "IngestOutcome",
     "NodeCore", "Send", "Timing", "record_stored", "run_ingest", "screen_ingest",
 ]
-
-# Timers (seconds). Tunable per node for simulations and tests.
-KEEPALIVE_S = 5.0
-DEAD_AFTER_S = 20.0
-RESYNC_S = 30.0
-BACKOFF_BASE_S = 0.5
-BACKOFF_MAX_S = 30.0
-TARGET_PEERS = 8
-PEX_INTERVAL_S = 15.0
-
 
 @dataclass
 class IngestOutcome:
@@ -130,43 +123,6 @@ def _recipient(record: Record) -> bytes | None:
     if record.kind == "message" and isinstance(record.body, dict):
         return record.body.get("to")
     return None
-
-
-@dataclass
-class Timing:
-    keepalive: float = KEEPALIVE_S
-    dead_after: float = DEAD_AFTER_S
-    resync: float = RESYNC_S
-    backoff_base: float = BACKOFF_BASE_S
-    backoff_max: float = BACKOFF_MAX_S
-    target_peers: int = TARGET_PEERS
-    max_peers: int = limits.MAX_ACTIVE_PEERS
-    pex_interval: float = PEX_INTERVAL_S
-    handshake_timeout: float = limits.HANDSHAKE_TIMEOUT_S
-    push_rate: float = limits.PUSH_BYTES_PER_S  # an operator may lower it (serve --push-rate)
-
-    @classmethod
-    def for_max_peers(cls, max_peers: int) -> Timing:
-        """Defaults for a node allowed ``max_peers`` connections. It dials
-        out only up to half of them (as the defaults do, 8 of 16): the other
-        half stays free for incoming peers, or nodes that fill every slot by
-        dialling refuse newcomers and a restarted node is shut out for good."""
-        return cls(max_peers=max_peers, target_peers=min(TARGET_PEERS, max(1, max_peers // 2)))
-
-
-@dataclass
-class _Address:
-    """A dialable address and what we learnt of it."""
-
-    address: str
-    agent: bytes | None = None
-    failures: int = 0
-    next_attempt: float = 0.0
-    bootstrap: bool = False
-    is_self: bool = False
-    dialing: bool = False
-    verified: bool = False  # a handshake there succeeded (or we were told by our user)
-    source: bytes | None = None  # the peer that told us, for unverified addresses
 
 
 @dataclass
@@ -260,15 +216,10 @@ class NodeCore:
         # name -> how many times that limit bit (status --json "limits")
         self.limited: dict[str, int] = {}
         self._inflight: set[bytes] = set()  # ids of records in the ingest pipeline
-        self._pending_hosts: dict[str, int] = {}  # incoming handshakes per remote host
-        self._host_buckets: dict[str, Bucket] = {}
-        self._handshake_bucket = Bucket(limits.HANDSHAKES_PER_S, limits.HANDSHAKES_BURST, now)
-        self._dial_bucket = Bucket(limits.DIALS_PER_S, limits.DIALS_BURST, now)
-        self._dial_log_bucket = Bucket(limits.DIAL_LOGS_PER_S, limits.DIAL_LOGS_BURST, now)
+        self.admission = Admission(self.limited, now)
         # recipient -> bytes of messages to it we may send to peers, all peers
         # together (least recently used first; at most MAX_RELAY_RECIPIENTS)
         self._relay_buckets: OrderedDict[bytes, Bucket] = OrderedDict()
-        self._last_eviction = -limits.EVICT_INTERVAL_S
         self._next_interest_at = now  # our own Interest messages are coalesced
         self._interest_dirty = False
         self.key = identity.public_key
@@ -281,7 +232,6 @@ class NodeCore:
         self.router = QueryRouter(self.key, router_rng, sign=identity.sign)
         self.connections: dict[ConnId, Connection] = {}
         self.by_agent: dict[bytes, ConnId] = {}
-        self.addresses: dict[str, _Address] = {}
         self.stats = Stats()
         self.started = now
         self._actions: list[Output] = []
@@ -293,9 +243,15 @@ class NodeCore:
         self._everywhere_keys: list[bytes] | None = None
         self._public_keys: dict[bytes, list[bytes]] = {}
         self._interest = self._compute_interest()
-        for address in bootstrap:
-            self.addresses[address] = _Address(address, bootstrap=True, verified=True)
+        self.membership = Membership(self.key, rng, self.timing, self.limited, now,
+                                     listen_addresses=self.listen_addresses, bootstrap=bootstrap)
+        self.membership.follows = self._interest.authors
         self._maintain(now)
+
+    @property
+    def addresses(self) -> dict[str, Any]:
+        """The address book (p2pmem.protocol.membership), for status and tests."""
+        return self.membership.addresses
 
     def _bite(self, name: str, n: int = 1) -> None:
         """Count a limit that refused, delayed or dropped something."""
@@ -348,8 +304,7 @@ class NodeCore:
         connection.recon_bucket = Bucket(limits.RECON_STARTS_PER_S, limits.RECON_STARTS_BURST, now)
         connection.interest_bucket = Bucket(limits.INTEREST_PER_S, limits.INTEREST_BURST, now)
         self.connections[conn] = connection
-        if address is not None and address in self.addresses:
-            self.addresses[address].dialing = False
+        self.membership.connected(address)
         if self.stopping:
             self._close(connection, CloseReason.SHUTDOWN, now, quiet=True)
             return
@@ -360,78 +315,26 @@ class NodeCore:
             return
 
     def _admit(self, connection: Connection, host: str | None, now: float) -> bool:
-        """Bound incoming handshakes: per host and in total, at once and per
-        second (docs/threat-model.md, "connection exhaustion"). A shell that
-        does not know the remote address (the simulator) gets the total
-        bounds only."""
-        if host is not None and not self._admit_host(connection, host, now):
+        """Carry out admission's verdict on an incoming connection."""
+        pending = [(s.opened, s.conn) for s in self.connections.values()
+                   if not s.ready and not s.closed and not s.initiator and s is not connection]
+        verdict = self.admission.admit(host, now, pending)
+        if verdict.refuse is not None:
+            self._close(connection, verdict.refuse, now, quiet=True)
             return False
-        if not self._handshake_bucket.take(now):
-            self._bite("handshakes_rate")
-            self._close(connection, CloseReason.HANDSHAKE_RATE, now, quiet=True)
-            return False
-        pending = [s for s in self.connections.values() if not s.ready and not s.closed
-                   and not s.initiator and s is not connection]
-        if len(pending) >= limits.MAX_PENDING_HANDSHAKES:
-            self._bite("pending_handshakes")
-            oldest = min(pending, key=lambda s: (s.opened, s.conn))
-            self._close(oldest, CloseReason.HANDSHAKE_EVICTED, now, quiet=True)
-        if host is not None:
-            connection.host = host
-            self._pending_hosts[host] = self._pending_hosts.get(host, 0) + 1
-        return True
-
-    def _admit_host(self, connection: Connection, host: str, now: float) -> bool:
-        bucket = self._host_buckets.get(host)
-        if bucket is None:
-            if len(self._host_buckets) >= 4 * limits.MAX_PENDING_HANDSHAKES:
-                # forget hosts whose bucket is full again (they cost nothing now)
-                for h in [h for h, b in self._host_buckets.items()
-                          if b.level(now) >= b.burst and h not in self._pending_hosts]:
-                    del self._host_buckets[h]
-            bucket = Bucket(limits.HANDSHAKES_PER_HOST_PER_S, limits.HANDSHAKES_PER_HOST_BURST, now)
-            self._host_buckets[host] = bucket
-        if not bucket.take(now):
-            self._bite("handshakes_per_host_rate")
-            self._close(connection, CloseReason.HOST_RATE, now, quiet=True)
-            return False
-        if self._pending_hosts.get(host, 0) >= limits.MAX_PENDING_PER_HOST:
-            self._bite("pending_handshakes_per_host")
-            self._close(connection, CloseReason.HOST_PENDING, now, quiet=True)
-            return False
+        if verdict.evict is not None:
+            self._close(self.connections[verdict.evict], CloseReason.HANDSHAKE_EVICTED, now, quiet=True)
+        connection.host = host
         return True
 
     def _unpend(self, connection: Connection) -> None:
         """The connection's handshake is over (done or closed): free its slot."""
-        host = connection.host
-        if host is not None:
+        if connection.host is not None:
+            self.admission.release(connection.host)
             connection.host = None
-            left = self._pending_hosts.get(host, 0) - 1
-            if left > 0:
-                self._pending_hosts[host] = left
-            else:
-                self._pending_hosts.pop(host, None)
 
     def dial_failed(self, address: str, now: float, reason: str = "") -> None:
-        entry = self.addresses.get(address)
-        if entry is not None:
-            entry.dialing = False
-            self._backoff(entry, now)
-            self._age_out(entry)
-        if self._dial_log_bucket.take(now):
-            log.info("dial %s failed: %s", address, reason)
-        else:
-            self._bite("dial_log_lines")
-
-    def _age_out(self, entry: _Address) -> None:
-        """Forget an address that keeps failing (never a bootstrap one, nor
-        one of an agent we follow: those keep backing off instead)."""
-        if entry.bootstrap or self._followed(entry):
-            return
-        limit = limits.VERIFIED_MAX_FAILURES if entry.verified else limits.UNVERIFIED_MAX_FAILURES
-        if entry.failures >= limit and self.addresses.get(entry.address) is entry:
-            del self.addresses[entry.address]
-            self._bite("addresses_aged_out")
+        self.membership.dial_failed(address, now, reason)
 
     def data_received(self, conn: ConnId, data: bytes, now: float, *, wall_ms: int) -> None:
         """Bytes arrived on ``conn``."""
@@ -566,14 +469,8 @@ class NodeCore:
         self._unpend(connection)
         if connection.remote is not None and self.by_agent.get(connection.remote) == conn:
             del self.by_agent[connection.remote]
-        if connection.address is not None and connection.address in self.addresses:
-            entry = self.addresses[connection.address]
-            entry.dialing = False
-            if not connection.ready and not connection.superseded:  # a duplicate is no failure
-                self._backoff(entry, now)
-                self._age_out(entry)
-            else:
-                entry.next_attempt = now + self.timing.backoff_base * (0.5 + self.rng.random())
+        # a duplicate is no failure: the identity is connected
+        self.membership.lost(connection.address, now, failed=not connection.ready and not connection.superseded)
         self._maintain(now)
 
     def next_deadline(self) -> float | None:
@@ -595,10 +492,9 @@ class NodeCore:
                 deadlines.append(s.push_bucket.ready_at())
         if self._interest_dirty:
             deadlines.append(self._next_interest_at)
-        active = self._active_count()
-        for entry in () if self.stopping else self.addresses.values():  # no dial once shut down
-            if self._room_for(entry, active) and self._dialable(entry):  # cheap test first
-                deadlines.append(max(entry.next_attempt, self._dial_bucket.ready_at(0.999)))
+        dial = None if self.stopping else self.membership.next_deadline(self._connected())  # no dial once shut down
+        if dial is not None:
+            deadlines.append(dial)
         router = self.router.next_deadline()
         if router is not None:
             deadlines.append(router)
@@ -717,7 +613,7 @@ class NodeCore:
                 "send_bytes": sum(s.queued for s in self.connections.values()),
                 "push_pending": sum(len(s.push_pending) for s in self.connections.values()),
                 "ingest_bytes": sum(s.ingest_pending for s in self.connections.values()),
-                "pending_handshakes": sum(self._pending_hosts.values()),
+                "pending_handshakes": self.admission.pending(),
             },
             "queries": {**dataclasses.asdict(self.router.stats), "in_flight": self.router.in_flight(now)},
         }
@@ -742,22 +638,14 @@ class NodeCore:
     def _handshake_complete(self, connection: Connection, remote: bytes, now: float) -> None:
         connection.remote = remote
         if remote == self.key:
-            if connection.address in self.addresses:
-                self.addresses[connection.address].is_self = True
+            self.membership.is_self(connection.address)
             self._close(connection, CloseReason.SELF_CONNECTION, now)
             return
         # The handshake proved who listens at the address we dialled, whatever
         # happens to this connection next: bound to that identity, the address
         # is not dialled again while the identity is connected (issue 16: the
         # loser of the tie-break below redialled it every back-off period).
-        if connection.address is not None:
-            entry = self.addresses.get(connection.address)
-            if entry is None:
-                entry = self.addresses[connection.address] = _Address(connection.address)
-            entry.agent = remote
-            entry.failures = 0
-            entry.verified = True
-            entry.source = None
+        self.membership.proven(connection.address, remote)
         other = self.by_agent.get(remote)
         if other is not None and other in self.connections:
             # One connection per identity: both ends keep the one dialled by
@@ -779,20 +667,13 @@ class NodeCore:
         self._send(connection, self._hello())
 
     def _evict_for_newcomer(self, now: float) -> bool:
-        """HyParView's rule: a node whose active view is full still lets a
-        newcomer in by dropping a random incoming peer (never a bootstrap
-        address or an agent we follow), at most once per EVICT_INTERVAL_S."""
-        if now < self._last_eviction + limits.EVICT_INTERVAL_S:
+        """Make room for a newcomer by closing the incoming peer membership
+        picks (:meth:`Membership.evict_for_newcomer`); False if none."""
+        incoming = [(s.conn, s.remote) for s in self.ready_peers() if not s.initiator and s.remote is not None]
+        victim = self.membership.evict_for_newcomer(incoming, now)
+        if victim is None:
             return False
-        victims = [s for s in self.ready_peers() if not s.initiator and s.remote is not None
-                   and s.remote not in self._interest.authors]
-        if not victims:
-            return False
-        victims.sort(key=lambda s: s.conn)
-        victim = self.rng.choice(victims)
-        self._last_eviction = now
-        self._bite("peers_evicted_for_newcomer")
-        self._close(victim, CloseReason.EVICTED, now)
+        self._close(self.connections[victim], CloseReason.EVICTED, now)
         return True
 
     def _hello(self) -> wire.Hello:
@@ -862,8 +743,7 @@ class NodeCore:
         connection.ready = True
         connection.ping_sent = None
         self._unpend(connection)
-        for address in hello.addresses:
-            self._learn(address, hello.agent, source=hello.agent)
+        self.membership.learn_all(hello.addresses, hello.agent)
         connection.next_pex = now + self.timing.pex_interval * self.rng.random()
         connection.next_resync = now + self.timing.resync
         log.info("peer %s ready (%s)", short_id(hello.agent), connection.address or "incoming")
@@ -882,6 +762,7 @@ class NodeCore:
         new = self._compute_interest()
         if new != self._interest:
             self._interest = new
+            self.membership.follows = new.authors
             self._indexes.clear()
             self._interest_dirty = True
         if not self._interest_dirty:
@@ -1119,7 +1000,7 @@ class NodeCore:
             self._push(added, exclude=connection.conn if connection is not None else None, now=now)
             for record in added:
                 if record.kind == "profile" and record.author in self._interest.authors:
-                    self._learn_addresses(record)
+                    self._learn_addresses(record)  # dial the agents we follow
 
     def _push(self, records: Sequence[Record], *, exclude: ConnId | None, now: float) -> None:
         """Eager push to every ready peer whose interest admits the record
@@ -1177,41 +1058,8 @@ class NodeCore:
 
     # -- membership -------------------------------------------------------------
     def _learn_addresses(self, profile: Record) -> None:
-        """Dial the announced addresses of agents we follow."""
-        if not isinstance(profile.body, dict):
-            return
-        for address in profile.body.get("addresses", ())[: limits.MAX_ADDRESSES]:
-            self._learn(address, profile.author, source=profile.author)
-
-    def _learn(self, address: str, agent: bytes | None, *, source: bytes | None) -> None:
-        """Note an address someone told us of, unverified until a handshake
-        there succeeds. Bounded per source and in total; when full, a random
-        unverified address of the source with the most makes room (so a
-        flood from one peer evicts its own entries, not honest ones)."""
-        if agent == self.key or address in self.addresses or address in self.listen_addresses:
-            return
-        unverified = [e for e in self.addresses.values() if not e.verified and not e.bootstrap]
-        mine = [e for e in unverified if e.source == source]
-        if len(mine) >= limits.MAX_ADDRESSES_PER_SOURCE:
-            self._bite("addresses_per_source")
-            victim = min(mine, key=lambda e: (e.failures == 0, e.next_attempt, e.address))
-            if victim.dialing:
-                return
-            del self.addresses[victim.address]
-        elif len(unverified) >= limits.MAX_UNVERIFIED_ADDRESSES or len(self.addresses) >= limits.MAX_KNOWN_ADDRESSES:
-            self._bite("addresses_full")
-            counts: dict[bytes | None, int] = {}
-            for e in unverified:
-                counts[e.source] = counts.get(e.source, 0) + 1
-            if not counts:
-                return
-            top = max(counts.values())
-            heavy = sorted((e for e in unverified if counts[e.source] == top and not e.dialing),
-                           key=lambda e: e.address)
-            if not heavy:
-                return
-            del self.addresses[self.rng.choice(heavy).address]
-        self.addresses[address] = _Address(address, agent=agent, source=source)
+        if isinstance(profile.body, dict):
+            self.membership.learn_all(profile.body.get("addresses", ()), profile.author)
 
     def _send_pex(self, connection: Connection, now: float) -> None:
         connection.next_pex = now + self.timing.pex_interval
@@ -1221,57 +1069,24 @@ class NodeCore:
                 continue
             for address in s.hello.addresses[:1]:
                 peers.append((s.remote, address))
-        self.rng.shuffle(peers)
-        if peers:
-            self._send(connection, wire.PeerExchange(tuple(peers[: limits.MAX_PEER_EXCHANGE])))
+        offered = self.membership.offer(peers)
+        if offered:
+            self._send(connection, wire.PeerExchange(offered))
 
     def _on_pex(self, connection: Connection, message: wire.PeerExchange) -> None:
         for agent, address in message.peers:
-            self._learn(address, agent, source=connection.remote)
+            self.membership.learn(address, agent, source=connection.remote)
 
-    def _dialable(self, entry: _Address) -> bool:
-        if entry.is_self or entry.dialing or entry.address in self.listen_addresses:
-            return False
-        if entry.agent is not None and (entry.agent == self.key or entry.agent in self.by_agent):
-            return False
-        return not any(s.address == entry.address for s in self.connections.values())
-
-    def _backoff(self, entry: _Address, now: float) -> None:
-        entry.failures += 1
-        delay = min(self.timing.backoff_max, self.timing.backoff_base * 2 ** min(entry.failures, 16))
-        entry.next_attempt = now + delay * (0.5 + self.rng.random())  # jitter
+    def _connected(self) -> Connected:
+        return Connected(len(self.connections), self.by_agent,
+                         {s.address for s in self.connections.values() if s.address is not None})
 
     def _maintain(self, now: float) -> None:
-        """Keep the active view filled: bootstrap peers and followed agents
-        always, others until the target is reached."""
+        """Carry out membership's dials (none once shut down)."""
         if self.stopping:
             return
-        active = self._active_count()
-        candidates = [e for e in self.addresses.values() if self._dialable(e) and e.next_attempt <= now]
-        candidates.sort(key=lambda e: (not e.bootstrap, not self._followed(e), not e.verified, e.failures, e.address))
-        for entry in candidates:
-            if not self._room_for(entry, active):
-                break
-            if not self._dial_bucket.take(now):
-                self._bite("dial_rate")
-                break
-            entry.dialing = True
-            entry.next_attempt = now + self.timing.handshake_timeout
-            active += 1
-            self._actions.append(Dial(entry.address, entry.agent))
-
-    def _active_count(self) -> int:
-        """Connections plus dials in flight: counting only connections let
-        every dial failure start one more dial, past the target."""
-        return len(self.connections) + sum(1 for e in self.addresses.values() if e.dialing)
-
-    def _room_for(self, entry: _Address, active: int) -> bool:
-        """Whether the active view has room to dial ``entry``."""
-        must = entry.bootstrap or self._followed(entry)
-        return active < self.timing.max_peers and (must or active < self.timing.target_peers)
-
-    def _followed(self, entry: _Address) -> bool:
-        return entry.agent is not None and entry.agent in self._interest.authors
+        for dial in self.membership.maintain(now, self._connected()):
+            self._actions.append(Dial(dial.address, dial.agent))
 
     # -- output ---------------------------------------------------------------
     def _send(self, connection: Connection, message: wire.Message) -> None:
