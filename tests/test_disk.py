@@ -248,3 +248,25 @@ def test_the_mcp_server_answers_a_damaged_store_with_one_line_and_recovers(tmp_p
             assert {m["id"] for m in json.loads(text)} == ids
 
     anyio.run(body)
+
+
+def test_a_file_size_limit_fails_remember_in_one_line_and_keeps_the_rest(tmp_path):
+    """EFBIG (RLIMIT_FSIZE, SIGXFSZ ignored) is how a disk quota or a full
+    disk looks where no small file system can be mounted."""
+    import resource
+    import signal
+
+    home, ids = home_with_memories(tmp_path)
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+
+    for args in (["remember", "over the limit"], ["profile", "--name", "n"]):
+        result = subprocess.run(cli_command(home, *args), capture_output=True, text=True, timeout=60,
+                                preexec_fn=limited, stdin=subprocess.DEVNULL)
+        assert result.returncode == 1 and result.stdout == "", result
+        line = one_line(result)  # SQLite's -shm file cannot grow: an I/O error rather than "full"
+        assert "full" in line or "free space" in line, line
+    assert memory_ids(home) == ids
+    assert run_cli(home, "remember", "fits again").returncode == 0

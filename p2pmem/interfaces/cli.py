@@ -901,7 +901,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 1
     except (OSError, sqlite3.Error) as exc:  # the disk refused: one line, never a traceback
-        print(f"p2pmem: {explain(exc, _home(args))}", file=sys.stderr)
+        where = _home(args) / "store.db" if isinstance(exc, sqlite3.Error) else _home(args)
+        print(f"p2pmem: {explain(exc, where)}", file=sys.stderr)
         return 1
 
 

@@ -38,6 +38,7 @@ from p2pmem import limits
 from p2pmem.protocol.commit import commit_group
 from p2pmem.protocol.core import IngestOutcome
 from p2pmem.protocol.events import IngestJob
+from p2pmem.storage.diskerrors import explain, is_disk_error
 from p2pmem.storage.store import Store
 from p2pmem.storage.verify import (
     POOL_FAILURES,
@@ -181,7 +182,8 @@ class IngestPipeline:
             try:
                 outcomes = await trio.to_thread.run_sync(self._store_group, group)
             except Exception as exc:  # the store would not open (locked...): keep serving
-                log.warning("could not store received records: %s", exc)
+                log.warning("could not store received records: %s",
+                            explain(exc, self._store_path) if is_disk_error(exc) else exc)
                 outcomes = [IngestOutcome() for _ in group]  # reconciliation brings them again
             self._done([(job, outcome) for (job, _), outcome in zip(group, outcomes, strict=True)])
 
@@ -202,7 +204,8 @@ class IngestPipeline:
         ]
         outcomes, error = commit_group(self._store, group_decoded)
         if error is not None:  # the disk failed (full, locked...): keep serving
-            log.warning("could not store received records: %s", error)
+            log.warning("could not store received records (reconciliation brings them again): %s",
+                        explain(error, self._store_path) if is_disk_error(error) else error)
         return outcomes
 
 

@@ -20,6 +20,7 @@ import math
 import os
 import random
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from p2pmem.node.metrics import NodeMetrics
 from p2pmem.protocol.actions import execute
 from p2pmem.protocol.core import IngestOutcome, NodeCore, Timing
 from p2pmem.protocol.events import Close, ConnId, Dial, Event, IngestJob, QueryFinished
+from p2pmem.storage.diskerrors import explain
 from p2pmem.storage.store import Store
 from p2pmem.storage.verify import usable_cores
 
@@ -243,6 +245,7 @@ class Node:
                 busy = False
 
         last_high, waited = -1, 0.0
+        last_failure = ""  # said once, not every second while the disk stays full
         try:
             while True:
                 await trio.sleep(INDEX_INTERVAL_S)
@@ -264,6 +267,13 @@ class Node:
                 except P2pmemError as exc:  # a model that cannot load: say so once, keep lexical
                     log.warning("search index: %s", exc)
                     indexer.search.model_path = None
+                except (OSError, ValueError, sqlite3.Error) as exc:  # a full disk: retry next round
+                    reason = str(explain(exc, store.path))
+                    if reason != last_failure:
+                        log.warning("search index upkeep: %s", reason)
+                    last_failure = reason
+                else:
+                    last_failure = ""
         finally:
             if not busy:  # an abandoned worker still holds the connection: the process exit closes it
                 indexer.close()

@@ -30,6 +30,7 @@ import logging
 import os
 import secrets
 import shutil
+import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -125,10 +126,36 @@ class IndexSync:
 
     # -- the public surface ----------------------------------------------------
     def current(self) -> LexicalIndex:
-        """The index, brought up to date with the store first."""
+        """The index, brought up to date with the store first. When the disk
+        refuses the upkeep (full), a copy built in memory answers instead,
+        and the next call tries the disk again."""
         high = self.source.log_high()
         if self.index is not None and self._seq >= high:
             return self.index
+        try:
+            return self._current_on_disk(high)
+        except (OSError, ValueError, sqlite3.Error) as exc:
+            if self.root is None:
+                raise
+            log.warning("search index upkeep failed (%s): searching a copy in memory", exc)
+            return self._in_memory()
+
+    def _in_memory(self) -> LexicalIndex:
+        """Every current memory in a fresh in-memory index, touching no file:
+        reads keep working on a full disk."""
+        high, batches = self.source.all_index_docs(_BATCH)
+        fresh = LexicalIndex(None)
+        first = True
+        for docs in batches:
+            fresh.apply([], docs, high, reset=first)
+            first = False
+        if first:
+            fresh.apply([], [], high, reset=True)
+        # the generation is forgotten, so the next catch-up opens the disk's again
+        self.index, self._generation, self._seq = fresh, None, high
+        return fresh
+
+    def _current_on_disk(self, high: int) -> LexicalIndex:
         with self._locked():
             self._open_current()
             state = self.index.state() if self.index is not None else {"format": 0, "seq": -1}

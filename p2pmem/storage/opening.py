@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ class Opened:
     target: str  # what to pass to sqlite3.connect for another connection
     uri: bool
     old_version: int  # the schema version the store had (0: created now)
+    full: bool = False  # read-only because the disk is full (not because it is read-only)
 
     @property
     def read_only(self) -> bool:
@@ -107,7 +109,9 @@ def _open_ro(path: Path, *, check_same_thread: bool) -> Opened:
         except sqlite3.Error as exc:
             db.close()
             last = exc
-            if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == 14:  # CANTOPEN: no -shm here
+            # CANTOPEN or IOERR: SQLite could not make its -shm file here
+            # (a read-only or full disk); immutable=1 reads without one
+            if mode == "ro" and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (10, 14):
                 continue
             raise explain(exc, path) from None
         except BaseException:
@@ -116,6 +120,18 @@ def _open_ro(path: Path, *, check_same_thread: bool) -> Opened:
         schema.check_version(version, path, read_only=True)
         return Opened(db, mode, target, True, version)
     raise explain(last, path) from None  # type: ignore[arg-type]
+
+
+def _disk_full(exc: sqlite3.Error, path: Path) -> bool:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == 13:  # SQLITE_FULL
+        return True
+    if code != 10:  # SQLITE_IOERR: the -shm file could not be written, perhaps for space
+        return False
+    try:
+        return os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        return False
 
 
 def open_database(
@@ -144,6 +160,11 @@ def open_database(
         opened = _open_rw(path, replica=replica, check_same_thread=check_same_thread)
     except sqlite3.Error as exc:
         error = explain(exc, path)
+        if read_only is None and _disk_full(exc, path):
+            # SQLite cannot even create its shared-memory file: read the file
+            # as it is (the last connection to close checkpointed the WAL)
+            opened = _open_ro(path, check_same_thread=check_same_thread)
+            return dataclasses.replace(opened, full=True)
         can_fall_back = read_only is None and not _writable(path)
         if isinstance(error, DamagedStoreError) or not can_fall_back:
             raise error from None

@@ -151,8 +151,8 @@ def prepare(db: sqlite3.Connection, path: Path) -> int:
     check_version(version, path, read_only=False)
     for step in range(version, SCHEMA_VERSION) if version else ():
         MIGRATIONS[step](db)
-    create_tables(db)
+    create_tables(db)  # writes nothing when every table exists (a full disk still opens)
     if version != SCHEMA_VERSION:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
     return version

@@ -32,6 +32,7 @@ from p2pmem.retrieval.documents import Entry, IndexDoc, make_doc
 from p2pmem.retrieval.engine import Ranked, SearchEngine, SearchRequest
 from p2pmem.retrieval.lexical import Filters
 from p2pmem.storage.diskerrors import explain
+from p2pmem.storage.diskerrors import full as full_error
 from p2pmem.storage.diskerrors import read_only as read_only_error
 from p2pmem.storage.files import private_dir
 from p2pmem.storage.opening import connect, open_database
@@ -152,7 +153,8 @@ class Store:
 
         def __enter__(self) -> sqlite3.Connection:
             if self.store.read_only:
-                raise read_only_error(self.store.path)
+                opened = self.store._opened
+                raise full_error(self.store.path) if opened.full else read_only_error(self.store.path)
             self.db.execute("BEGIN IMMEDIATE")
             return self.db
 
