@@ -919,6 +919,23 @@ def _register_maintenance() -> None:
 _register_maintenance()
 
 
+def _register_service() -> None:
+    """``p2pmem service install`` (p2pmem/interfaces/service.py)."""
+    from p2pmem.interfaces import service
+
+    def check_config(path: Path, explicit: bool) -> object:
+        from p2pmem.node import config
+
+        settings = config.settings_from_parser(_with(serve_options))
+        return config.resolve(settings, flags={}, environ={}, file=path, explicit=explicit)
+
+    _EXTRA_PARSERS.append(lambda sub: service.add_parser(sub, _common))
+    COMMANDS["service"] = lambda args: service.cmd_service(args, _home(args), check_config)
+
+
+_register_service()
+
+
 def _register_graph() -> None:
     """``p2pmem graph`` (p2pmem/graph/cli.py)."""
     from p2pmem.graph.cli import add_parser, cmd_graph

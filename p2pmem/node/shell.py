@@ -35,6 +35,7 @@ from p2pmem.errors import P2pmemError, UsageError
 from p2pmem.node.control import ControlServer
 from p2pmem.node.ingest import IngestPipeline
 from p2pmem.node.metrics import NodeMetrics
+from p2pmem.node.sdnotify import notify as sd_notify
 from p2pmem.protocol.actions import execute
 from p2pmem.protocol.core import IngestOutcome, NodeCore, Timing
 from p2pmem.protocol.events import Close, ConnId, Dial, Event, IngestJob, QueryFinished
@@ -573,6 +574,7 @@ async def serve_forever(node: Node, on_ready: Callable[[str], None] | None = Non
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 log.info("received %s, stopping", signal.Signals(signum).name)
+                sd_notify("STOPPING=1")
                 break
         await node.stop()
 
@@ -600,6 +602,8 @@ def run_serve(
             print(f"serving {agent_id(agent.key)} on {address}", flush=True)
         if scrape:
             log.info("metrics on http://%s/metrics", scrape)
+        # Type=notify units (p2pmem service install): ready once peers can connect
+        sd_notify("READY=1", f"STATUS=serving {agent_id(agent.key)} on {address}")
 
     try:
         trio.run(serve_forever, node, ready)
