@@ -212,6 +212,7 @@ def variants(ablate: bool, model: Path | None) -> dict[str, tuple[engine.Tuning,
             out[f"diversity {decay}"] = (replace(base, diversity=decay), False)
         out["diversity off"] = (replace(base, diversity=1.0), False)
         out["-session +div 0.7"] = (replace(base, session=0.0, diversity=0.7), False)
+        out["BM25 only"] = (replace(base, window=0.0, session=0.0, speaker=0.0, time=0.0), False)
     if model is not None:
         out["p2pmem+sem"] = (base, True)
         if ablate:

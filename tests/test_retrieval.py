@@ -387,3 +387,18 @@ def test_first_person_words_are_search_terms(tmp_path: Path) -> None:
     found = agent.recall("which gate does my flight leave from", limit=1)
     assert _ids(found) == [mine.id]
     assert "my" in query_terms("where is my car") and "the" not in query_terms("where is the car")
+
+
+def test_a_question_about_now_prefers_the_latest_update(tmp_path: Path) -> None:
+    """"now", "these days", "currently": the update beats the fact it superseded,
+    even when the older one shares more words with the question ("run")."""
+    agent = _agent(tmp_path)
+    now = 1_700_000_000_000
+    # other memories, so that the shared words are rare and the one extra word is not everything
+    agent.store.ingest([agent.make_memory(f"lunch order {i} for the office") for i in range(60)])
+    old = agent.remember("the billing service runs on python 3.9", at=now - 90 * DAY)
+    new = agent.remember("we moved the billing service over to python 3.12 at last", at=now - 2 * DAY)
+    assert _ids(agent.recall("which python does the billing service run on", limit=1, now_ms=now)) == [old.id]
+    for phrase in ("now", "these days", "currently", "at the moment"):
+        question = f"which python does the billing service run on {phrase}"
+        assert _ids(agent.recall(question, limit=1, now_ms=now)) == [new.id], phrase

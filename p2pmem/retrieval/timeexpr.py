@@ -30,7 +30,8 @@ Conventions (all in UTC, relative to ``now_ms``):
   "last summer" is the most recent summer that has ended; "this summer" and
   "in (the) summer" are the most recent one that has begun (the current one
   while it lasts).
-* "recently" / "lately" are the last 30 days; "the other day" is the week
+* "recently" / "lately", and the present ("now", "currently", "these days",
+  "at the moment", "nowadays", "at present") are the last 30 days; "the other day" is the week
   before today; "earlier this year/month/week/today" run from the period's
   start to now.
 
@@ -386,6 +387,13 @@ def _earlier(m: re.Match[str], now: datetime) -> Interval:
 
 @_rule(r"recently|lately")
 def _recently(m: re.Match[str], now: datetime) -> Interval:
+    return now - timedelta(days=RECENT_DAYS), now
+
+
+@_rule(r"(?:right\s+)?now|currently|nowadays|these\s+days|at\s+the\s+moment|at\s+present")
+def _present(m: re.Match[str], now: datetime) -> Interval:
+    # a question about how things stand now: the latest of several matching
+    # memories is the one meant (an update supersedes what it updates)
     return now - timedelta(days=RECENT_DAYS), now
 
 
