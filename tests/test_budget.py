@@ -249,9 +249,9 @@ class HostilePeers(RuleBasedStateMachine):
     def queues_within_limits(self) -> None:
         for connection in self.core.connections.values():
             assert connection.queued <= limits.MAX_SEND_QUEUE + SLACK, connection.queued
-            assert len(connection.push_pending) <= limits.MAX_PUSH_PENDING
+            assert len(connection.peer_sync.push_pending) <= limits.MAX_PUSH_PENDING
             assert connection.ingest_pending <= limits.MAX_INGEST_PENDING + limits.MAX_MESSAGE
-            assert len(connection.recon) <= 2
+            assert len(connection.peer_sync.recon) <= limits.MAX_CONCURRENT_RECONS
 
     @invariant()
     def membership_within_limits(self) -> None:
@@ -276,7 +276,7 @@ class HostilePeers(RuleBasedStateMachine):
 
     @invariant()
     def indexes_bounded(self) -> None:
-        assert len(self.core._indexes) <= 64
+        assert len(self.core.catalogue.indexes) <= limits.MAX_CACHED_INDEXES
 
 
 TestHostilePeers = HostilePeers.TestCase
@@ -299,9 +299,9 @@ def test_a_flood_fills_the_send_queue_up_to_its_limit_and_no_further():
     for _ in range(200):
         machine._ask_for_everything_paced(peer)
         assert not connection.closed
-        assert len(connection.push_pending) <= len(RECORDS)  # owed ids are de-duplicated
+        assert len(connection.peer_sync.push_pending) <= len(RECORDS)  # owed ids are de-duplicated
     assert connection.queued <= limits.MAX_SEND_QUEUE + SLACK
-    assert not connection.recon  # each one was answered in one round
+    assert not connection.peer_sync.recon  # each one was answered in one round
     machine.queues_within_limits()
     # pushes wait for the shell to write; then they resume
     machine.shell_writes(1.0)

@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from p2pmem.errors import P2pmemError
 from p2pmem.model.clock import HybridClock
 from p2pmem.model.identity import Identity, short_id
 from p2pmem.model.record import Record, admission_error, record_id
-from p2pmem.model.scope import AUTHOR_SCOPED, EVERYWHERE, ReplicationInterest, shared
+from p2pmem.model.scope import ReplicationInterest, shared
 from p2pmem.protocol import wire
 from p2pmem.protocol.admission import Admission
 from p2pmem.protocol.budget import Bucket
@@ -52,7 +52,8 @@ from p2pmem.protocol.membership import Connected, Membership
 from p2pmem.protocol.noise import HandshakeComplete, MessageReceived, ProtocolError, SecureChannel
 from p2pmem.protocol.ports import IngestReport, KeySource, Rng, StorePort
 from p2pmem.protocol.query import Answered, QueryError, QueryRouter, VerifiedHit
-from p2pmem.protocol.reconcile import ItemIndex, ReconcileError, Reconciler
+from p2pmem.protocol.reconcile import ItemIndex, ReconcileError
+from p2pmem.protocol.replication import Catalogue, PeerSync
 from p2pmem.protocol.timing import Timing
 from p2pmem.protocol.wave import ECHO_FEATURE
 
@@ -141,9 +142,6 @@ class Connection:
     ping_sent: float | None = None
     next_resync: float = 0.0
     next_pex: float = 0.0
-    recon: dict[int, Reconciler] = field(default_factory=dict)
-    pushed: dict[int, set[bytes]] = field(default_factory=dict)  # recon id -> ids already sent
-    next_recon_id: int = 0
     sent_records: int = 0
     received_records: int = 0
     closed: bool = False
@@ -151,18 +149,17 @@ class Connection:
     host: str | None = None  # the remote IP of an incoming connection
     queued: int = 0  # bytes handed to the shell and not yet written (flow control)
     ingest_pending: int = 0  # bytes of received records in the ingest pipeline
-    push_pending: deque[bytes] = field(default_factory=deque)  # ids we owe the peer
-    push_queued: set[bytes] = field(default_factory=set)
-    push_bucket: Bucket | None = None
-    recon_bucket: Bucket | None = None
-    interest_bucket: Bucket | None = None
+    sync: PeerSync | None = None  # replication with this peer (p2pmem.protocol.replication)
     backlog: deque[Any] = field(default_factory=deque)  # received events not handled yet
 
     @property
+    def peer_sync(self) -> PeerSync:
+        assert self.sync is not None
+        return self.sync
+
+    @property
     def interest(self) -> ReplicationInterest | None:
-        if self.hello is None:
-            return None
-        return ReplicationInterest(self.hello.replicate_all, frozenset(self.hello.authors))
+        return self.peer_sync.interest
 
 
 @dataclass
@@ -236,12 +233,7 @@ class NodeCore:
         self.started = now
         self._actions: list[Output] = []
         self._seen_rowid = store.max_rowid()
-        self._indexes: dict[ReplicationInterest, ItemIndex] = {}
-        # Keys ((ts, id) as 40 bytes) of every record that can travel, kept
-        # in memory so a peer's new interest builds its index from them
-        # without scanning the store (issue #11, CPU amplification).
-        self._everywhere_keys: list[bytes] | None = None
-        self._public_keys: dict[bytes, list[bytes]] = {}
+        self.catalogue = Catalogue(store)
         self._interest = self._compute_interest()
         self.membership = Membership(self.key, rng, self.timing, self.limited, now,
                                      listen_addresses=self.listen_addresses, bootstrap=bootstrap)
@@ -300,9 +292,7 @@ class NodeCore:
         channel = SecureChannel(initiator, self.identity.signing_key, expected_peer=expected,
                                 key_source=self.key_source)
         connection = Connection(conn, channel, initiator, address, opened=now, last_heard=now)
-        connection.push_bucket = Bucket(self.timing.push_rate, limits.PUSH_BURST_BYTES, now)
-        connection.recon_bucket = Bucket(limits.RECON_STARTS_PER_S, limits.RECON_STARTS_BURST, now)
-        connection.interest_bucket = Bucket(limits.INTEREST_PER_S, limits.INTEREST_BURST, now)
+        connection.sync = PeerSync.new(self.limited, self.timing.push_rate, now)
         self.connections[conn] = connection
         self.membership.connected(address)
         if self.stopping:
@@ -405,7 +395,7 @@ class NodeCore:
         if connection.ingest_pending >= limits.MAX_INGEST_PENDING:
             self._bite("ingest_pending_full")
             return True
-        if len(connection.push_pending) >= limits.MAX_PUSH_PENDING:
+        if connection.peer_sync.owes_too_much():
             self._bite("push_pending_full")
             return True
         return False
@@ -420,7 +410,7 @@ class NodeCore:
         return not (
             connection.queued >= limits.MAX_SEND_QUEUE
             or connection.ingest_pending >= limits.MAX_INGEST_PENDING
-            or len(connection.push_pending) >= limits.MAX_PUSH_PENDING
+            or connection.peer_sync.owes_too_much()
         )
 
     def sent(self, conn: ConnId, nbytes: int, now: float, *, wall_ms: int) -> None:
@@ -488,8 +478,8 @@ class NodeCore:
             deadlines.append(s.last_heard + self.timing.dead_after)
             deadlines.append(s.next_resync)
             deadlines.append(s.next_pex)
-            if s.push_pending and s.push_bucket is not None and s.queued < limits.SEND_QUEUE_LOW:
-                deadlines.append(s.push_bucket.ready_at())
+            if s.peer_sync.push_pending and s.queued < limits.SEND_QUEUE_LOW:
+                deadlines.append(s.peer_sync.push_bucket.ready_at())
         if self._interest_dirty:
             deadlines.append(self._next_interest_at)
         dial = None if self.stopping else self.membership.next_deadline(self._connected())  # no dial once shut down
@@ -523,7 +513,7 @@ class NodeCore:
                 connection.next_resync = now + self.timing.resync
             if now >= connection.next_pex:
                 self._send_pex(connection, now)
-            if connection.push_pending:
+            if connection.peer_sync.push_pending:
                 self._relieve(connection, now)
         if self._interest_dirty and now >= self._next_interest_at:
             self._interest_changed(now)
@@ -537,7 +527,7 @@ class NodeCore:
         """Records this node's agent just stored: push them at once."""
         records = list(records)
         for record in records:
-            self._index_record(record)
+            self.catalogue.add(record)
         # A new interest goes out before the follow record itself: a peer that
         # has the follow has then also heard what we now want pushed.
         if any(r.kind == "follow" and r.author == self.key for r in records):
@@ -611,7 +601,7 @@ class NodeCore:
             "limits": dict(sorted(self.limited.items())),
             "queues": {
                 "send_bytes": sum(s.queued for s in self.connections.values()),
-                "push_pending": sum(len(s.push_pending) for s in self.connections.values()),
+                "push_pending": sum(len(s.peer_sync.push_pending) for s in self.connections.values()),
                 "ingest_bytes": sum(s.ingest_pending for s in self.connections.values()),
                 "pending_handshakes": self.admission.pending(),
             },
@@ -692,17 +682,7 @@ class NodeCore:
             case wire.Hello():
                 self._on_hello(connection, message, now)
             case wire.Interest():
-                assert connection.interest_bucket is not None
-                if not connection.interest_bucket.take(now):
-                    self._bite("interest_rate")
-                    raise wire.WireError("interest changes too often")
-                connection.hello = wire.Hello(
-                    connection.hello.version if connection.hello else 1,
-                    connection.hello.features if connection.hello else (),
-                    connection.remote or b"",
-                    connection.hello.addresses if connection.hello else (),
-                    message.replicate_all, message.authors,
-                )
+                connection.peer_sync.change_interest(message.replicate_all, message.authors, now)
                 if connection.initiator:
                     self._start_sync(connection, now)
             case wire.Recon():
@@ -740,6 +720,7 @@ class NodeCore:
         if hello.version != wire.PROTOCOL_VERSION:
             raise wire.WireError(f"unsupported protocol version {hello.version}")
         connection.hello = hello
+        connection.peer_sync.interest = ReplicationInterest(hello.replicate_all, frozenset(hello.authors))
         connection.ready = True
         connection.ping_sent = None
         self._unpend(connection)
@@ -763,7 +744,7 @@ class NodeCore:
         if new != self._interest:
             self._interest = new
             self.membership.follows = new.authors
-            self._indexes.clear()
+            self.catalogue.interest_changed()
             self._interest_dirty = True
         if not self._interest_dirty:
             return
@@ -776,127 +757,43 @@ class NodeCore:
             if connection.initiator:
                 self._start_sync(connection, now)
 
-    def _catalogue(self) -> tuple[list[bytes], dict[bytes, list[bytes]]]:
-        """The keys of every record that travels, by scope class: read from
-        the store once, then kept up to date by :meth:`_index_record`."""
-        if self._everywhere_keys is None:
-            everywhere: list[bytes] = []
-            public: dict[bytes, list[bytes]] = {}
-            for ts, rid, kind, author, visibility in self.store.scan():
-                key = ts.to_bytes(8, "big") + rid
-                if kind in EVERYWHERE:
-                    everywhere.append(key)
-                elif kind in AUTHOR_SCOPED and visibility == "public":
-                    public.setdefault(author, []).append(key)
-            self._everywhere_keys, self._public_keys = everywhere, public
-        return self._everywhere_keys, self._public_keys
-
-    def _index_for(self, scope: ReplicationInterest) -> ItemIndex:
-        index = self._indexes.get(scope)
-        if index is None:
-            everywhere, public = self._catalogue()
-            keys = list(everywhere)
-            if scope.replicate_all:
-                for author_keys in public.values():
-                    keys.extend(author_keys)
-            else:
-                for author in scope.authors:
-                    keys.extend(public.get(author, ()))
-            index = ItemIndex.from_keys(keys)
-            if len(self._indexes) >= limits.MAX_CACHED_INDEXES:
-                self._indexes.pop(next(iter(self._indexes)))
-            self._indexes[scope] = index
-        return index
-
-    def _index_record(self, record: Record) -> None:
-        if self._everywhere_keys is not None:
-            key = record.ts.to_bytes(8, "big") + record.id
-            if record.kind in EVERYWHERE:
-                self._everywhere_keys.append(key)
-            elif record.kind in AUTHOR_SCOPED and record.visibility == "public":
-                self._public_keys.setdefault(record.author, []).append(key)
-        for scope, index in self._indexes.items():
-            if scope.wants(record.kind, record.author, record.visibility) and (record.ts, record.id) not in index:
-                index.add(record.ts, record.id)
-
     def _scope_with(self, connection: Connection) -> ReplicationInterest:
         remote = connection.interest
         assert remote is not None
         return shared(self._interest, remote)
 
+    def _index_with(self, connection: Connection) -> Callable[[], ItemIndex]:
+        return lambda: self.catalogue.index_for(self._scope_with(connection))
+
     def _start_sync(self, connection: Connection, now: float) -> None:
         connection.next_resync = now + self.timing.resync
-        if connection.recon:  # one reconciliation at a time per connection
-            return
-        connection.next_recon_id += 1
-        recon_id = connection.next_recon_id
-        reconciler = Reconciler(self._index_for(self._scope_with(connection)),
-                                max_reply=limits.RECON_REPLY_BYTES)
-        connection.recon[recon_id] = reconciler
-        connection.pushed[recon_id] = set()
-        self.stats.syncs += 1
-        self._send(connection, wire.Recon(recon_id, reconciler.start()))
+        start = connection.peer_sync.start(self._index_with(connection))
+        if start is not None:
+            self.stats.syncs += 1
+            self._send(connection, wire.Recon(start.recon_id, start.payload))
 
     def _on_recon(self, connection: Connection, message: wire.Recon, now: float) -> None:
+        """Each side pushes its own ``have`` (what the peer lacks), so no
+        request round is needed: the records go out before the reply."""
         self.stats.recon_messages += 1
         self.stats.recon_bytes += len(message.payload)
-        reconciler = connection.recon.get(message.recon_id)
-        if reconciler is None:
-            if connection.initiator:
-                return  # a late reply to a reconciliation we already ended
-            if len(connection.recon) >= limits.MAX_CONCURRENT_RECONS:
-                self._bite("recon_concurrent")
-                raise wire.WireError("too many concurrent reconciliations")
-            assert connection.recon_bucket is not None
-            if not connection.recon_bucket.take(now):
-                self._bite("recon_rate")
-                raise wire.WireError("reconciliations started too often")
-            reconciler = Reconciler(self._index_for(self._scope_with(connection)),
-                                    max_reply=limits.RECON_REPLY_BYTES)
-            connection.recon[message.recon_id] = reconciler
-            connection.pushed[message.recon_id] = set()
-        reply = reconciler.receive(message.payload)
-        self._push_have(connection, message.recon_id, now)
-        if reply is not None:
-            self._send(connection, wire.Recon(message.recon_id, reply))
-        if reconciler.done:
-            connection.recon.pop(message.recon_id, None)
-            connection.pushed.pop(message.recon_id, None)
-
-    def _push_have(self, connection: Connection, recon_id: int, now: float) -> None:
-        """Send the records reconciliation found the peer lacks: each side
-        pushes its own ``have``, so no request round is needed."""
-        pushed = connection.pushed[recon_id]
-        ids = connection.recon[recon_id].have - pushed
-        pushed |= ids
-        if ids:
-            self._owe(connection, sorted(ids))
+        step = connection.peer_sync.receive(message.recon_id, message.payload, self._index_with(connection),
+                                            initiator=connection.initiator, now=now)
+        if step is None:
+            return  # a late reply to a reconciliation we already ended
+        if step.owed:
+            connection.peer_sync.owe(step.owed)
             self._drain(connection, now)
-
-    def _owe(self, connection: Connection, ids: Iterable[bytes]) -> None:
-        """Queue records to push to the peer (bounded: past the limit they
-        are dropped, and the next reconciliation finds them again)."""
-        pending, queued = connection.push_pending, connection.push_queued
-        dropped = 0
-        for rid in ids:
-            if rid in queued:
-                continue
-            if len(pending) >= limits.MAX_PUSH_PENDING:
-                dropped += 1
-                continue
-            queued.add(rid)
-            pending.append(rid)
-        if dropped:
-            self._bite("push_pending_dropped", dropped)
+        if step.reply is not None:
+            self._send(connection, wire.Recon(step.recon_id, step.reply))
 
     def _drain(self, connection: Connection, now: float) -> None:
         """Push owed records while the send queue has room and the peer's
         push budget (bytes per second) allows. A message over its recipient's
         relay budget is not sent: it is no longer owed, and the next
         reconciliation finds it again."""
-        pending = connection.push_pending
-        bucket = connection.push_bucket
-        assert bucket is not None
+        sync = connection.peer_sync
+        pending, bucket = sync.push_pending, sync.push_bucket
         batches = 0
         while pending and connection.ready and not connection.closed:
             if connection.queued >= limits.SEND_QUEUE_LOW or batches >= limits.PUSH_BATCHES_PER_TURN:
@@ -904,8 +801,7 @@ class NodeCore:
             if not bucket.ready(now):
                 self._bite("push_rate")
                 return  # next_deadline() resumes
-            batch = [pending.popleft() for _ in range(min(len(pending), limits.MAX_RECORDS_PER_MESSAGE))]
-            connection.push_queued.difference_update(batch)
+            batch = sync.take_owed()
             scope = self._scope_with(connection)
             raws: list[bytes] = []
             withheld = 0
@@ -994,7 +890,7 @@ class NodeCore:
             # command of this home committed in between: those are ours to push.
             self.poll_store(now, skip=frozenset(r.id for r in added))
             for record in added:
-                self._index_record(record)
+                self.catalogue.add(record)
             if any(r.kind == "follow" and r.author == self.key for r in added):
                 self._interest_changed(now)
             self._push(added, exclude=connection.conn if connection is not None else None, now=now)
@@ -1026,8 +922,7 @@ class NodeCore:
                 self._bite("message_relay_budget", len(wanted) - len(raws))
             if not raws:
                 continue
-            assert connection.push_bucket is not None
-            connection.push_bucket.spend(now, sum(len(raw) for raw in raws))
+            connection.peer_sync.push_bucket.spend(now, sum(len(raw) for raw in raws))
             self._send_records(connection, raws, now)
             self._flush(connection)
 
@@ -1142,8 +1037,7 @@ class NodeCore:
             self._flush(connection)
         connection.closed = True
         self._unpend(connection)
-        connection.push_pending.clear()
-        connection.push_queued.clear()
+        connection.peer_sync.forget_owed()
         if not quiet:
             log.info("closing connection %s (%s): %s", connection.conn,
                      short_id(connection.remote) if connection.remote else "?", text)
