@@ -1,5 +1,10 @@
-"""The node's protocol core: connections, gossip, reconciliation, membership
-and queries as one sans-IO state machine.
+"""The node's protocol core: the connections, and a router of inputs to the
+sub-machines that decide — admission (:mod:`p2pmem.protocol.admission`),
+membership (:mod:`p2pmem.protocol.membership`), replication
+(:mod:`p2pmem.protocol.replication`) and queries
+(:mod:`p2pmem.protocol.query`) — whose typed outputs it turns into its one
+closed set of actions and events (docs/architecture.md, "The core as a
+router of sub-machines").
 
 The core never touches a socket, a clock or the global random generator. A
 shell (the trio node in :mod:`p2pmem.node.shell`, or the simulator) tells it what
