@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from netutil import CLI_TIMEOUT_S, _env, cli_command, network_fixture, run_cli, wait_until
 
-from p2pmem.protocol.core import RESYNC_S
+from p2pmem.protocol.timing import RESYNC_S
 
 net = network_fixture()
 

@@ -59,7 +59,7 @@ from p2pmem.protocol.ports import IngestReport, KeySource, Rng, StorePort
 from p2pmem.protocol.query import Answered, QueryError, QueryRouter, VerifiedHit
 from p2pmem.protocol.reconcile import ItemIndex, ReconcileError
 from p2pmem.protocol.replication import Catalogue, PeerSync
-from p2pmem.protocol.timing import Timing
+from p2pmem.protocol.timing import BACKOFF_MAX_S, DEAD_AFTER_S, KEEPALIVE_S, RESYNC_S, Timing
 from p2pmem.protocol.wave import ECHO_FEATURE
 
 log = logging.getLogger("p2pmem.protocol.core")
@@ -68,6 +68,7 @@ _ROUTER_MESSAGES = {"query": wire.QueryMsg, "hits": wire.HitsMsg, "echo": wire.E
 __all__ = [  # the actions live in p2pmem.protocol.events; re-exported for the shells
     "Action", "Close", "CloseReason", "ConnId", "Dial", "Ingest", "IngestJob", "IngestOutcome",
     "NodeCore", "Send", "Timing", "record_stored", "run_ingest", "screen_ingest",
+    "BACKOFF_MAX_S", "DEAD_AFTER_S", "KEEPALIVE_S", "RESYNC_S",  # protocol/timing.py's, as before
 ]
 
 @dataclass
