@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import Serve  # noqa: E402
-from benchmarks.retrieval import DEFAULT_DATA, Conversation, Score, load  # noqa: E402
+from benchmarks.retrieval import LOCOMO, Conversation, Score, load_locomo  # noqa: E402
 from p2pmem.agent.home import Agent, init_home  # noqa: E402
 from p2pmem.model.identity import agent_id  # noqa: E402
 from p2pmem.node.control import request  # noqa: E402
@@ -107,6 +107,7 @@ def _ask(home: Path, question: str) -> tuple[float, dict]:
 
 def _run(conv: Conversation, root: Path, every: int, stall: bool, out: dict) -> None:
     homes, union_home, dia_of = _homes(root, conv)
+    session_of = {dia: session for dia, _text, session, _at in conv.turns} | {"?": ""}
     questions = conv.questions[::every]
     nodes = _start_line(homes)
     try:
@@ -118,10 +119,10 @@ def _run(conv: Conversation, root: Path, every: int, stall: bool, out: dict) -> 
                 started = time.perf_counter()
                 found = union.recall(question, limit=10)
                 out["recall_s"].append(time.perf_counter() - started)
-                out["union"].add(category, [dia_of[m.record.id.hex()] for m in found], evidence)
+                out["union"].add(category, [dia_of[m.record.id.hex()] for m in found], evidence, session_of)
                 seconds, reply = _ask(asker, question)
                 out["ask_s"].append(seconds)
-                out["ask"].add(category, [dia_of.get(m["id"], "?") for m in reply["results"]], evidence)
+                out["ask"].add(category, [dia_of.get(m["id"], "?") for m in reply["results"]], evidence, session_of)
                 out["hops"] = max([out["hops"], *(m["hops"] for m in reply["results"])])
                 out["complete"] += bool(reply.get("complete"))
                 out["reached"].append(reply.get("reached", 0))
@@ -157,13 +158,13 @@ def _q(values: list[float], q: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("data", nargs="?", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("data", nargs="?", type=Path, default=LOCOMO)
     parser.add_argument("--every", type=int, default=1, help="ask every K-th question only (default: all)")
     args = parser.parse_args()
     if not args.data.exists():
         print(f"ask benchmark: no dataset at {args.data}", file=sys.stderr)
         return 1
-    conversations = load(args.data)
+    conversations = load_locomo(args.data)
     out: dict = {"union": Score(), "ask": Score(), "ask_s": [], "recall_s": [], "stalled_s": [], "hops": 0,
                  "complete": 0, "stalled_complete": 0, "reached": []}
     started = time.monotonic()
@@ -176,7 +177,9 @@ def main() -> int:
           f"(every {max(1, args.every)}), {SERVING} serving nodes in a line + the asker, ttl {TTL}, "
           f"timeout {TIMEOUT_S:g} s, {time.monotonic() - started:.0f} s in all")
     print(union.line("recall(union)"))
+    print(union.labels("recall(union)"))
     print(ask.line("ask(5 hops)"))
+    print(ask.labels("ask(5 hops)"))
     ratio = ask.r10() / union.r10()
     print(f"ratio R@10 ask/union: {ratio:.3f} (goal >= 0.97); farthest answer {out['hops']} hops; "
           f"flood complete {out['complete']}/{n}, nodes reached median {statistics.median(out['reached']):g}")

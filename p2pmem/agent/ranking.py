@@ -14,7 +14,7 @@ BM25's statistics (how many memories there are, how many hold each query
 term) are the union's too: every node's echo adds its own to its subtree's
 (p2pmem/protocol/wave.py), and the throw-away index is given documents that
 no search returns but that count in its statistics, so its IDF is the
-union's (scaled down to at most MAX_STAT_DOCS documents, which keeps the
+union's (scaled down to at most MAX_STAT_DOCS documents, which keeps their
 ratios). docs/retrieval.md ("Merging answers") has the measurement against
 one store holding everything.
 """
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 # Statistics-only documents one ranking may add; above this the union's
 # counts are scaled down (the IDF depends on their ratios).
-MAX_STAT_DOCS = 2000
+MAX_STAT_DOCS = 500
 _FILLER = "zzstatfillerzz"  # a word no question holds: it only gives length
 DATE_WORDS = 3  # "8 May 2023": the index adds a memory's date to its text
 TRUST_PRIOR = 0.25  # relevance x (1 + 0.25 trust): a stranger needs at most ~1.2x an own memory's score
