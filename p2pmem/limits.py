@@ -38,6 +38,18 @@ MAX_QUERY_TEXT = 1024
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_CONFIG_LIST = 64
 
+# --- log lines (p2pmem/node/logs.py) ---------------------------------------
+# The same event about the same peer or address is written at most
+# LOG_REPEAT_LINES times a window; the rest become one "suppressed K similar
+# lines" line when the window ends, so a peer that fails in a loop cannot fill
+# the disk or drown the other lines. Keys remembered at once (least recently
+# seen dropped), and the characters of a message or field written (a peer's
+# words reach some lines).
+LOG_REPEAT_LINES = 10
+LOG_REPEAT_WINDOW_S = 60.0
+LOG_REPEAT_KEYS = 1024
+LOG_FIELD_CHARS = 1024
+
 # --- transport -----------------------------------------------------------
 MAX_FRAME = 65535  # one Noise message, the 2-byte length prefix's maximum
 MAX_MESSAGE = 1 << 20  # one reassembled wire message

@@ -697,7 +697,7 @@ def _config(args: argparse.Namespace) -> Any:
 
     settings = config.settings_from_parser(_with(serve_options))
     given = {s.dest: getattr(args, s.dest) for s in settings if hasattr(args, s.dest)}
-    path, explicit = config.config_path(_home(args), args.config, os.environ)
+    path, explicit = config.config_path(_home(args), getattr(args, "config", None), os.environ)
     return config.resolve(settings, flags=given, environ=os.environ, file=path, explicit=explicit)
 
 
@@ -724,11 +724,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from p2pmem.node.shell import run_serve
 
     args = _config(args).namespace(args)
-    with _open(args) as agent:
-        return run_serve(agent, listen=args.listen, peers=args.peer,
-                         replicate_all=args.replicate == "all", json_out=args.json,
-                         max_peers=args.max_peers, push_rate=args.push_rate,
-                         metrics=args.metrics)
+    try:
+        with _open(args) as agent:
+            return run_serve(agent, listen=args.listen, peers=args.peer,
+                             replicate_all=args.replicate == "all", json_out=args.json,
+                             max_peers=args.max_peers, push_rate=args.push_rate, metrics=args.metrics,
+                             log_level=args.log_level, log_format=args.log_format)
+    except P2pmemError as exc:
+        if args.log_format != "json":
+            raise
+        # with JSON logs every line of standard error is an object, this one too
+        import logging
+
+        from p2pmem.logevents import LogEvent, log_event
+        from p2pmem.node.logs import setup
+
+        setup(args.log_level, "json")
+        log_event(logging.getLogger("p2pmem.cli"), logging.ERROR, LogEvent.SERVE_FAILED, str(exc), error=str(exc))
+        return 2 if isinstance(exc, UsageError) else 1
 
 
 @command("peers")
@@ -852,7 +865,11 @@ def cmd_inbox(args: argparse.Namespace) -> int:
 def cmd_mcp(args: argparse.Namespace) -> int:
     from p2pmem.interfaces.mcp_server import run_mcp
 
-    return run_mcp(_home(args))
+    # the log settings of the configuration (p2pmem.toml, P2PMEM_LOG_*);
+    # the MCP server logs warnings and errors unless told otherwise
+    cfg = _config(args)
+    level = cfg["log_level"] if cfg.source("log_level") != "default" else "warning"
+    return run_mcp(_home(args), log_level=level, log_format=cfg["log_format"])
 
 
 def _sha256(raw: bytes) -> str:

@@ -46,6 +46,7 @@ from p2pmem import __version__, limits
 from p2pmem.agent.home import Agent, default_home, wall_ms
 from p2pmem.errors import P2pmemError, StoreError, UsageError
 from p2pmem.interfaces.output import ack_json, memory_json
+from p2pmem.logevents import LogEvent, log_event
 from p2pmem.model.identity import agent_id, parse_agent_id
 from p2pmem.model.when import parse_when
 from p2pmem.storage.diskerrors import explain
@@ -145,7 +146,8 @@ def _guarded(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[CallT
         except (P2pmemError, ToolFailure) as exc:
             return _error(str(exc))
         except Exception as exc:  # a bug: keep serving, tell the client, log the trace
-            log.exception("tool %s failed", fn.__name__)
+            log_event(log, logging.ERROR, LogEvent.TOOL_FAILED, f"tool {fn.__name__} failed: {type(exc).__name__}",
+                      tool=fn.__name__, error=str(exc), exc_info=True)
             return _error(f"internal error in {fn.__name__}: {type(exc).__name__}: {exc}")
 
     return wrapper
@@ -536,20 +538,22 @@ def _directory(agent: Agent, skill: str | None) -> list[dict[str, Any]]:
     return rows
 
 
-def run_mcp(home: Path) -> int:
+def run_mcp(home: Path, *, log_level: str = "warning", log_format: str = "text") -> int:
     """Serve MCP on standard input and output for the agent of ``home`` until
-    the client closes the connection. Returns the exit status."""
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s p2pmem-mcp %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    the client closes the connection. Returns the exit status. Log lines go
+    to standard error only: standard output is the protocol's."""
+    from p2pmem.node.logs import setup
+
+    setup(log_level, log_format, stream=sys.stderr)
     session = new_session_id()
     store = StoreThread(home)
     if store.broken:
-        log.warning("%s (every tool call will say so until it is fixed)", store.broken)
+        log_event(log, logging.WARNING, LogEvent.MCP_STORE_BROKEN,
+                  f"{store.broken} (every tool call will say so until it is fixed)", error=str(store.broken))
     try:
         server = build_server(home, store, session)
-        log.info("serving MCP for %s, session %s", store.agent_id(), session)
+        log_event(log, logging.INFO, LogEvent.MCP_STARTED, f"serving MCP for {store.agent_id()}, session {session}",
+                  peer=store.agent_id(), session=session)
         anyio.run(server.run_stdio_async)
     except KeyboardInterrupt:
         return 130

@@ -30,6 +30,7 @@ import trio
 from p2pmem import limits
 from p2pmem.agent.home import CONTROL_SOCKET
 from p2pmem.errors import P2pmemError, UsageError
+from p2pmem.logevents import LogEvent, log_event
 
 if TYPE_CHECKING:
     from p2pmem.node.shell import Node
@@ -135,7 +136,8 @@ class ControlServer:
             self.node.count("control_refused")
             return {"ok": False, "error": _one_line(str(exc) or type(exc).__name__)}
         except Exception as exc:  # a bug, not the client's fault: log it, keep serving
-            log.exception("control request failed")
+            log_event(log, logging.ERROR, LogEvent.CONTROL_FAILED, f"control request failed: {type(exc).__name__}",
+                      error=str(exc), exc_info=True)
             return {"ok": False, "error": _one_line(f"internal error: {type(exc).__name__}: {exc}")}
 
     async def _dispatch(self, request: dict[str, Any], stream: trio.SocketStream) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from pathlib import Path
 import trio
 
 from p2pmem import limits
+from p2pmem.logevents import LogEvent, log_event
 from p2pmem.protocol.commit import commit_group
 from p2pmem.protocol.core import IngestOutcome
 from p2pmem.protocol.events import IngestJob
@@ -122,7 +123,8 @@ class IngestPipeline:
         try:
             start_workers(self._workers)
         except Exception as exc:  # no processes here (a sandbox, no /dev/shm): verify in the writer
-            log.warning("no verification worker processes (%s): verifying in the writer thread", exc)
+            log_event(log, logging.WARNING, LogEvent.INGEST_WORKERS,
+                      f"no verification worker processes ({exc}): verifying in the writer thread", error=str(exc))
             self._workers = 1
 
     async def _submit_chunks(self) -> None:
@@ -150,7 +152,8 @@ class IngestPipeline:
                         for future in futures:
                             verdicts.extend(await self._result(future))
                     except POOL_FAILURES as exc:  # a worker was killed
-                        log.warning("verification worker failed (%s): verifying in the writer", exc)
+                        log_event(log, logging.WARNING, LogEvent.INGEST_WORKERS,
+                                  f"verification worker failed ({exc}): verifying in the writer", error=str(exc))
                         assert pool is not None
                         discard_pool(pool)  # that pool only: a newer one may already be at work
                         verdicts = None
@@ -182,8 +185,9 @@ class IngestPipeline:
             try:
                 outcomes = await trio.to_thread.run_sync(self._store_group, group)
             except Exception as exc:  # the store would not open (locked...): keep serving
-                log.warning("could not store received records: %s",
-                            explain(exc, self._store_path) if is_disk_error(exc) else exc)
+                why = explain(exc, self._store_path) if is_disk_error(exc) else exc
+                log_event(log, logging.WARNING, LogEvent.INGEST_FAILED, f"could not store received records: {why}",
+                          error=str(why))
                 outcomes = [IngestOutcome() for _ in group]  # reconciliation brings them again
             self._done([(job, outcome) for (job, _), outcome in zip(group, outcomes, strict=True)])
 
@@ -204,8 +208,9 @@ class IngestPipeline:
         ]
         outcomes, error = commit_group(self._store, group_decoded)
         if error is not None:  # the disk failed (full, locked...): keep serving
-            log.warning("could not store received records (reconciliation brings them again): %s",
-                        explain(error, self._store_path) if is_disk_error(error) else error)
+            why = explain(error, self._store_path) if is_disk_error(error) else error
+            log_event(log, logging.WARNING, LogEvent.INGEST_FAILED,
+                      f"could not store received records (reconciliation brings them again): {why}", error=str(why))
         return outcomes
 
 

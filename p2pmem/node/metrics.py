@@ -37,6 +37,7 @@ from prometheus_client.exposition import start_http_server
 
 from p2pmem import __version__
 from p2pmem.errors import P2pmemError
+from p2pmem.logevents import LogEvent, log_event
 from p2pmem.model.record import KINDS
 
 if TYPE_CHECKING:
@@ -155,7 +156,7 @@ class _NodeCollector:
                 try:
                     result.update(self._snapshot())
                 except Exception:
-                    log.exception("metrics snapshot failed")
+                    log_event(log, logging.ERROR, LogEvent.METRICS_FAILED, "metrics snapshot failed", exc_info=True)
                 finally:
                     done.set()
 

@@ -21,7 +21,6 @@ import os
 import random
 import signal
 import sqlite3
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import trio
 from p2pmem import limits
 from p2pmem.agent.home import Agent
 from p2pmem.errors import P2pmemError, UsageError
+from p2pmem.logevents import LogEvent, log_event
 from p2pmem.node.control import ControlServer
 from p2pmem.node.ingest import IngestPipeline
 from p2pmem.node.metrics import NodeMetrics
@@ -266,12 +266,13 @@ class Node:
                 try:
                     await trio.to_thread.run_sync(work, abandon_on_cancel=True)
                 except P2pmemError as exc:  # a model that cannot load: say so once, keep lexical
-                    log.warning("search index: %s", exc)
+                    log_event(log, logging.WARNING, LogEvent.INDEX_FAILED, f"search index: {exc}", error=str(exc))
                     indexer.search.model_path = None
                 except (OSError, ValueError, sqlite3.Error) as exc:  # a full disk: retry next round
                     reason = str(explain(exc, store.path))
                     if reason != last_failure:
-                        log.warning("search index upkeep: %s", reason)
+                        log_event(log, logging.WARNING, LogEvent.INDEX_FAILED, f"search index upkeep: {reason}",
+                                  error=reason)
                     last_failure = reason
                 else:
                     last_failure = ""
@@ -573,7 +574,8 @@ async def serve_forever(node: Node, on_ready: Callable[[str], None] | None = Non
             on_ready(address)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
-                log.info("received %s, stopping", signal.Signals(signum).name)
+                name = signal.Signals(signum).name
+                log_event(log, logging.INFO, LogEvent.NODE_STOPPING, f"received {name}, stopping", signal=name)
                 sd_notify("STOPPING=1")
                 break
         await node.stop()
@@ -583,25 +585,27 @@ def run_serve(
     agent: Agent, *, listen: str, peers: list[str], replicate_all: bool, json_out: bool,
     max_peers: int = limits.MAX_ACTIVE_PEERS, push_rate: float = limits.PUSH_BYTES_PER_S,
     metrics: str | None = None,
+    log_level: str = "info", log_format: str = "text",
 ) -> int:
-    from p2pmem.model.identity import agent_id
+    from p2pmem.model.identity import agent_id, short_id
+    from p2pmem.node.logs import setup
 
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s p2pmem %(message)s", datefmt="%H:%M:%S"
-    )
+    setup(log_level, log_format)
     timing = dataclasses.replace(Timing.for_max_peers(max_peers), push_rate=push_rate)
     node = Node(agent, listen=listen, peers=peers, replicate_all=replicate_all, timing=timing,
                 metrics=metrics)
 
     def ready(address: str) -> None:
         scrape = node.metrics.address if node.metrics is not None else None
+        log_event(log, logging.INFO, LogEvent.NODE_STARTED, f"serving {agent_id(agent.key)} on {address}",
+                  peer=short_id(agent.key), addr=address)
         if json_out:
             extra = {"metrics": scrape} if scrape else {}
             print(json.dumps({"id": agent_id(agent.key), "address": address, **extra}), flush=True)
         else:
             print(f"serving {agent_id(agent.key)} on {address}", flush=True)
         if scrape:
-            log.info("metrics on http://%s/metrics", scrape)
+            log_event(log, logging.INFO, LogEvent.METRICS_STARTED, f"metrics on http://{scrape}/metrics", addr=scrape)
         # Type=notify units (p2pmem service install): ready once peers can connect
         sd_notify("READY=1", f"STATUS=serving {agent_id(agent.key)} on {address}")
 
@@ -618,7 +622,7 @@ def run_serve(
         if exc.errno == errno.EADDRINUSE:
             raise P2pmemError(f"address already in use: {listen}") from None
         raise
-    print("stopped", file=sys.stderr)
+    log_event(log, logging.INFO, LogEvent.NODE_STOPPED, "stopped")
     return 0
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from p2pmem import limits
 from p2pmem.errors import P2pmemError
+from p2pmem.logevents import LogEvent, log_event
 from p2pmem.model.clock import HybridClock
 from p2pmem.model.identity import Identity, short_id
 from p2pmem.model.record import Record, admission_error, record_id
@@ -733,7 +734,9 @@ class NodeCore:
         self.membership.learn_all(hello.addresses, hello.agent)
         connection.next_pex = now + self.timing.pex_interval * self.rng.random()
         connection.next_resync = now + self.timing.resync
-        log.info("peer %s ready (%s)", short_id(hello.agent), connection.address or "incoming")
+        log_event(log, logging.INFO, LogEvent.PEER_READY,
+                  f"peer {short_id(hello.agent)} ready ({connection.address or 'incoming'})",
+                  peer=short_id(hello.agent), addr=connection.address, conn=connection.conn)
         self._actions.append(PeerReady(connection.conn, hello.agent, connection.address,
                                        connection.initiator))
         if connection.initiator:
@@ -1045,8 +1048,10 @@ class NodeCore:
         self._unpend(connection)
         connection.peer_sync.forget_owed()
         if not quiet:
-            log.info("closing connection %s (%s): %s", connection.conn,
-                     short_id(connection.remote) if connection.remote else "?", text)
+            peer = short_id(connection.remote) if connection.remote else None
+            log_event(log, logging.INFO, LogEvent.PEER_CLOSED,
+                      f"closing connection {connection.conn} ({peer or '?'}): {text}", peer=peer,
+                      addr=connection.address, conn=connection.conn, reason=reason.value, detail=detail or None)
         self._actions.append(Close(connection.conn, reason, detail))
         self._actions.append(PeerClosed(connection.conn, connection.remote, reason, detail,
                                         was_ready=connection.ready))

@@ -17,6 +17,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from p2pmem import limits
+from p2pmem.logevents import LogEvent, log_event
 from p2pmem.protocol.budget import Bucket
 from p2pmem.protocol.ports import Rng
 from p2pmem.protocol.timing import Timing
@@ -144,7 +145,8 @@ class Membership:
             self._backoff(entry, now)
             self._age_out(entry)
         if self._dial_log_bucket.take(now):
-            log.info("dial %s failed: %s", address, reason)
+            log_event(log, logging.INFO, LogEvent.DIAL_FAILED, f"dial {address} failed: {reason}", addr=address,
+                      reason=reason)
         else:
             self._bite("dial_log_lines")
 

@@ -103,6 +103,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from p2pmem import limits
 from p2pmem.errors import P2pmemError, RecordError
+from p2pmem.logevents import LogEvent, log_event
 from p2pmem.model.record import Record, decode_record, record_id
 from p2pmem.model.strict import Fields
 from p2pmem.protocol.budget import Bucket
@@ -1028,7 +1029,7 @@ class QueryRouter:
     def _drop(self, counter: str, reason: str) -> None:
         setattr(self.stats, counter, getattr(self.stats, counter) + 1)
         self.dropped.append(reason)
-        log.debug("query router dropped: %s", reason)
+        log_event(log, logging.DEBUG, LogEvent.QUERY_DROPPED, f"query router dropped: {reason}", reason=reason)
 
     def _is_seen(self, qid: bytes, now: float) -> bool:
         entry = self._seen.get(qid)

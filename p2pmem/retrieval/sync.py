@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from p2pmem.logevents import LogEvent, log_event
 from p2pmem.retrieval.lexical import FORMAT, IndexDoc, LexicalIndex
 
 log = logging.getLogger("p2pmem.retrieval")
@@ -137,7 +138,8 @@ class IndexSync:
         except (OSError, ValueError, sqlite3.Error) as exc:
             if self.root is None:
                 raise
-            log.warning("search index upkeep failed (%s): searching a copy in memory", exc)
+            log_event(log, logging.WARNING, LogEvent.INDEX_FAILED,
+                      f"search index upkeep failed ({exc}): searching a copy in memory", error=str(exc))
             return self._in_memory()
 
     def _in_memory(self) -> LexicalIndex:
@@ -169,7 +171,8 @@ class IndexSync:
                 try:
                     self._catch_up(state["seq"])
                 except (ValueError, OSError) as exc:  # tantivy's errors: a damaged index
-                    log.warning("search index damaged (%s): rebuilding it from the store", exc)
+                    log_event(log, logging.WARNING, LogEvent.INDEX_FAILED,
+                              f"search index damaged ({exc}): rebuilding it from the store", error=str(exc))
                     self._rebuild()
         assert self.index is not None
         return self.index

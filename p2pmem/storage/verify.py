@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -73,7 +74,10 @@ def _exit_with(owner: int) -> None:
     """In each worker, at start: exit once the process that made the pool is
     gone. A node killed with SIGKILL (or by the OOM killer) never tells its
     workers to stop; blocked on the task queue they would wait forever, and
-    keep the fork server alive with them."""
+    keep the fork server alive with them. Ctrl-C in a terminal signals the
+    whole process group: the workers leave it to the node, which stops them
+    (a worker interrupted on its queue would print a traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
         while True:
