@@ -570,9 +570,11 @@ async def serve_forever(node: Node, on_ready: Callable[[str], None] | None = Non
     """Run until SIGINT or SIGTERM, then stop cleanly."""
     async with trio.open_nursery() as nursery:
         address = await nursery.start(node.run)
-        if on_ready is not None:
-            on_ready(address)
+        # the handlers are in place before the ready line: a supervisor that
+        # stops the node as soon as it is ready gets a clean stop
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            if on_ready is not None:
+                on_ready(address)
             async for signum in signals:
                 name = signal.Signals(signum).name
                 log_event(log, logging.INFO, LogEvent.NODE_STOPPING, f"received {name}, stopping", signal=name)
