@@ -261,3 +261,20 @@ def test_setup_replaces_its_own_handler(fmt):
         assert first not in logging.getLogger().handlers
     finally:
         logging.getLogger().removeHandler(second)
+
+
+def test_every_log_line_of_p2pmem_names_an_event():
+    """No module logs around the closed set: every call is log_event (a raw
+    ``log.info(...)`` would be the event ``other`` with no fields)."""
+    import ast
+
+    raw = []
+    for path in (PROJECT_ROOT / "p2pmem").rglob("*.py"):
+        if path.name == "logevents.py":  # the one call
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id in ("log", "logger")
+                    and node.func.attr in ("debug", "info", "warning", "error", "exception", "critical", "log")):
+                raw.append(f"{path.relative_to(PROJECT_ROOT)}:{node.lineno}")
+    assert not raw, f"log through p2pmem.logevents.log_event: {raw}"
