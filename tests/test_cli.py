@@ -277,7 +277,8 @@ def test_usage_errors_exit_2_with_one_line(home: Path) -> None:
     assert "not a time" in _one_line(p2pmem("recall", "x", "--since", "yesterday", home=home, expect=2))
     assert "not a time" in _one_line(p2pmem("remember", "x", "--at", "2024-13-45", home=home, expect=2))
     _one_line(p2pmem("recall", "x", "--limit", "many", home=home, expect=2))
-    _one_line(p2pmem("recall", "x", "--author", "pm1nobody", home=home, expect=2))
+    _one_line(p2pmem("recall", "x", "--author", "pm1no-body", home=home, expect=2))  # malformed: usage
+    _one_line(p2pmem("recall", "x", "--author", "pm1nobody", home=home, expect=1))  # unknown prefix: 1
     _one_line(p2pmem("remember", home=home, expect=2))  # no TEXT
     _one_line(p2pmem("remember", "x", "--visibility", "everyone", home=home, expect=2))
     _one_line(p2pmem("remember", "x", "--topic", "t" * 100, home=home, expect=2))

@@ -186,7 +186,10 @@ def test_find_agents_follow_and_endorse(tmp_path: Path) -> None:
             assert await call(session, "find_agents", skill="cobol") == []
 
             ack = await call(session, "follow_agent", id=other)
-            assert ack["author"] == me and set(ack) == {"id", "author", "ts"}
+            assert ack["author"] == me and set(ack) == {"id", "author", "ts", "target", "changed"}
+            assert ack["changed"] is True and ack["target"] == other
+            again = await call(session, "follow_agent", id=other[:12])  # a prefix; already followed
+            assert again["changed"] is False and again["id"] is None and again["target"] == other
             assert "follow itself" in await call_error(session, "follow_agent", id=me)
 
             memory = await call(session, "remember", text="endorse me")

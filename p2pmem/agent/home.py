@@ -20,17 +20,27 @@ from p2pmem import limits
 from p2pmem.agent.ranking import rank_by_trust
 from p2pmem.errors import HomeError, RecordError, StoreError, UsageError
 from p2pmem.model.clock import HybridClock
-from p2pmem.model.identity import Identity
+from p2pmem.model.identity import AGENT_ID_PREFIX, Identity, agent_id, parse_agent_id
 from p2pmem.model.record import Record, sign_record
 from p2pmem.model.trust import TrustModel
 from p2pmem.retrieval.embed import configured_model_path
-from p2pmem.retrieval.text import query_terms
+from p2pmem.retrieval.text import query_terms, words
 from p2pmem.storage.diskerrors import explain
 from p2pmem.storage.files import private_dir, secure_home
 from p2pmem.storage.keyfile import KEY_FILE, load_identity, save_identity
 from p2pmem.storage.store import DB_FILE, IngestResult, Memory, Store
 
 CONTROL_SOCKET = "node.sock"
+MIN_AGENT_PREFIX = 8  # characters of an agent id prefix, "pm1" included
+
+
+def check_query(query: str) -> None:
+    """Refuse a query that has characters but no word to search ("?",
+    "..."): without this it listed the newest memories as if it were empty.
+    An empty query still lists the newest; a query of common words only
+    ("who is it") still searches them (docs/retrieval.md)."""
+    if query.strip() and not words(query):
+        raise UsageError(f"the query has no searchable words: {query.strip()[:80]!r}")
 
 
 def default_home() -> Path:
@@ -120,6 +130,14 @@ class Agent:
         secure_home(home, home / DB_FILE)
         store = Store(home / DB_FILE, read_only=read_only)
         store.search.model_path = model or configured_model_path(os.environ, home)
+        if model is not None:
+            # a model asked for by name is loaded now, so a bad path is one
+            # line at once, not a silent lexical-only recall (issue #16)
+            try:
+                _ = store.search.semantic
+            except BaseException:
+                store.close()
+                raise
         return cls(home, identity, store)
 
     def close(self) -> None:
@@ -275,6 +293,57 @@ class Agent:
             raise UsageError("an agent cannot follow itself")
         return self._commit(self.sign("follow", {"target": target, "active": active}))
 
+    def follows(self, target: bytes) -> bool:
+        """Whether this agent follows ``target`` now."""
+        return (self.key, target) in self.store.follows()
+
+    def set_follow(self, target: bytes, active: bool = True) -> Record | None:
+        """Follow or unfollow ``target``; None, and nothing written, when
+        that is already the state (a no-op is no new record)."""
+        if target == self.key:
+            raise UsageError("an agent cannot follow itself")
+        if self.follows(target) == active:
+            return None
+        return self.follow(target, active)
+
+    # -- agent ids ---------------------------------------------------------
+    def known_agents(self) -> set[bytes]:
+        """Every agent this store knows of: authors of records here and
+        agents followed by someone."""
+        return set(self.store.authors()) | {followee for _, followee in self.store.follows()}
+
+    def resolve_agent(self, text: str) -> bytes:
+        """The agent named by a full id, or by a unique prefix (at least
+        :data:`MIN_AGENT_PREFIX` characters, ``pm1`` included) of an agent
+        known here. A malformed id is a :class:`UsageError`; a prefix that
+        names no known agent, or several, a :class:`StoreError`."""
+        text = text.strip().lower()
+        if len(text) >= len(AGENT_ID_PREFIX) + 58:
+            return parse_agent_id(text)
+        if not re.fullmatch(AGENT_ID_PREFIX + r"[a-z2-7]+", text) or len(text) < MIN_AGENT_PREFIX:
+            raise UsageError(
+                f"not an agent id nor a prefix of one (pm1 and at least {MIN_AGENT_PREFIX - 3} "
+                f"more base32 characters): {text[:80]!r}"
+            )
+        found = [key for key in self.known_agents() if agent_id(key).startswith(text)]
+        if not found:
+            raise StoreError(f"no agent known here has an id starting with {text}")
+        if len(found) > 1:
+            raise StoreError(f"agent id prefix {text} is ambiguous ({len(found)} agents); give more characters")
+        return found[0]
+
+    def agent_names(self) -> dict[bytes, str]:
+        """Each known agent's display name (from its profile), where it has one."""
+        return {
+            key: str(rec.body.get("name", "")) for key, rec in self.store.profiles().items()
+            if isinstance(rec.body, dict) and rec.body.get("name")
+        }
+
+    def agent_label(self, key: bytes) -> str:
+        """An agent for human output: its name and id, or its id alone."""
+        name = self.agent_names().get(key)
+        return f"{name} ({agent_id(key)})" if name else agent_id(key)
+
     def endorse(self, target: bytes, what: str) -> Record:
         if what == "agent" and target == self.key:
             raise UsageError("an agent cannot endorse itself")
@@ -364,6 +433,7 @@ class Agent:
         (docs/retrieval.md). Time words in the query ("last week") are read
         relative to ``now_ms`` (default: now, by the agent's clock). Without
         query words the order stays newest first."""
+        check_query(query)
         now = self.wall_ms() if now_ms is None else now_ms
         if not query_terms(query):
             return self.store.recall(query, limit=limit, now_ms=now, **filters)  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ def add_parser(sub: Any) -> None:
     _common(q)
     q = gsub.add_parser("export", help="write the graph as the reference server's JSONL file")
     q.add_argument("file", nargs="?", default="-")
-    _common(q, json_flag=False)
+    _common(q)  # --json: a summary object when writing FILE (standard output is JSON lines anyway)
     q = gsub.add_parser("show", help="entities (all, or the named ones) with who said what")
     q.add_argument("names", nargs="*", metavar="NAME")
     _common(q)
@@ -102,8 +102,11 @@ def _export(args: argparse.Namespace) -> int:
             out.write(text)
     except OSError as exc:
         raise P2pmemError(f"cannot write {args.file}: {exc.strerror}") from None
-    print(f"exported {len(graph.entities)} entities and {len(graph.relations)} relations to {args.file}",
-          file=sys.stderr)
+    if args.json:
+        print_json({"entities": len(graph.entities), "relations": len(graph.relations), "file": args.file})
+    else:
+        print(f"exported {len(graph.entities)} entities and {len(graph.relations)} relations to {args.file}",
+              file=sys.stderr)
     return 0
 
 

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from p2pmem import __version__, limits
-from p2pmem.agent.home import Agent, default_home, init_home, wall_ms
+from p2pmem.agent.home import Agent, check_query, default_home, init_home, wall_ms
 from p2pmem.errors import P2pmemError, RecordError, UsageError
 from p2pmem.interfaces.output import (
     ack_json,
@@ -32,6 +33,7 @@ from p2pmem.interfaces.output import (
 from p2pmem.model.identity import agent_id, parse_agent_id
 from p2pmem.model.record import VISIBILITIES, load_stored
 from p2pmem.model.when import parse_when
+from p2pmem.retrieval.text import analyse_query
 from p2pmem.storage.diskerrors import explain
 
 Handler = Callable[[argparse.Namespace], int]
@@ -125,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recall", help="search this node's store")
     p.add_argument("query", nargs="?", default="")
     _filters(p)
-    p.add_argument("--author", action="append", type=_agent, default=[], help="an agent id (repeatable)")
+    p.add_argument("--author", action="append", default=[],
+                   help="an agent id or a unique prefix of a known one (repeatable)")
     p.add_argument("--session", default=None)
     p.add_argument("--explain", action="store_true", help="show how each result was ranked")
     p.add_argument("--now", type=_when, default=None,
@@ -151,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in (("follow", "follow an agent"), ("unfollow", "stop following an agent")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("agent", type=_agent)
+        p.add_argument("agent", help="an agent id, or a unique prefix of a known one")
         _common(p)
 
     p = sub.add_parser("endorse", help="endorse an agent or a memory")
@@ -162,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", default="-")
     p.add_argument("--shareable", action="store_true",
                    help="leave out private and ask memories (for handing to another agent)")
-    _common(p, json_flag=False)
+    _common(p)  # --json: a summary object when writing FILE (standard output is JSON lines anyway)
 
     p = sub.add_parser("import", help="verify and import JSON lines of signed records")
     p.add_argument("file")
@@ -186,14 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", type=_positive, default=limits.DEFAULT_TTL,
                    help=f"links the query may cross (default {limits.DEFAULT_TTL}, at most {limits.MAX_TTL})")
     p.add_argument("--timeout", type=_seconds, default=3.0, help="seconds to wait for answers (default 3)")
-    p.add_argument("--agent", type=_agent, default=None, help="ask one agent only")
+    p.add_argument("--agent", default=None, help="ask one agent only (an id, or a unique prefix of a known one)")
     p.add_argument("--json-lines", action="store_true", default=False,
                    help="print each answer as one JSON line as it arrives, then a summary line")
     _filters(p)
     _common(p)
 
     p = sub.add_parser("send", help="send an encrypted direct message")
-    p.add_argument("agent", type=_agent)
+    p.add_argument("agent", help="an agent id, or a unique prefix of a known one")
     p.add_argument("text", help="the message; - reads standard input")
     _common(p)
 
@@ -492,12 +495,14 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
 @command("recall")
 def cmd_recall(args: argparse.Namespace) -> int:
+    check_query(args.query)
     with Agent.open(_home(args), model=args.model) as agent:
         found = agent.recall(
             args.query, since=args.since, until=args.until, topics=args.topic,
-            authors=args.author, session=args.session, limit=min(args.limit, limits.MAX_RECALL_LIMIT),
-            now_ms=args.now,
+            authors=[agent.resolve_agent(a) for a in args.author], session=args.session,
+            limit=min(args.limit, limits.MAX_RECALL_LIMIT), now_ms=args.now,
         )
+        names = agent.agent_names() if not args.json else {}
     items = []
     for m in found:
         extra: dict[str, Any] = {"conflicts": [c.hex() for c in m.conflicts]}
@@ -507,12 +512,15 @@ def cmd_recall(args: argparse.Namespace) -> int:
 
     def lines() -> Iterable[str]:
         for i, m in enumerate(found, 1):
-            line = memory_lines(i, m.record, conflicts=len(m.conflicts))
+            line = memory_lines(i, m.record, conflicts=len(m.conflicts), names=names)
             if args.explain:
                 line += "\n     " + explain_line(m.ranked)
             yield line
 
-    return _show_list(args, items, "no memories found", lines())
+    empty = "no memories found"
+    if analyse_query(args.query)[1]:
+        empty += " (the query has only common words, searched as they are)"
+    return _show_list(args, items, empty, lines())
 
 
 @command("reindex")
@@ -595,37 +603,66 @@ def _show_list(args: argparse.Namespace, items: list[Any], empty: str, lines: It
     return 0
 
 
-def _sign_one(args: argparse.Namespace, make: Callable[[Agent], Any]) -> int:
-    """Sign and store one record, tell a serving node, print the ack."""
+def _sign_one(args: argparse.Namespace, make: Callable[[Agent], Any], done: str = "") -> int:
+    """Sign and store one record, tell a serving node, print the ack. With
+    ``done``, ``make`` returns (record, what it was about) and human output
+    adds "<done> <what>" on standard error (an agent shown with its name)."""
     with _open(args) as agent:
-        record = make(agent)
+        made = make(agent)
+        record, about = made if done else (made, "")
         _notify(agent, [record])
     print_json(ack_json(record)) if args.json else print(record.id.hex())
+    if done and not args.json:
+        print(f"{done} {about}", file=sys.stderr)
+    return 0
+
+
+def _follow(args: argparse.Namespace, active: bool) -> int:
+    """Follow or unfollow; a no-op (already so) says so and writes nothing."""
+    with _open(args) as agent:
+        target = agent.resolve_agent(args.agent)
+        label = agent.agent_label(target)
+        record = agent.set_follow(target, active)
+        if record is not None:
+            _notify(agent, [record])
+        me = agent.identity.agent_id
+    if record is None:
+        if args.json:
+            print_json({"id": None, "author": me, "ts": None, "target": agent_id(target), "changed": False})
+        state = "already following" if active else "not following"
+        print(f"p2pmem: {state} {label}; nothing changed", file=sys.stderr)
+        return 0
+    if args.json:
+        print_json({**ack_json(record), "target": agent_id(target), "changed": True})
+    else:
+        print(record.id.hex())
+        print(f"{'following' if active else 'stopped following'} {label}", file=sys.stderr)
     return 0
 
 
 @command("follow")
 def cmd_follow(args: argparse.Namespace) -> int:
-    return _sign_one(args, lambda a: a.follow(args.agent, True))
+    return _follow(args, True)
 
 
 @command("unfollow")
 def cmd_unfollow(args: argparse.Namespace) -> int:
-    return _sign_one(args, lambda a: a.follow(args.agent, False))
+    return _follow(args, False)
 
 
 @command("endorse")
 def cmd_endorse(args: argparse.Namespace) -> int:
     def make(agent: Agent) -> Any:
-        if args.target.startswith("pm1"):
-            return agent.endorse(parse_agent_id(args.target), "agent")
-        try:
-            target = agent.store.resolve_prefix(args.target)
-        except P2pmemError as exc:
-            raise UsageError(f"not an agent id nor a known memory id: {exc}") from None
-        return agent.endorse(target, "memory")
+        text = args.target.strip()
+        if text.lower().startswith("pm1"):
+            key = agent.resolve_agent(text)
+            return agent.endorse(key, "agent"), agent.agent_label(key)
+        if not re.fullmatch(r"[0-9a-fA-F]{8,64}", text):
+            raise UsageError(f"not an agent id (pm1...) nor a memory id (8 to 64 hex digits): {text[:80]!r}")
+        target = agent.store.resolve_prefix(text)  # unknown: StoreError, exit 1 as for every id
+        return agent.endorse(target, "memory"), f"memory {target.hex()[:12]}"
 
-    return _sign_one(args, make)
+    return _sign_one(args, make, "endorsed")
 
 
 @command("export")
@@ -648,7 +685,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             if stream is not sys.stdout:
                 stream.close()
     if args.file != "-":
-        print(f"exported {count} records to {args.file}", file=sys.stderr)
+        if args.json:
+            print_json({"exported": count, "file": args.file})
+        else:
+            print(f"exported {count} records to {args.file}", file=sys.stderr)
     return 0
 
 
@@ -788,10 +828,12 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise UsageError(f"--ttl is at most {limits.MAX_TTL}")
     if args.json_lines and args.json:
         raise UsageError("--json and --json-lines exclude each other")
+    check_query(args.query)
+    target = _agent_arg(args, args.agent) if args.agent is not None else None
     fields: dict[str, Any] = {
         "text": args.query, "ttl": args.ttl, "query_timeout": args.timeout, "since": args.since,
         "until": args.until, "topics": args.topic, "limit": args.limit,
-        "agent": agent_id(args.agent) if args.agent else None,
+        "agent": agent_id(target) if target else None,
     }
     if args.json_lines:
         return _ask_json_lines(_home(args), args.timeout, fields)
@@ -804,9 +846,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
     elif not results:
         print("no answers", file=sys.stderr)
     else:
+        names = _names(args)
         for i, item in enumerate(results, 1):
             record = decode_record(base64.b64decode(item["record"]), verify=False)
-            print(memory_lines(i, record, hops=item["hops"], via=parse_agent_id(item["via"])))
+            print(memory_lines(i, record, hops=item["hops"], via=parse_agent_id(item["via"]), names=names))
     return 0
 
 
@@ -832,9 +875,30 @@ def _ask_json_lines(home: Path, timeout: float, fields: dict[str, Any]) -> int:
     return 0
 
 
+def _agent_arg(args: argparse.Namespace, text: str) -> bytes:
+    """An agent id argument: a full id as is, a prefix resolved in the home's store."""
+    if len(text.strip()) >= 61:
+        return parse_agent_id(text)
+    with _open(args) as agent:
+        return agent.resolve_agent(text)
+
+
+def _names(args: argparse.Namespace) -> dict[bytes, str]:
+    """Agents' display names for human output; none when the store cannot be read."""
+    try:
+        with _open(args) as agent:
+            return agent.agent_names()
+    except P2pmemError:
+        return {}
+
+
 @command("send")
 def cmd_send(args: argparse.Namespace) -> int:
-    return _sign_one(args, lambda a: a.send_message(args.agent, _read_text(args.text)))
+    def make(agent: Agent) -> Any:
+        key = agent.resolve_agent(args.agent)
+        return agent.send_message(key, _read_text(args.text)), agent.agent_label(key)
+
+    return _sign_one(args, make, "sent to")
 
 
 @command("inbox")
@@ -901,7 +965,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help(sys.stderr)
+        usage = " ".join(parser.format_usage().split())
+        print(f"{usage} (a COMMAND is needed; see `p2pmem --help`)", file=sys.stderr)
         return 2
     os.umask(0o077)  # every file of a home is the agent's alone (docs/operations.md)
     try:

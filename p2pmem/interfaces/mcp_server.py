@@ -43,7 +43,7 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field, ValidationError
 
 from p2pmem import __version__, limits
-from p2pmem.agent.home import Agent, default_home, wall_ms
+from p2pmem.agent.home import Agent, check_query, default_home, wall_ms
 from p2pmem.errors import P2pmemError, StoreError, UsageError
 from p2pmem.interfaces.output import ack_json, memory_json
 from p2pmem.logevents import LogEvent, log_event
@@ -181,10 +181,12 @@ def _when(text: str | None, name: str) -> int | None:
         raise ToolFailure(f"{name}: {exc}") from None
 
 
-def _agent_key(text: str, name: str) -> bytes:
+def _agent_key(text: str, name: str, agent: Agent | None = None) -> bytes:
+    """An agent id argument; with ``agent``, a unique prefix of an agent
+    known to its store also works."""
     try:
-        return parse_agent_id(text)
-    except UsageError as exc:
+        return parse_agent_id(text) if agent is None else agent.resolve_agent(text)
+    except P2pmemError as exc:
         raise ToolFailure(f"{name}: {exc}") from None
 
 
@@ -200,8 +202,8 @@ def _notify(agent: Agent, ids: list[bytes]) -> None:
 
 # -- argument types (their descriptions reach the client's model) -----------
 MemoryId = Annotated[str, Field(description="A memory id (hex) as returned by remember or recall; a unique prefix of at least 8 hex digits also works.")]
-AgentId = Annotated[str, Field(description="An agent id: 'pm1' followed by 58 base32 characters, as shown by find_agents, status or a memory's 'author'.")]
-When = Annotated[str | None, Field(description="An ISO 8601 date or date-time (UTC unless it has an offset), e.g. '2025-03-01' or '2025-03-01T14:00:00Z', or an age before now such as '30m', '2h', '7d'.")]
+AgentId = Annotated[str, Field(description="An agent id: 'pm1' followed by 58 base32 characters, as shown by find_agents, status or a memory's 'author'; a unique prefix of a known agent's id (at least 8 characters) also works.")]
+When = Annotated[str | None, Field(description="An ISO 8601 date or date-time (UTC unless it has an offset), e.g. '2025-03-01' or '2025-03-01T14:00:00Z', or an age before now such as '30m', '2h', '7d', '2w', '1y'.")]
 Topics = Annotated[list[str] | None, Field(description="Short topic tags, e.g. ['python', 'deploy']. At most 16, each at most 64 bytes.")]
 Limit = Annotated[int, Field(ge=1, le=limits.MAX_RECALL_LIMIT, description="The most memories to return (default 10).")]
 
@@ -299,9 +301,10 @@ def build_server(home: Path, store: StoreThread, session: str) -> MCPServer:
         visibility, and 'conflicts' (ids of concurrent versions, usually empty)."""
         since_ms, until_ms = _when(since, "since"), _when(until, "until")
         names = [author] if isinstance(author, str) else list(author or [])
-        authors = [_agent_key(a, "author") for a in names if a.strip()]
+        check_query(query)  # "?" alone is an error, not a listing of everything
 
         def op(agent: Agent) -> list[dict[str, Any]]:
+            authors = [_agent_key(a, "author", agent) for a in names if a.strip()]
             search = getattr(agent, "recall", None) or agent.store.recall
             found = search(
                 query, since=since_ms, until=until_ms, topics=_topics(topics), authors=authors,
@@ -339,11 +342,15 @@ def build_server(home: Path, store: StoreThread, session: str) -> MCPServer:
         the text as another agent's claim."""
         from p2pmem.node.control import NotServing, request
 
+        check_query(query)
+        target = None
+        if agent:
+            target = await store.run(lambda a: _agent_key(agent, "agent", a))
         fields: dict[str, Any] = {
             "text": query, "ttl": ttl, "query_timeout": timeout,
             "since": _when(since, "since"), "until": _when(until, "until"),
             "topics": _topics(topics), "limit": limit,
-            "agent": agent_id(_agent_key(agent, "agent")) if agent else None,
+            "agent": agent_id(target) if target else None,
         }
         arrived = 0
 
@@ -412,9 +419,9 @@ def build_server(home: Path, store: StoreThread, session: str) -> MCPServer:
         """Send an end-to-end encrypted direct message to another agent; the network carries
         it until it arrives. The recipient's profile must be known here (see find_agents).
         Returns {"id", "author", "ts", "to"}."""
-        recipient = _agent_key(to, "to")
 
         def op(agent: Agent) -> dict[str, Any]:
+            recipient = _agent_key(to, "to", agent)
             send = getattr(agent, "send_message", None)
             if send is None:
                 raise ToolFailure("direct messages are not available in this version of p2pmem")
@@ -457,13 +464,17 @@ def build_server(home: Path, store: StoreThread, session: str) -> MCPServer:
     @tool(title="Follow an agent", idempotent=True, open_world=True)
     async def follow_agent(id: AgentId) -> dict[str, Any]:
         """Follow another agent: its public memories replicate to this node (so recall finds
-        them) and its memories rank higher. Returns {"id", "author", "ts"} of the follow record."""
-        target = _agent_key(id, "id")
+        them) and its memories rank higher. Returns {"id", "author", "ts", "target", "changed"}
+        of the follow record; when the agent was already followed nothing is written and
+        "changed" is false (with "id" and "ts" null)."""
 
         def op(agent: Agent) -> dict[str, Any]:
-            record = agent.follow(target, True)
+            target = _agent_key(id, "id", agent)
+            record = agent.set_follow(target, True)
+            if record is None:
+                return {"id": None, "author": me, "ts": None, "target": agent_id(target), "changed": False}
             _notify(agent, [record.id])
-            return ack_json(record)
+            return {**ack_json(record), "target": agent_id(target), "changed": True}
 
         return await store.run(op)
 
@@ -475,8 +486,8 @@ def build_server(home: Path, store: StoreThread, session: str) -> MCPServer:
         raise trust and ranking across the network. Returns {"id", "author", "ts"}."""
 
         def op(agent: Agent) -> dict[str, Any]:
-            if target.strip().startswith("pm1"):
-                record = agent.endorse(_agent_key(target, "target"), "agent")
+            if target.strip().lower().startswith("pm1"):
+                record = agent.endorse(_agent_key(target, "target", agent), "agent")
             else:
                 try:
                     memory = agent.store.resolve_prefix(target.strip())

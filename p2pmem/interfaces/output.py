@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from p2pmem.errors import UsageError
@@ -53,12 +54,19 @@ def export_line(record: Record) -> str:
     )
 
 
+def agent_label(key: bytes, names: Mapping[bytes, str] | None = None) -> str:
+    """An agent in human output: its name (when known) and short id."""
+    name = (names or {}).get(key)
+    return f"{name} ({short_id(key)})" if name else short_id(key)
+
+
 def memory_lines(index: int, record: Record, *, hops: int | None = None, via: bytes | None = None,
-                 conflicts: int = 0) -> str:
+                 conflicts: int = 0, names: Mapping[bytes, str] | None = None) -> str:
     text = record.text.strip().replace("\n", " ")
     if len(text) > 240:
         text = text[:237] + "..."
-    detail = [f"id {record.id.hex()[:12]}", f"by {short_id(record.author)}", format_ms(record.at_ms)[:16].replace("T", " ")]
+    detail = [f"id {record.id.hex()[:12]}", f"by {agent_label(record.author, names)}",
+              format_ms(record.at_ms)[:16].replace("T", " ")]
     if record.topics:
         detail.append("topics " + ", ".join(record.topics))
     if record.session:
@@ -66,7 +74,7 @@ def memory_lines(index: int, record: Record, *, hops: int | None = None, via: by
     if record.visibility != "public":
         detail.append(record.visibility)
     if hops is not None:
-        detail.append(f"{hops} hop{'s' if hops != 1 else ''}" + (f" via {short_id(via)}" if via else ""))
+        detail.append(f"{hops} hop{'s' if hops != 1 else ''}" + (f" via {agent_label(via, names)}" if via else ""))
     if conflicts:
         detail.append(f"{conflicts} concurrent version{'s' if conflicts > 1 else ''}")
     return f"{index:>3}. {text}\n     " + " · ".join(detail)
