@@ -8,3 +8,26 @@ try:
     __version__ = _package_version("p2pmem")
 except PackageNotFoundError:  # a source tree on sys.path that was never installed
     __version__ = "0+unknown"
+
+# The public Python API (docs/python.md), imported on first use so that
+# `import p2pmem.model...` (the sans-IO layers) does not load the store.
+_API = ("Memory", "MemoryHit", "Written", "AgentInfo", "Message")
+_ERRORS = ("P2pmemError", "StoreError", "UsageError", "HomeError")
+
+__all__ = ["__version__", *_API, *_ERRORS]
+
+
+def __getattr__(name: str) -> object:
+    if name in _API:
+        from p2pmem import api
+
+        return getattr(api, name)
+    if name in _ERRORS:
+        from p2pmem import errors
+
+        return getattr(errors, name)
+    raise AttributeError(f"module 'p2pmem' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
