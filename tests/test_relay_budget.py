@@ -177,8 +177,8 @@ def test_the_relay_buckets_are_bounded(monkeypatch):
     messages = [_seal(_sybil(3000 + i), to, 30_000 + i, 100) for i, to in enumerate(recipients)]
     _send(client, messages)
     core = net.cores[0]
-    assert len(core._relay_buckets) == 8
-    assert list(core._relay_buckets) == [to.public_key for to in recipients[-8:]]
+    assert len(core.relay.buckets) == 8
+    assert list(core.relay.buckets) == [to.public_key for to in recipients[-8:]]
     assert core.limited["message_relay_recipients"] == 12
     for to in recipients:  # all small, all relayed
         assert len(_ids_to(net, 1, to)) == 1

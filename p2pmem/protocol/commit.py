@@ -15,8 +15,8 @@ from typing import Protocol
 
 from p2pmem.errors import P2pmemError
 from p2pmem.model.record import Record
-from p2pmem.protocol.core import IngestOutcome, record_stored, screen_ingest
 from p2pmem.protocol.events import IngestJob
+from p2pmem.protocol.ingest import IngestOutcome, record_stored, screen_ingest
 from p2pmem.protocol.ports import IngestReport
 
 #: One job and its records as verification left them (a record, or why not).

@@ -22,21 +22,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from p2pmem import limits
-from p2pmem.errors import P2pmemError
 from p2pmem.logevents import LogEvent, log_event
 from p2pmem.model.clock import HybridClock
 from p2pmem.model.identity import Identity, short_id
-from p2pmem.model.record import Record, admission_error, record_id
+from p2pmem.model.record import Record, record_id
 from p2pmem.model.scope import ReplicationInterest, shared
 from p2pmem.protocol import wire
 from p2pmem.protocol.admission import Admission
-from p2pmem.protocol.budget import Bucket
 from p2pmem.protocol.events import (
     Action,
     Close,
@@ -54,12 +52,13 @@ from p2pmem.protocol.events import (
     Send,
     describe,
 )
+from p2pmem.protocol.ingest import IngestOutcome, record_stored, run_ingest, screen_ingest
 from p2pmem.protocol.membership import Connected, Membership
 from p2pmem.protocol.noise import HandshakeComplete, MessageReceived, ProtocolError, SecureChannel
-from p2pmem.protocol.ports import IngestReport, KeySource, Rng, StorePort
+from p2pmem.protocol.ports import KeySource, Rng, StorePort
 from p2pmem.protocol.query import Answered, QueryError, QueryRouter, VerifiedHit
 from p2pmem.protocol.reconcile import ItemIndex, ReconcileError
-from p2pmem.protocol.replication import Catalogue, PeerSync
+from p2pmem.protocol.replication import Catalogue, PeerSync, RelayBudget, recipient
 from p2pmem.protocol.timing import BACKOFF_MAX_S, DEAD_AFTER_S, KEEPALIVE_S, RESYNC_S, Timing
 from p2pmem.protocol.wave import ECHO_FEATURE
 
@@ -71,67 +70,6 @@ __all__ = [  # the actions live in p2pmem.protocol.events; re-exported for the s
     "NodeCore", "Send", "Timing", "record_stored", "run_ingest", "screen_ingest",
     "BACKOFF_MAX_S", "DEAD_AFTER_S", "KEEPALIVE_S", "RESYNC_S",  # protocol/timing.py's, as before
 ]
-
-@dataclass
-class IngestOutcome:
-    added: list[Record] = field(default_factory=list)
-    skipped_future: int = 0
-    evicted: int = 0  # records (new or old) removed by a quota (p2pmem/model/quota.py)
-    offered: int = 0  # records that passed verification, scope and clock and went to the store
-    duplicates: int = 0  # of those, records the store already held
-    error: str | None = None  # a record failed verification: the sender misbehaved
-
-
-def run_ingest(store: StorePort, job: IngestJob) -> IngestOutcome:
-    """Verify and store one job: CPU and disk work, no core state touched
-    (the test harnesses' ingest). The trio node runs the same steps,
-    :func:`screen_ingest` and :func:`record_stored`, in its pipeline
-    (p2pmem/node/ingest.py) with verification in worker processes; the
-    simulator in its virtual one (p2pmem/sim/ingest.py). The job's ``wall_ms``
-    snapshot decides what is too far in the future."""
-    accepted, outcome = screen_ingest(job, store.decode_many(list(job.raws)))
-    if outcome.error is None:
-        record_stored(outcome, store.ingest(accepted))  # applies the quotas of p2pmem/model/quota.py
-    return outcome
-
-
-def screen_ingest(
-    job: IngestJob, decoded: Sequence[Record | P2pmemError]
-) -> tuple[list[Record], IngestOutcome]:
-    """Which of a job's decoded records to store: none if one failed
-    verification (the sender misbehaved, ``outcome.error``), else those in
-    the job's interest and not stamped too far ahead."""
-    outcome = IngestOutcome()
-    accepted: list[Record] = []
-    for item in decoded:
-        if isinstance(item, P2pmemError):
-            outcome.error = str(item)
-            return [], outcome
-        if not job.interest.wants(item.kind, item.author, item.visibility):
-            continue  # out of our scope: not an error, just not kept
-        # the same clock check as `import` (record.admission_error), on the job's clock
-        if admission_error(item, job.wall_ms) is not None:
-            outcome.skipped_future += 1
-            continue
-        accepted.append(item)
-    outcome.offered = len(accepted)
-    return accepted, outcome
-
-
-def record_stored(outcome: IngestOutcome, result: IngestReport) -> None:
-    """Fill in what the store did with a screened job's records."""
-    outcome.added = list(result.added)
-    outcome.evicted = result.evicted
-    outcome.duplicates = result.duplicates
-
-
-def _recipient(record: Record) -> bytes | None:
-    """A sealed message's recipient (its body's ``to``, p2pmem/model/sealed.py);
-    None for other records."""
-    if record.kind == "message" and isinstance(record.body, dict):
-        return record.body.get("to")
-    return None
-
 
 @dataclass
 class Connection:
@@ -221,9 +159,6 @@ class NodeCore:
         self.limited: dict[str, int] = {}
         self._inflight: set[bytes] = set()  # ids of records in the ingest pipeline
         self.admission = Admission(self.limited, now)
-        # recipient -> bytes of messages to it we may send to peers, all peers
-        # together (least recently used first; at most MAX_RELAY_RECIPIENTS)
-        self._relay_buckets: OrderedDict[bytes, Bucket] = OrderedDict()
         self._next_interest_at = now  # our own Interest messages are coalesced
         self._interest_dirty = False
         self.key = identity.public_key
@@ -241,6 +176,7 @@ class NodeCore:
         self._actions: list[Output] = []
         self._seen_rowid = store.max_rowid()
         self.catalogue = Catalogue(store)
+        self.relay = RelayBudget(self.key, self.limited)
         self._interest = self._compute_interest()
         self.membership = Membership(self.key, rng, self.timing, self.limited, now,
                                      listen_addresses=self.listen_addresses, bootstrap=bootstrap)
@@ -255,25 +191,6 @@ class NodeCore:
     def _bite(self, name: str, n: int = 1) -> None:
         """Count a limit that refused, delayed or dropped something."""
         self.limited[name] = self.limited.get(name, 0) + n
-
-    def _relay_allows(self, kind: str, author: bytes, target: bytes | None, size: int, now: float) -> bool:
-        """Whether a record of ``size`` bytes may be sent to a peer now: a
-        sealed message to someone else's agent, from someone else's agent, only
-        within its recipient's relay budget (limits.MESSAGE_RELAY_BYTES_PER_S).
-        Spends the budget when it allows; the caller counts a refusal."""
-        if kind != "message" or target is None or target == self.key or author == self.key:
-            return True  # not a message, or our own agent's traffic
-        buckets = self._relay_buckets
-        bucket = buckets.get(target)
-        if bucket is None:
-            bucket = buckets[target] = Bucket(limits.MESSAGE_RELAY_BYTES_PER_S,
-                                              limits.MESSAGE_RELAY_BURST_BYTES, now)
-            if len(buckets) > limits.MAX_RELAY_RECIPIENTS:
-                buckets.popitem(last=False)
-                self._bite("message_relay_recipients")
-        else:
-            buckets.move_to_end(target)
-        return bucket.take(now, size)
 
     # -- the shell's side --------------------------------------------------
     def take_actions(self) -> list[Output]:
@@ -817,7 +734,7 @@ class NodeCore:
             for raw, kind, author, visibility, target in self.store.scoped_raw(batch):
                 if not scope.wants(kind, author, visibility):
                     continue
-                if self._relay_allows(kind, author, target, len(raw), now):
+                if self.relay.allows(kind, author, target, len(raw), now):
                     raws.append(raw)
                 else:
                     withheld += 1
@@ -926,7 +843,7 @@ class NodeCore:
                 self._bite("eager_push_skipped", len(wanted))
                 continue
             raws = [r.raw for r in wanted
-                    if self._relay_allows(r.kind, r.author, _recipient(r), len(r.raw), now)]
+                    if self.relay.allows(r.kind, r.author, recipient(r), len(r.raw), now)]
             if len(raws) < len(wanted):
                 self._bite("message_relay_budget", len(wanted) - len(raws))
             if not raws:

@@ -13,7 +13,7 @@ the ``limited`` counters shared with the core.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -25,7 +25,7 @@ from p2pmem.protocol.budget import Bucket
 from p2pmem.protocol.ports import StorePort
 from p2pmem.protocol.reconcile import ItemIndex, Reconciler
 
-__all__ = ["Catalogue", "PeerSync", "ReconStart", "ReconStep"]
+__all__ = ["Catalogue", "PeerSync", "ReconStart", "ReconStep", "RelayBudget", "recipient"]
 
 
 def _bite(limited: dict[str, int], name: str, n: int = 1) -> None:
@@ -209,3 +209,43 @@ class PeerSync:
         """The connection is closing: nothing is owed any more."""
         self.push_pending.clear()
         self.push_queued.clear()
+
+
+def recipient(record: Record) -> bytes | None:
+    """A sealed message's recipient (its body's ``to``, p2pmem/model/sealed.py);
+    None for other records."""
+    if record.kind == "message" and isinstance(record.body, dict):
+        return record.body.get("to")
+    return None
+
+
+class RelayBudget:
+    """The bytes of sealed messages to one recipient this node sends to its
+    peers, all peers together (limits.MESSAGE_RELAY_BYTES_PER_S): a flood
+    aimed at one agent is relayed at that rate, never dropped (the next
+    reconciliation carries what waited). Buckets of the least recently seen
+    recipients are forgotten past MAX_RELAY_RECIPIENTS."""
+
+    def __init__(self, key: bytes, limited: dict[str, int]) -> None:
+        self.key = key
+        self.limited = limited
+        self.buckets: OrderedDict[bytes, Bucket] = OrderedDict()
+
+    def allows(self, kind: str, author: bytes, target: bytes | None, size: int, now: float) -> bool:
+        """Whether a record of ``size`` bytes may be sent to a peer now: a
+        sealed message to someone else's agent, from someone else's agent,
+        only within its recipient's budget. Spends the budget when it allows;
+        the caller counts a refusal."""
+        if kind != "message" or target is None or target == self.key or author == self.key:
+            return True  # not a message, or our own agent's traffic
+        buckets = self.buckets
+        bucket = buckets.get(target)
+        if bucket is None:
+            bucket = buckets[target] = Bucket(limits.MESSAGE_RELAY_BYTES_PER_S,
+                                              limits.MESSAGE_RELAY_BURST_BYTES, now)
+            if len(buckets) > limits.MAX_RELAY_RECIPIENTS:
+                buckets.popitem(last=False)
+                _bite(self.limited, "message_relay_recipients")
+        else:
+            buckets.move_to_end(target)
+        return bucket.take(now, size)
