@@ -15,7 +15,6 @@ from pathlib import Path
 
 from p2pmem.errors import DamagedStoreError, DiskError, DiskFullError, ReadOnlyError
 
-_FULL = ("database or disk is full", "disk i/o error")
 _READ_ONLY = ("readonly database", "read-only file system", "attempt to write a readonly")
 _DAMAGED = ("file is not a database", "malformed", "file is encrypted", "database corrupt")
 _FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
@@ -65,7 +64,7 @@ def explain(exc: BaseException, path: Path | str) -> DiskError:
         return DiskError(f"cannot use {exc.filename or path}: {exc.strerror or exc}")
     text = str(exc).lower()
     code = _code(exc) if isinstance(exc, sqlite3.Error) else 0
-    if code == 13 or any(word in text for word in _FULL[:1]):  # SQLITE_FULL
+    if code == 13 or "database or disk is full" in text:  # SQLITE_FULL
         return full(path)
     if code == 8 or any(word in text for word in _READ_ONLY):  # SQLITE_READONLY
         return read_only(path)
