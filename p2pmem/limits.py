@@ -79,6 +79,9 @@ SEEN_QUERY_CACHE = 10_000
 QUERY_RATE_PER_PEER = 20.0  # queries per second, token bucket
 QUERY_BURST_PER_PEER = 40
 MAX_QUERY_TIMEOUT_S = 60.0
+# How long a client of the control socket waits for an ask beyond its query
+# timeout: the asker's merge of megabytes of answers takes seconds on a busy machine.
+ASK_RANK_GRACE_S = 30.0
 MAX_QUERY_AUTHORS = 16  # authors a query may name
 MAX_QUERY_MESSAGE = 4096  # a query is small (text, topics, authors); anything larger is hostile
 # Records a relay passes back for one query, and distinct records the asker

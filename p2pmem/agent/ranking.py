@@ -63,12 +63,14 @@ def rank_by_trust(memories: list[Memory], trust: TrustModel) -> list[Memory]:
 def rank_hits(
     agent: Agent | None, text: str, hits: list[VerifiedHit], *, limit: int,
     context: Sequence[Record] = (), now_ms: int | None = None,
-    collection: tuple[int, Sequence[int]] | None = None,
+    collection: tuple[int, Sequence[int]] | None = None, trust: TrustModel | None = None,
 ) -> list[dict[str, Any]]:
     """The contract's `ask` result objects, best first. ``context``: the
     answers' session neighbours, scored beside them, never returned;
     ``collection``: the union's statistics (memories, and how many hold each
-    search term of ``text``), which the ranking then uses."""
+    search term of ``text``), which the ranking then uses. ``trust`` (else
+    the agent's) is the prior; with both given beforehand, no store of the
+    agent is read, so the ranking may run on another thread."""
     best: dict[bytes, VerifiedHit] = {}
     for hit in hits:
         seen = best.get(hit.record.id)
@@ -76,6 +78,8 @@ def rank_hits(
             best[hit.record.id] = hit
     if now_ms is None and agent is not None:
         now_ms = agent.wall_ms()
+    if trust is None and agent is not None:
+        trust = agent.trust()
     with Store(Path(":memory:"), verify_workers=1) as scratch:
         scratch.ingest([h.record for h in best.values()] + [r for r in context if r.id not in best])
         if collection is not None:
@@ -83,8 +87,8 @@ def rank_hits(
         everything = limits.MAX_QUERY_HITS * 8 * 3  # hits and their context
         ranked = [m for m in scratch.recall(text, limit=everything, now_ms=now_ms, visibilities=("public", "ask"))
                   if m.record.id in best]
-        if agent is not None and query_terms(text):
-            ranked = rank_by_trust(ranked, agent.trust())
+        if trust is not None and query_terms(text):
+            ranked = rank_by_trust(ranked, trust)
         if not query_terms(text) and len(ranked) < limit:  # filters only: what matched them, newest first
             seen_ids = {m.record.id for m in ranked}
             ranked += [m for m in scratch.recall("", limit=limit + len(context))

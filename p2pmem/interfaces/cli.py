@@ -837,7 +837,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     }
     if args.json_lines:
         return _ask_json_lines(_home(args), args.timeout, fields)
-    reply = request(_home(args), "ask", timeout=args.timeout + 5.0, **fields)
+    reply = request(_home(args), "ask", timeout=args.timeout + limits.ASK_RANK_GRACE_S, **fields)
     results = reply["results"]
     if args.json:
         for item in results:
@@ -866,7 +866,7 @@ def _ask_json_lines(home: Path, timeout: float, fields: dict[str, Any]) -> int:
         streamed += 1
         print(json.dumps(hit, ensure_ascii=False), flush=True)
 
-    reply = request(home, "ask", timeout=timeout + 5.0, on_line=line, stream=True, **fields)
+    reply = request(home, "ask", timeout=timeout + limits.ASK_RANK_GRACE_S, on_line=line, stream=True, **fields)
     summary = {
         "ranked": [item["id"] for item in reply["results"]], "hits": streamed,
         **{key: reply.get(key) for key in ("reached", "complete", "elapsed_s")},

@@ -366,8 +366,8 @@ def build_server(home: Path, store: StoreThread, session: str) -> MCPServer:
 
         try:
             reply = await anyio.to_thread.run_sync(
-                functools.partial(request, home, "ask", timeout=timeout + 5.0, on_line=progress, stream=True,
-                                  **fields),
+                functools.partial(request, home, "ask", timeout=timeout + limits.ASK_RANK_GRACE_S, on_line=progress,
+                                  stream=True, **fields),
                 abandon_on_cancel=True,
             )
         except NotServing:

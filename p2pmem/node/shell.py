@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import json
 import logging
 import math
@@ -493,8 +494,11 @@ class Node:
 
         hits, summary = await self._collect_hits(text, timeout, options, on_hits)
         context, collection = summary.pop("context"), summary.pop("collection")
-        ranked = rank_hits(self.agent, text, hits, limit=options.get("limit", 10), context=context,
-                           collection=collection)
+        # the merge builds a throw-away index (seconds for megabytes of answers):
+        # on a worker thread, so the node keeps serving meanwhile
+        rank = functools.partial(rank_hits, None, text, hits, limit=options.get("limit", 10), context=context,
+                                 collection=collection, now_ms=self.agent.wall_ms(), trust=self.agent.trust())
+        ranked = await trio.to_thread.run_sync(rank)
         return {"results": ranked, **summary}
 
     async def _collect_hits(
