@@ -877,8 +877,8 @@ def _ask_json_lines(home: Path, timeout: float, fields: dict[str, Any]) -> int:
 
 def _agent_arg(args: argparse.Namespace, text: str) -> bytes:
     """An agent id argument: a full id as is, a prefix resolved in the home's store."""
-    if len(text.strip()) >= 61:
-        return parse_agent_id(text)
+    if len(text.strip()) >= 61 or not re.fullmatch(r"pm1[a-z2-7]{5,}", text.strip().lower()):
+        return parse_agent_id(text)  # a full id, or a malformed one: a usage error before the home is read
     with _open(args) as agent:
         return agent.resolve_agent(text)
 
