@@ -82,3 +82,39 @@ def fill(template: str, **slots: str) -> str:
     """``template`` with its slots, first letter upper-cased."""
     text = template.format(**slots)
     return text[:1].upper() + text[1:]
+
+
+def write_exchanges(b: Builder, keys: dict[str, str], exchanges: Sequence[tuple[str | None, str, str]]) -> None:
+    """One session's (plant key, user text, assistant reply) exchanges as turns;
+    a planted turn's id is recorded under its key for the questions' evidence."""
+    for key, text, reply in exchanges:
+        turn = b.turn("user", text)
+        if key is not None:
+            keys[key] = turn
+        b.turn("assistant", reply)
+
+
+def finish(b: Builder, keys: dict[str, str], pending: Sequence[tuple[str, str, Sequence[str]]]) -> dict:
+    """The questions asked at the end of a conversation, with evidence turn ids."""
+    for question, ability, plant_keys in pending:
+        b.ask(question, ability, [keys[k] for k in plant_keys])
+    return b.done()
+
+
+def generate_all(seed: int, count: int, conversation: Callable[[int, random.Random], dict]) -> list[dict]:
+    """``count`` conversations, each from its own generator drawn from ``seed``."""
+    rng = random.Random(seed)
+    return [conversation(n, random.Random(rng.randrange(2**32))) for n in range(count)]
+
+
+def describe_main(doc: str, path: Callable[[int], str]) -> None:
+    """A set's command line: generate (or find) it and say what it holds."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--seed", type=int, default=1)
+    where = path(parser.parse_args().seed)
+    data = json.loads(Path(where).read_text())
+    turns = sum(len(s["turns"]) for conv in data for s in conv["sessions"])
+    questions = sum(len(conv["questions"]) for conv in data)
+    print(f"{where}: {len(data)} conversations, {turns} turns, {questions} questions")

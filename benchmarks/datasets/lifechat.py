@@ -15,13 +15,19 @@ cache and prints its path and counts.
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 from collections.abc import Callable
-from pathlib import Path
 
-from benchmarks.datasets.base import DAY_MS, Builder, cached, fill
+from benchmarks.datasets.base import (
+    DAY_MS,
+    Builder,
+    cached,
+    describe_main,
+    fill,
+    finish,
+    generate_all,
+    write_exchanges,
+)
 
 NAME = "lifechat"
 VERSION = 2
@@ -235,19 +241,12 @@ def conversation(number: int, rng: random.Random) -> dict:
         exchanges: list[tuple[str | None, str, str]] = [(None, *rng.choice(FILLER)) for _ in range(rng.randint(2, 5))]
         for key, text in c.plants[session]:
             exchanges.insert(rng.randrange(len(exchanges) + 1), (key, text, rng.choice(ACKS)))
-        for key, text, reply in exchanges:
-            turn = c.b.turn("user", text)
-            if key is not None:
-                c.keys[key] = turn
-            c.b.turn("assistant", reply)
-    for question, ability, keys in c.pending:
-        c.b.ask(question, ability, [c.keys[k] for k in keys])
-    return c.b.done()
+        write_exchanges(c.b, c.keys, exchanges)
+    return finish(c.b, c.keys, c.pending)
 
 
 def generate(seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    return [conversation(n, random.Random(rng.randrange(2**32))) for n in range(CONVERSATIONS)]
+    return generate_all(seed, CONVERSATIONS, conversation)
 
 
 def path(seed: int = 1) -> str:
@@ -255,13 +254,7 @@ def path(seed: int = 1) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seed", type=int, default=1)
-    where = path(parser.parse_args().seed)
-    data = json.loads(Path(where).read_text())
-    turns = sum(len(s["turns"]) for conv in data for s in conv["sessions"])
-    questions = sum(len(conv["questions"]) for conv in data)
-    print(f"{where}: {len(data)} conversations, {turns} turns, {questions} questions")
+    describe_main(__doc__ or NAME, path)
 
 
 if __name__ == "__main__":

@@ -23,13 +23,20 @@ cache (benchmarks/datasets/base.py) and prints its path and counts.
 
 from __future__ import annotations
 
-import argparse
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-from benchmarks.datasets.base import DAY_MS, Builder, cached, fill
+from benchmarks.datasets.base import (
+    DAY_MS,
+    Builder,
+    cached,
+    describe_main,
+    fill,
+    finish,
+    generate_all,
+    write_exchanges,
+)
 
 NAME = "techchat"
 VERSION = 2
@@ -502,19 +509,12 @@ def conversation(number: int, rng: random.Random) -> dict:
         exchanges: list[tuple[str | None, str, str]] = [(None, *_filler(c)) for _ in range(rng.randint(6, 14))]
         for key, text, reply in c.plants[session]:
             exchanges.insert(rng.randrange(len(exchanges) + 1), (key, text, reply))
-        for key, text, reply in exchanges:
-            turn = c.b.turn("user", text)
-            if key is not None:
-                c.keys[key] = turn
-            c.b.turn("assistant", reply)
-    for question, ability, keys in c.pending:
-        c.b.ask(question, ability, [c.keys[k] for k in keys])
-    return c.b.done()
+        write_exchanges(c.b, c.keys, exchanges)
+    return finish(c.b, c.keys, c.pending)
 
 
 def generate(seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    return [conversation(n, random.Random(rng.randrange(2**32))) for n in range(CONVERSATIONS)]
+    return generate_all(seed, CONVERSATIONS, conversation)
 
 
 def path(seed: int = 1) -> str:
@@ -522,16 +522,7 @@ def path(seed: int = 1) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
-    import json
-
-    where = path(args.seed)
-    data = json.loads(Path(where).read_text())
-    turns = sum(len(s["turns"]) for conv in data for s in conv["sessions"])
-    questions = sum(len(conv["questions"]) for conv in data)
-    print(f"{where}: {len(data)} conversations, {turns} turns, {questions} questions")
+    describe_main(__doc__ or NAME, path)
 
 
 if __name__ == "__main__":
